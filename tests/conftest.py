@@ -1,0 +1,39 @@
+"""Shared test setup: backend, quiet logs, and the team's shared data files."""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import pytest  # noqa: E402
+
+
+def shared_data_file(name: str) -> Path:
+    """Return `$KZOO_TEST_DATA/name`.
+
+    Skips the calling test only when `KZOO_TEST_DATA` is unset; fails it when the variable is
+    set but the file is missing, so CI can never silently skip the integration tests.
+    """
+    root = os.environ.get("KZOO_TEST_DATA")
+    if not root:
+        pytest.skip("KZOO_TEST_DATA is unset; set it to ../shared/data to run this test")
+    path = Path(root) / name
+    if not path.is_file():
+        pytest.fail(f"KZOO_TEST_DATA={root!r} is set but {path} does not exist")
+    return path
+
+
+@pytest.fixture
+def shakespeare_path() -> Path:
+    return shared_data_file("tinyshakespeare.txt")
+
+
+@pytest.fixture
+def instruction_data_path() -> Path:
+    return shared_data_file("instruction-data.json")
+
+
+@pytest.fixture
+def preference_data_path() -> Path:
+    return shared_data_file("instruction-preference.json")
