@@ -1,0 +1,13 @@
+"""kzoo: a Keras 3 model zoo for language models you can train, align and understand.
+
+Example:
+```python
+import kzoo
+model = kzoo.models.CausalLM.from_preset("gpt_nano", vocab_size=256)
+```
+"""
+
+from kzoo import layers, models
+from kzoo.version import __version__
+
+__all__ = ["layers", "models", "__version__"]

@@ -1,0 +1,30 @@
+"""Argument checks shared by the layers: fail early, naming the argument and what is allowed."""
+
+
+def positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+    return value
+
+
+def fraction(name: str, value, upper_inclusive: bool = False) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = ok and (0.0 <= value <= 1.0 if upper_inclusive else 0.0 <= value < 1.0)
+    if not ok:
+        bound = "[0, 1]" if upper_inclusive else "[0, 1)"
+        raise ValueError(f"`{name}` must be a number in {bound}. Received: {name}={value!r}")
+    return float(value)
+
+
+def divisible(name: str, value: int, by_name: str, by: int) -> None:
+    if value % by:
+        raise ValueError(
+            f"`{name}` ({value}) must be divisible by `{by_name}` ({by}). "
+            f"Valid `{by_name}` values for {name}={value}: "
+            f"{[d for d in range(1, value + 1) if value % d == 0]}"
+        )
+
+
+def one_of(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"Unknown `{name}`: {value!r}. Valid values: {sorted(allowed)}")

@@ -1,0 +1,198 @@
+"""Causal multi-head self-attention with grouped-query heads, RoPE and a KV cache."""
+
+import math
+
+import keras
+from keras import ops
+
+from kzoo.layers._checks import divisible, fraction, one_of, positive_int
+from kzoo.layers.rotary import apply_rotary, rotary_cos_sin
+
+ATTENTION_IMPLS = ("auto", "einsum", "fused")
+
+# Large but finite: a fully masked row (a left-padding query) softmaxes to uniform, never to NaN.
+_MASK_VALUE = -1e9
+
+
+@keras.saving.register_keras_serializable(package="kzoo")
+class CausalSelfAttention(keras.layers.Layer):
+    """Causal self-attention: multi-head, grouped-query or multi-query.
+
+    Every position attends to itself and the positions before it, never after. Keys and values
+    have `num_kv_heads` heads shared by groups of `num_heads // num_kv_heads` query heads
+    (`num_kv_heads == num_heads`: multi-head; `1`: multi-query).
+
+    Call arguments:
+        x: float tensor. (batch, seq, hidden_dim).
+        padding_mask: optional bool/int tensor. (batch, keys), 1 for real tokens: keys are the
+            `seq` inputs, or the cache's slots when a cache is given.
+        position_ids: optional int tensor. (batch, seq) positions for RoPE; default
+            `cache_index + arange(seq)`.
+        cache: optional tensor. (batch, 2, max_length, num_kv_heads, head_dim) keys and values
+            of earlier calls; the new ones are written at `cache_index`.
+        cache_index: int or scalar int tensor. the cache slot of `x[:, 0]`.
+        training: bool. enables dropout.
+
+    Returns the output (batch, seq, hidden_dim), and with a cache the pair `(output, cache)`.
+
+    Args:
+        hidden_dim: int. model width; divisible by `num_heads`.
+        num_heads: int. query heads.
+        num_kv_heads: int or None. key/value heads; divides `num_heads`. Default: `num_heads`.
+        use_bias: bool. biases in the projections.
+        dropout: float. dropout rate of the attention probabilities, in [0, 1).
+        use_rope: bool. rotate queries and keys by their positions (rotary embedding).
+        rope_max_wavelength: float. RoPE's base wavelength.
+        rope_scaling_factor: float. RoPE linear position interpolation factor.
+        attention_impl: str. "einsum" (grouped einsum, fastest measured on the TF CPU backend),
+            "fused" (`keras.ops.dot_product_attention`, which reaches cuDNN/flash kernels on the
+            JAX and torch backends) or "auto" (einsum on TensorFlow, fused elsewhere).
+        kernel_initializer: initializer of the query/key/value projection.
+        output_initializer: initializer of the output projection; default `kernel_initializer`.
+        **kwargs: passed on to `keras.layers.Layer`.
+
+    Example:
+    ```python
+    import numpy as np
+    from kzoo.layers import CausalSelfAttention
+    attn = CausalSelfAttention(hidden_dim=16, num_heads=4, num_kv_heads=2, use_rope=True)
+    y = attn(np.random.rand(2, 5, 16).astype("float32"))  # (2, 5, 16)
+    ```
+    """
+
+    def __init__(self, hidden_dim: int, num_heads: int, num_kv_heads: int | None = None,
+                 use_bias: bool = True, dropout: float = 0.0, use_rope: bool = False,
+                 rope_max_wavelength: float = 10000.0, rope_scaling_factor: float = 1.0,
+                 attention_impl: str = "auto", kernel_initializer="glorot_uniform",
+                 output_initializer=None, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_dim = positive_int("hidden_dim", hidden_dim)
+        self.num_heads = positive_int("num_heads", num_heads)
+        self.num_kv_heads = positive_int(
+            "num_kv_heads", num_heads if num_kv_heads is None else num_kv_heads
+        )
+        divisible("hidden_dim", hidden_dim, "num_heads", num_heads)
+        divisible("num_heads", num_heads, "num_kv_heads", self.num_kv_heads)
+        self.use_bias = use_bias
+        self.dropout = fraction("dropout", dropout)
+        self.use_rope = use_rope
+        self.rope_max_wavelength = rope_max_wavelength
+        self.rope_scaling_factor = rope_scaling_factor
+        one_of("attention_impl", attention_impl, ATTENTION_IMPLS)
+        self.attention_impl = attention_impl
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.output_initializer = (
+            None if output_initializer is None else keras.initializers.get(output_initializer)
+        )
+        self.head_dim = hidden_dim // num_heads
+        if use_rope and self.head_dim % 2:
+            raise ValueError(
+                f"RoPE needs an even head size; hidden_dim / num_heads = {self.head_dim}."
+            )
+
+    def build(self, input_shape=None):
+        heads = self.num_heads + 2 * self.num_kv_heads
+        # One fused projection for queries, keys and values: a single matmul instead of three.
+        self.query_key_value = keras.layers.Dense(
+            heads * self.head_dim, use_bias=self.use_bias,
+            kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy,
+            name="query_key_value",
+        )
+        self.query_key_value.build((None, None, self.hidden_dim))
+        self.output_dense = keras.layers.Dense(
+            self.hidden_dim, use_bias=self.use_bias,
+            kernel_initializer=self.output_initializer or self.kernel_initializer,
+            dtype=self.dtype_policy, name="attention_output",
+        )
+        self.output_dense.build((None, None, self.num_heads * self.head_dim))
+        self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+
+    def _use_fused(self, training):
+        if self.attention_impl == "auto":
+            return keras.backend.backend() != "tensorflow" and not (training and self.dropout)
+        return self.attention_impl == "fused"
+
+    def call(self, x, padding_mask=None, position_ids=None, cache=None, cache_index=None,
+             training=None):
+        batch, seq = ops.shape(x)[0], ops.shape(x)[1]
+        n, k, h = self.num_heads, self.num_kv_heads, self.head_dim
+        if cache is not None and cache_index is None:
+            raise ValueError("`cache_index` is required when `cache` is given.")
+        start = 0 if cache is None else cache_index
+
+        qkv = self.query_key_value(x)  # (batch, seq, (n + 2k) * h)
+        query, key, value = ops.split(qkv, [n * h, (n + k) * h], axis=-1)
+        query = ops.reshape(query, (batch, seq, n, h))  # (batch, seq, heads, head_dim)
+        key = ops.reshape(key, (batch, seq, k, h))  # (batch, seq, kv_heads, head_dim)
+        value = ops.reshape(value, (batch, seq, k, h))
+
+        if self.use_rope:
+            if position_ids is None:
+                position_ids = (ops.arange(seq) + start)[None, :]
+            cos, sin = rotary_cos_sin(
+                position_ids, h, self.rope_max_wavelength, self.rope_scaling_factor,
+                dtype=self.compute_dtype,
+            )
+            query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
+
+        if cache is not None:
+            origin = [0, start, 0, 0]
+            key = ops.slice_update(cache[:, 0], origin, ops.cast(key, cache.dtype))
+            value = ops.slice_update(cache[:, 1], origin, ops.cast(value, cache.dtype))
+            cache = ops.stack([key, value], axis=1)  # (batch, 2, max_length, kv_heads, head_dim)
+            key, value = ops.cast(key, self.compute_dtype), ops.cast(value, self.compute_dtype)
+
+        num_keys = ops.shape(key)[1]
+        query_pos = ops.arange(seq) + start
+        mask = query_pos[:, None] >= ops.arange(num_keys)[None, :]  # (seq, keys)
+        mask = mask[None]  # (1, seq, keys)
+        if padding_mask is not None:
+            mask = ops.logical_and(mask, ops.cast(padding_mask, "bool")[:, None, :])
+
+        if self._use_fused(training):
+            out = ops.dot_product_attention(
+                query, key, value, mask=mask[:, None], scale=1.0 / math.sqrt(h)
+            )
+        else:
+            out = self._einsum_attention(query, key, value, mask, training)
+        out = ops.reshape(out, (batch, seq, n * h))  # (batch, seq, hidden)
+        out = self.output_dense(out)
+        return out if cache is None else (out, cache)
+
+    def _einsum_attention(self, query, key, value, mask, training):
+        batch, seq = ops.shape(query)[0], ops.shape(query)[1]
+        k, h = self.num_kv_heads, self.head_dim
+        groups = self.num_heads // k
+        # Query heads grouped under their shared key/value head: no copies of K and V.
+        query = ops.reshape(query, (batch, seq, k, groups, h)) * ops.cast(
+            1.0 / math.sqrt(h), query.dtype
+        )  # (batch, seq, kv_heads, groups, head_dim)
+        scores = ops.einsum("btkgh,bskh->bkgts", query, key)  # (batch, kv, groups, seq, keys)
+        scores = ops.where(mask[:, None, None], ops.cast(scores, "float32"), _MASK_VALUE)
+        probs = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
+        probs = self.dropout_layer(probs, training=training)
+        out = ops.einsum("bkgts,bskh->btkgh", probs, value)  # (batch, seq, kv, groups, head_dim)
+        return ops.reshape(out, (batch, seq, self.num_heads, h))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "hidden_dim": self.hidden_dim,
+            "num_heads": self.num_heads,
+            "num_kv_heads": self.num_kv_heads,
+            "use_bias": self.use_bias,
+            "dropout": self.dropout,
+            "use_rope": self.use_rope,
+            "rope_max_wavelength": self.rope_max_wavelength,
+            "rope_scaling_factor": self.rope_scaling_factor,
+            "attention_impl": self.attention_impl,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "output_initializer": (
+                None if self.output_initializer is None
+                else keras.initializers.serialize(self.output_initializer)
+            ),
+        })
+        return config

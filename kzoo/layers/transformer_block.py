@@ -1,0 +1,138 @@
+"""The pre-norm transformer decoder block: attention then feed-forward, each in a residual."""
+
+import keras
+
+from kzoo.layers._checks import fraction, positive_int
+from kzoo.layers.attention import CausalSelfAttention
+from kzoo.layers.feedforward import FeedForward
+from kzoo.layers.normalization import get_norm
+
+
+@keras.saving.register_keras_serializable(package="kzoo")
+class TransformerBlock(keras.layers.Layer):
+    """`x + attn(norm(x))`, then `x + ffn(norm(x))`: GPT-2 and Llama are both this block.
+
+    Call arguments are those of `CausalSelfAttention` (`padding_mask`, `position_ids`, `cache`,
+    `cache_index`, `training`); with a cache the block returns `(output, cache)`.
+
+    Args:
+        hidden_dim: int. model width.
+        num_heads: int. query heads; divides `hidden_dim`.
+        intermediate_dim: int. feed-forward hidden width.
+        num_kv_heads: int or None. key/value heads (grouped-query attention); default `num_heads`.
+        activation: str. feed-forward activation, e.g. "gelu" or "swiglu".
+        norm: str. "layernorm" or "rmsnorm".
+        norm_epsilon: float. the norms' epsilon.
+        use_bias: bool. biases in projections and LayerNorm.
+        dropout: float. residual dropout, also used on attention probabilities.
+        use_rope: bool. rotary position embedding in attention.
+        rope_max_wavelength: float. RoPE base.
+        rope_scaling_factor: float. RoPE linear position interpolation.
+        attention_impl: str. see `CausalSelfAttention`.
+        kernel_initializer: initializer of input projections.
+        output_initializer: initializer of the two projections that write into the residual
+            stream (GPT-2 scales them down by the depth); default `kernel_initializer`.
+        **kwargs: passed on to `keras.layers.Layer`.
+
+    Example:
+    ```python
+    import numpy as np
+    from kzoo.layers import TransformerBlock
+    block = TransformerBlock(hidden_dim=16, num_heads=4, intermediate_dim=64)
+    y = block(np.random.rand(2, 5, 16).astype("float32"))  # (2, 5, 16)
+    ```
+    """
+
+    def __init__(self, hidden_dim: int, num_heads: int, intermediate_dim: int,
+                 num_kv_heads: int | None = None, activation: str = "gelu",
+                 norm: str = "layernorm", norm_epsilon: float = 1e-5, use_bias: bool = True,
+                 dropout: float = 0.0, use_rope: bool = False,
+                 rope_max_wavelength: float = 10000.0, rope_scaling_factor: float = 1.0,
+                 attention_impl: str = "auto", kernel_initializer="glorot_uniform",
+                 output_initializer=None, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_dim = positive_int("hidden_dim", hidden_dim)
+        self.num_heads = num_heads
+        self.intermediate_dim = positive_int("intermediate_dim", intermediate_dim)
+        self.num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        self.activation = activation
+        self.norm = norm
+        self.norm_epsilon = norm_epsilon
+        self.use_bias = use_bias
+        self.dropout = fraction("dropout", dropout)
+        self.use_rope = use_rope
+        self.rope_max_wavelength = rope_max_wavelength
+        self.rope_scaling_factor = rope_scaling_factor
+        self.attention_impl = attention_impl
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.output_initializer = (
+            None if output_initializer is None else keras.initializers.get(output_initializer)
+        )
+        # Sub-layers are created here so that bad arguments fail at construction time.
+        common = dict(
+            kernel_initializer=self.kernel_initializer,
+            output_initializer=self.output_initializer, dtype=self.dtype_policy,
+        )
+        self.attention = CausalSelfAttention(
+            hidden_dim, num_heads, self.num_kv_heads, use_bias=use_bias, dropout=dropout,
+            use_rope=use_rope, rope_max_wavelength=rope_max_wavelength,
+            rope_scaling_factor=rope_scaling_factor, attention_impl=attention_impl,
+            name="attention", **common,
+        )
+        self.feedforward = FeedForward(
+            hidden_dim, intermediate_dim, activation=activation, use_bias=use_bias,
+            name="feedforward", **common,
+        )
+        self.attention_norm = get_norm(
+            norm, norm_epsilon, use_bias, dtype=self.dtype_policy, name="attention_norm"
+        )
+        self.feedforward_norm = get_norm(
+            norm, norm_epsilon, use_bias, dtype=self.dtype_policy, name="feedforward_norm"
+        )
+        self.residual_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+
+    def build(self, input_shape=None):
+        shape = (None, None, self.hidden_dim)
+        for layer in (self.attention_norm, self.attention, self.feedforward_norm,
+                      self.feedforward):
+            layer.build(shape)
+
+    def call(self, x, padding_mask=None, position_ids=None, cache=None, cache_index=None,
+             training=None):
+        h = self.attention(
+            self.attention_norm(x), padding_mask=padding_mask, position_ids=position_ids,
+            cache=cache, cache_index=cache_index, training=training,
+        )
+        if cache is not None:
+            h, cache = h
+        x = x + self.residual_dropout(h, training=training)
+        h = self.feedforward(self.feedforward_norm(x))
+        x = x + self.residual_dropout(h, training=training)
+        return x if cache is None else (x, cache)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "hidden_dim": self.hidden_dim,
+            "num_heads": self.num_heads,
+            "intermediate_dim": self.intermediate_dim,
+            "num_kv_heads": self.num_kv_heads,
+            "activation": self.activation,
+            "norm": self.norm,
+            "norm_epsilon": self.norm_epsilon,
+            "use_bias": self.use_bias,
+            "dropout": self.dropout,
+            "use_rope": self.use_rope,
+            "rope_max_wavelength": self.rope_max_wavelength,
+            "rope_scaling_factor": self.rope_scaling_factor,
+            "attention_impl": self.attention_impl,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "output_initializer": (
+                None if self.output_initializer is None
+                else keras.initializers.serialize(self.output_initializer)
+            ),
+        })
+        return config

@@ -1,0 +1,349 @@
+"""`CausalLM`: a decoder-only language model assembled from kzoo layers."""
+
+import inspect
+import math
+
+import keras
+from keras import ops
+
+from kzoo.layers import PositionEmbedding, TokenEmbedding, TransformerBlock, get_norm
+from kzoo.layers._checks import fraction, one_of, positive_int
+from kzoo.layers.activations import is_gated
+from kzoo.models.presets import get_preset
+
+POSITION_EMBEDDINGS = ("learned", "rope")
+
+
+def _default_intermediate_dim(hidden_dim: int, activation: str) -> int:
+    if not is_gated(activation):
+        return 4 * hidden_dim
+    # Llama's rule: a gated MLP with 2/3 of 4x keeps the parameter count of a 4x plain MLP.
+    return 32 * math.ceil(8 * hidden_dim / 3 / 32)
+
+
+@keras.saving.register_keras_serializable(package="kzoo")
+class CausalLM(keras.Model):
+    """A causal language model: token ids in, next-token logits out.
+
+    Built from flat arguments, so a configuration is a plain dict (see `from_preset`). The GPT
+    family uses learned positions, LayerNorm, GELU and tied embeddings; the Llama family RoPE,
+    RMSNorm, SwiGLU, grouped-query attention and an untied output head.
+
+    Call: `model(token_ids)` or `model({"token_ids": ..., "padding_mask": ..., "position_ids":
+    ...})` with int (batch, seq) tensors; returns float32 logits (batch, seq, vocab_size).
+    Position `t`'s logits predict token `t + 1`.
+
+    Args:
+        vocab_size: int. number of token ids.
+        num_layers: int. transformer blocks.
+        num_heads: int. attention query heads.
+        hidden_dim: int. model width; divisible by `num_heads`.
+        intermediate_dim: int or None. feed-forward width; default 4x (plain) or ~8/3x (gated).
+        num_kv_heads: int or None. key/value heads for grouped-query attention.
+        max_sequence_length: int. longest input the model accepts (its context window).
+        position_embedding: str. "learned" (GPT-2) or "rope" (Llama).
+        norm: str. "layernorm" or "rmsnorm".
+        activation: str. feed-forward activation, e.g. "gelu" or "swiglu".
+        tie_embeddings: bool. use the token embedding's transpose as the output head.
+        use_bias: bool. biases in projections and norms.
+        dropout: float. dropout rate in [0, 1).
+        norm_epsilon: float. epsilon of every norm.
+        rope_max_wavelength: float. RoPE base.
+        rope_scaling_factor: float. RoPE linear position interpolation.
+        initializer_range: float. stddev of the normal initializers; projections into the
+            residual stream use `initializer_range / sqrt(2 * num_layers)` (GPT-2).
+        attention_impl: str. "auto", "einsum" or "fused" (see `CausalSelfAttention`).
+        **kwargs: passed on to `keras.Model` (`name`, `dtype` such as "mixed_bfloat16").
+
+    Example:
+    ```python
+    import numpy as np
+    from kzoo.models import CausalLM
+    model = CausalLM.from_preset("gpt_nano", vocab_size=100)
+    logits = model(np.array([[1, 2, 3]]))  # (1, 3, 100)
+    ```
+    """
+
+    def __init__(self, vocab_size: int, num_layers: int, num_heads: int, hidden_dim: int,
+                 intermediate_dim: int | None = None, num_kv_heads: int | None = None,
+                 max_sequence_length: int = 1024, position_embedding: str = "learned",
+                 norm: str = "layernorm", activation: str = "gelu", tie_embeddings: bool = True,
+                 use_bias: bool = True, dropout: float = 0.0, norm_epsilon: float = 1e-5,
+                 rope_max_wavelength: float = 10000.0, rope_scaling_factor: float = 1.0,
+                 initializer_range: float = 0.02, attention_impl: str = "auto", **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size = positive_int("vocab_size", vocab_size)
+        self.num_layers = positive_int("num_layers", num_layers)
+        self.num_heads = positive_int("num_heads", num_heads)
+        self.hidden_dim = positive_int("hidden_dim", hidden_dim)
+        if intermediate_dim is None:
+            intermediate_dim = _default_intermediate_dim(hidden_dim, activation)
+        self.intermediate_dim = positive_int("intermediate_dim", intermediate_dim)
+        self.num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        self.max_sequence_length = positive_int("max_sequence_length", max_sequence_length)
+        one_of("position_embedding", position_embedding, POSITION_EMBEDDINGS)
+        self.position_embedding = position_embedding
+        self.norm = norm
+        self.activation = activation
+        self.tie_embeddings = tie_embeddings
+        self.use_bias = use_bias
+        self.dropout = fraction("dropout", dropout)
+        self.norm_epsilon = norm_epsilon
+        self.rope_max_wavelength = rope_max_wavelength
+        self.rope_scaling_factor = rope_scaling_factor
+        self.initializer_range = initializer_range
+        self.attention_impl = attention_impl
+
+        init = keras.initializers.RandomNormal(stddev=initializer_range)
+        residual_init = keras.initializers.RandomNormal(
+            stddev=initializer_range / math.sqrt(2 * num_layers)
+        )
+        policy = self.dtype_policy
+        self.token_embedding = TokenEmbedding(
+            vocab_size, hidden_dim, tie_weights=tie_embeddings, embeddings_initializer=init,
+            dtype=policy, name="token_embedding",
+        )
+        self.position_embedding_layer = None
+        if position_embedding == "learned":
+            self.position_embedding_layer = PositionEmbedding(
+                max_sequence_length, hidden_dim, embeddings_initializer=init, dtype=policy,
+                name="position_embedding",
+            )
+        self.embedding_dropout = keras.layers.Dropout(dropout, dtype=policy)
+        self.blocks = [
+            TransformerBlock(
+                hidden_dim, num_heads, self.intermediate_dim, num_kv_heads=self.num_kv_heads,
+                activation=activation, norm=norm, norm_epsilon=norm_epsilon, use_bias=use_bias,
+                dropout=dropout, use_rope=position_embedding == "rope",
+                rope_max_wavelength=rope_max_wavelength,
+                rope_scaling_factor=rope_scaling_factor, attention_impl=attention_impl,
+                kernel_initializer=init, output_initializer=residual_init, dtype=policy,
+                name=f"block_{i}",
+            )
+            for i in range(num_layers)
+        ]
+        self.final_norm = get_norm(
+            norm, norm_epsilon, use_bias, dtype=policy, name="final_norm"
+        )
+        # All shapes are known from the arguments: create the weights now, as keras-hub does,
+        # so a fresh model can be counted, copied into and loaded without a dummy call.
+        self.build((None, None))
+
+    # ----------------------------------------------------------------------------- building
+    def build(self, input_shape=None):
+        if self.built:
+            return
+        shape = (None, None, self.hidden_dim)
+        self.token_embedding.build()
+        if self.position_embedding_layer is not None:
+            self.position_embedding_layer.build()
+        for block in self.blocks:
+            block.build(shape)
+        self.final_norm.build(shape)
+        self.built = True
+
+    def build_from_config(self, config):
+        # Weights already exist (built in __init__); nothing to do on load.
+        return
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "CausalLM":
+        """Build the model recipe called `name`, with any constructor argument overridden.
+
+        Args:
+            name: str. one of `kzoo.models.list_presets()`.
+            **overrides: constructor arguments replacing the preset's, e.g. `vocab_size=65`.
+
+        Example:
+        ```python
+        from kzoo.models import CausalLM
+        model = CausalLM.from_preset("llama_nano", vocab_size=65, max_sequence_length=64)
+        ```
+        """
+        args = get_preset(name)
+        valid = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+        valid |= {"name", "dtype"}
+        unknown = sorted(set(overrides) - valid)
+        if unknown:
+            raise ValueError(
+                f"Unknown override(s) for preset {name!r}: {unknown}. Valid: {sorted(valid)}"
+            )
+        args.update(overrides)
+        return cls(**args)
+
+    # ----------------------------------------------------------------------------- calling
+    def _unpack(self, inputs):
+        if isinstance(inputs, dict):
+            unknown = set(inputs) - {"token_ids", "padding_mask", "position_ids"}
+            if "token_ids" not in inputs or unknown:
+                raise ValueError(
+                    "CausalLM inputs must be a tensor of token ids or a dict with 'token_ids' "
+                    f"and optionally 'padding_mask', 'position_ids'. Received keys: "
+                    f"{sorted(inputs)}"
+                )
+            return inputs["token_ids"], inputs.get("padding_mask"), inputs.get("position_ids")
+        return inputs, None, None
+
+    def _check_token_ids(self, token_ids, limit: int | None = None):
+        shape = tuple(token_ids.shape)
+        if len(shape) != 2:
+            raise ValueError(
+                f"`token_ids` must have shape (batch, seq). Received shape: {shape}"
+            )
+        dtype = keras.backend.standardize_dtype(token_ids.dtype)
+        if "int" not in dtype:
+            raise ValueError(f"`token_ids` must be an integer tensor. Received dtype: {dtype}")
+        limit = self.max_sequence_length if limit is None else limit
+        if shape[1] is not None and shape[1] > limit:
+            raise ValueError(
+                f"Sequence of length {shape[1]} is longer than the model's "
+                f"max_sequence_length={self.max_sequence_length} (at most {limit} here). "
+                "Use a shorter input or a model with more positions."
+            )
+
+    def _embed(self, token_ids, position_ids, start, training):
+        x = self.token_embedding(token_ids)  # (batch, seq, hidden)
+        if self.position_embedding_layer is not None:
+            if position_ids is None:
+                position_ids = (ops.arange(ops.shape(token_ids)[1]) + start)[None, :]
+            x = x + self.position_embedding_layer(position_ids)
+        return self.embedding_dropout(x, training=training)
+
+    def _rope_positions(self, position_ids):
+        return position_ids if self.position_embedding == "rope" else None
+
+    def hidden_states(self, inputs, training=None):
+        """Final-norm hidden states (batch, seq, hidden_dim), before the output head.
+
+        Heads of other kinds (a reward model's scalar head) sit on these.
+
+        Example:
+        ```python
+        import numpy as np
+        from kzoo.models import CausalLM
+        h = CausalLM.from_preset("gpt_nano").hidden_states(np.array([[1, 2]]))  # (1, 2, 64)
+        ```
+        """
+        token_ids, padding_mask, position_ids = self._unpack(inputs)
+        self._check_token_ids(token_ids)
+        x = self._embed(token_ids, position_ids, 0, training)
+        rope_positions = self._rope_positions(position_ids)
+        for block in self.blocks:
+            x = block(
+                x, padding_mask=padding_mask, position_ids=rope_positions, training=training
+            )
+        return self.final_norm(x)
+
+    def logits(self, hidden_states):
+        """Vocabulary logits, float32 (batch, seq, vocab_size), from `hidden_states(...)`."""
+        return ops.cast(self.token_embedding(hidden_states, reverse=True), "float32")
+
+    def call(self, inputs, training=None):
+        return self.logits(self.hidden_states(inputs, training=training))
+
+    # ----------------------------------------------------------------------------- caching
+    def init_cache(self, batch_size: int, max_length: int | None = None):
+        """An empty key/value cache for `call_with_cache`.
+
+        Args:
+            batch_size: int. number of sequences decoded together.
+            max_length: int or None. cache slots; default and maximum `max_sequence_length`.
+
+        Returns a zero tensor (batch, num_layers, 2, max_length, num_kv_heads, head_dim).
+        """
+        max_length = self.max_sequence_length if max_length is None else max_length
+        if max_length > self.max_sequence_length:
+            raise ValueError(
+                f"`max_length`={max_length} exceeds the model's "
+                f"max_sequence_length={self.max_sequence_length}."
+            )
+        head_dim = self.hidden_dim // self.num_heads
+        shape = (batch_size, self.num_layers, 2, max_length, self.num_kv_heads, head_dim)
+        return ops.zeros(shape, dtype=self.compute_dtype)
+
+    def call_with_cache(self, token_ids, cache, cache_index, padding_mask=None,
+                        position_ids=None, training=False):
+        """Run `token_ids` (batch, T) against a key/value cache: prefill, then one at a time.
+
+        Keys and values of `token_ids` are written to cache slots `[cache_index, cache_index +
+        T)`; every token attends to the cache's slots before and at its own.
+
+        Args:
+            token_ids: int tensor. (batch, T) new tokens.
+            cache: tensor. from `init_cache` or an earlier call.
+            cache_index: int or scalar int tensor. the slot of `token_ids[:, 0]`.
+            padding_mask: optional tensor. (batch, max_length) over cache slots, 1 = real token.
+            position_ids: optional int tensor. (batch, T); default `cache_index + arange(T)`.
+            training: bool. enables dropout.
+
+        Returns `(logits, cache)`: float32 logits (batch, T, vocab_size) and the updated cache.
+
+        Example:
+        ```python
+        import numpy as np
+        from kzoo.models import CausalLM
+        model = CausalLM.from_preset("gpt_nano")
+        cache = model.init_cache(batch_size=1, max_length=16)
+        logits, cache = model.call_with_cache(np.array([[5, 6, 7]]), cache, 0)   # prefill
+        logits, cache = model.call_with_cache(np.array([[8]]), cache, 3)         # next token
+        ```
+        """
+        self._check_token_ids(token_ids, limit=cache.shape[3])
+        x = self._embed(token_ids, position_ids, cache_index, training)
+        rope_positions = self._rope_positions(position_ids)
+        caches = []
+        for i, block in enumerate(self.blocks):
+            x, layer_cache = block(
+                x, padding_mask=padding_mask, position_ids=rope_positions,
+                cache=cache[:, i], cache_index=cache_index, training=training,
+            )
+            caches.append(layer_cache)
+        cache = ops.stack(caches, axis=1)  # (batch, layers, 2, max_length, kv_heads, head_dim)
+        return self.logits(self.final_norm(x)), cache
+
+    # ----------------------------------------------------------------------------- training
+    def compile(self, optimizer="adamw", loss=None, **kwargs):
+        """`keras.Model.compile` with next-token cross-entropy on logits as the default loss."""
+        if loss is None:
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        super().compile(optimizer=optimizer, loss=loss, **kwargs)
+
+    def compile_from_config(self, config):
+        # Keras skips restoring compile() for models that override it; ours only adds a default.
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if getattr(self, "optimizer", None) is not None:
+            self.optimizer.build(self.trainable_variables)
+
+    def get_config(self):
+        config = {"name": self.name, "trainable": self.trainable}
+        if self.dtype_policy.name != keras.config.dtype_policy().name:
+            config["dtype"] = keras.dtype_policies.serialize(self.dtype_policy)
+        config.update({
+            "vocab_size": self.vocab_size,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "hidden_dim": self.hidden_dim,
+            "intermediate_dim": self.intermediate_dim,
+            "num_kv_heads": self.num_kv_heads,
+            "max_sequence_length": self.max_sequence_length,
+            "position_embedding": self.position_embedding,
+            "norm": self.norm,
+            "activation": self.activation,
+            "tie_embeddings": self.tie_embeddings,
+            "use_bias": self.use_bias,
+            "dropout": self.dropout,
+            "norm_epsilon": self.norm_epsilon,
+            "rope_max_wavelength": self.rope_max_wavelength,
+            "rope_scaling_factor": self.rope_scaling_factor,
+            "initializer_range": self.initializer_range,
+            "attention_impl": self.attention_impl,
+        })
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if "dtype" in config and isinstance(config["dtype"], dict):
+            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
+        return cls(**config)
