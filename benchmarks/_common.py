@@ -1,0 +1,52 @@
+"""Shared plumbing for the benchmark scripts: timing, the markdown table and the JSON record."""
+
+import json
+import os
+import platform
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def best_of(fn, repeats: int = 3) -> float:
+    """Fastest wall time of `repeats` calls of `fn` (the least disturbed by other processes)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    headers = list(rows[0])
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        cells = [f"{v:,.0f}" if isinstance(v, float) and v > 100 else
+                 f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def report(name: str, rows: list[dict], settings: dict) -> None:
+    """Print the table and write `benchmarks/results/<name>.json`."""
+    import keras
+    import tensorflow as tf
+
+    print(markdown_table(rows))
+    RESULTS.mkdir(exist_ok=True)
+    record = {
+        "benchmark": name,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "keras": keras.__version__, "tensorflow": tf.__version__},
+        "settings": settings,
+        "rows": rows,
+    }
+    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"\nwritten: {RESULTS / (name + '.json')}")
