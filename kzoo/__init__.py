@@ -7,7 +7,7 @@ model = kzoo.models.CausalLM.from_preset("gpt_nano", vocab_size=256)
 ```
 """
 
-from kzoo import layers, models
+from kzoo import generation, layers, models, samplers
 from kzoo.version import __version__
 
-__all__ = ["layers", "models", "__version__"]
+__all__ = ["generation", "layers", "models", "samplers", "__version__"]

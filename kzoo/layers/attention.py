@@ -28,8 +28,10 @@ class CausalSelfAttention(keras.layers.Layer):
             `seq` inputs, or the cache's slots when a cache is given.
         position_ids: optional int tensor. (batch, seq) positions for RoPE; default
             `cache_index + arange(seq)`.
-        cache: optional tensor. (batch, 2, max_length, num_kv_heads, head_dim) keys and values
-            of earlier calls; the new ones are written at `cache_index`.
+        cache: optional pair of tensors. `(keys, values)`, each (batch, num_kv_heads,
+            max_length, head_dim), from earlier calls; the new ones are written at
+            `cache_index`. Head-major, so decoding updates them in place and attends without
+            transposing the cache.
         cache_index: int or scalar int tensor. the cache slot of `x[:, 0]`.
         training: bool. enables dropout.
 
@@ -116,8 +118,14 @@ class CausalSelfAttention(keras.layers.Layer):
              training=None):
         batch, seq = ops.shape(x)[0], ops.shape(x)[1]
         n, k, h = self.num_heads, self.num_kv_heads, self.head_dim
-        if cache is not None and cache_index is None:
-            raise ValueError("`cache_index` is required when `cache` is given.")
+        if cache is not None:
+            if cache_index is None:
+                raise ValueError("`cache_index` is required when `cache` is given.")
+            if not isinstance(cache, tuple | list) or len(cache) != 2:
+                raise ValueError(
+                    "`cache` must be a (keys, values) pair, each (batch, num_kv_heads, "
+                    f"max_length, head_dim). Received: {type(cache).__name__}"
+                )
         start = 0 if cache is None else cache_index
 
         qkv = self.query_key_value(x)  # (batch, seq, (n + 2k) * h)
@@ -135,14 +143,17 @@ class CausalSelfAttention(keras.layers.Layer):
             )
             query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
 
+        key = ops.transpose(key, (0, 2, 1, 3))  # (batch, kv_heads, seq, head_dim)
+        value = ops.transpose(value, (0, 2, 1, 3))
         if cache is not None:
-            origin = [0, start, 0, 0]
-            key = ops.slice_update(cache[:, 0], origin, ops.cast(key, cache.dtype))
-            value = ops.slice_update(cache[:, 1], origin, ops.cast(value, cache.dtype))
-            cache = ops.stack([key, value], axis=1)  # (batch, 2, max_length, kv_heads, head_dim)
-            key, value = ops.cast(key, self.compute_dtype), ops.cast(value, self.compute_dtype)
+            keys, values = cache
+            origin = [0, 0, start, 0]
+            keys = ops.slice_update(keys, origin, ops.cast(key, keys.dtype))
+            values = ops.slice_update(values, origin, ops.cast(value, values.dtype))
+            cache = (keys, values)  # each (batch, kv_heads, max_length, head_dim)
+            key, value = ops.cast(keys, self.compute_dtype), ops.cast(values, self.compute_dtype)
 
-        num_keys = ops.shape(key)[1]
+        num_keys = ops.shape(key)[2]
         query_pos = ops.arange(seq) + start
         mask = query_pos[:, None] >= ops.arange(num_keys)[None, :]  # (seq, keys)
         mask = mask[None]  # (1, seq, keys)
@@ -151,7 +162,8 @@ class CausalSelfAttention(keras.layers.Layer):
 
         if self._use_fused(training):
             out = ops.dot_product_attention(
-                query, key, value, mask=mask[:, None], scale=1.0 / math.sqrt(h)
+                query, ops.transpose(key, (0, 2, 1, 3)), ops.transpose(value, (0, 2, 1, 3)),
+                mask=mask[:, None], scale=1.0 / math.sqrt(h),
             )
         else:
             out = self._einsum_attention(query, key, value, mask, training)
@@ -167,11 +179,11 @@ class CausalSelfAttention(keras.layers.Layer):
         query = ops.reshape(query, (batch, seq, k, groups, h)) * ops.cast(
             1.0 / math.sqrt(h), query.dtype
         )  # (batch, seq, kv_heads, groups, head_dim)
-        scores = ops.einsum("btkgh,bskh->bkgts", query, key)  # (batch, kv, groups, seq, keys)
+        scores = ops.einsum("btkgh,bksh->bkgts", query, key)  # (batch, kv, groups, seq, keys)
         scores = ops.where(mask[:, None, None], ops.cast(scores, "float32"), _MASK_VALUE)
         probs = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
         probs = self.dropout_layer(probs, training=training)
-        out = ops.einsum("bkgts,bskh->btkgh", probs, value)  # (batch, seq, kv, groups, head_dim)
+        out = ops.einsum("bkgts,bksh->btkgh", probs, value)  # (batch, seq, kv, groups, head_dim)
         return ops.reshape(out, (batch, seq, self.num_heads, h))
 
     def compute_output_shape(self, input_shape):

@@ -249,7 +249,8 @@ class CausalLM(keras.Model):
             batch_size: int. number of sequences decoded together.
             max_length: int or None. cache slots; default and maximum `max_sequence_length`.
 
-        Returns a zero tensor (batch, num_layers, 2, max_length, num_kv_heads, head_dim).
+        Returns a tuple with one `(keys, values)` pair per layer, each a zero tensor
+        (batch, num_kv_heads, max_length, head_dim).
         """
         max_length = self.max_sequence_length if max_length is None else max_length
         if max_length > self.max_sequence_length:
@@ -258,8 +259,11 @@ class CausalLM(keras.Model):
                 f"max_sequence_length={self.max_sequence_length}."
             )
         head_dim = self.hidden_dim // self.num_heads
-        shape = (batch_size, self.num_layers, 2, max_length, self.num_kv_heads, head_dim)
-        return ops.zeros(shape, dtype=self.compute_dtype)
+        shape = (batch_size, self.num_kv_heads, max_length, head_dim)
+        return tuple(
+            (ops.zeros(shape, self.compute_dtype), ops.zeros(shape, self.compute_dtype))
+            for _ in range(self.num_layers)
+        )
 
     def call_with_cache(self, token_ids, cache, cache_index, padding_mask=None,
                         position_ids=None, training=False):
@@ -270,7 +274,8 @@ class CausalLM(keras.Model):
 
         Args:
             token_ids: int tensor. (batch, T) new tokens.
-            cache: tensor. from `init_cache` or an earlier call.
+            cache: tuple of per-layer `(keys, values)` pairs, from `init_cache` or an earlier
+                call.
             cache_index: int or scalar int tensor. the slot of `token_ids[:, 0]`.
             padding_mask: optional tensor. (batch, max_length) over cache slots, 1 = real token.
             position_ids: optional int tensor. (batch, T); default `cache_index + arange(T)`.
@@ -288,18 +293,56 @@ class CausalLM(keras.Model):
         logits, cache = model.call_with_cache(np.array([[8]]), cache, 3)         # next token
         ```
         """
-        self._check_token_ids(token_ids, limit=cache.shape[3])
+        if len(cache) != self.num_layers:
+            raise ValueError(
+                f"`cache` holds {len(cache)} layers; this model has {self.num_layers}. "
+                "Make it with `model.init_cache`."
+            )
+        self._check_token_ids(token_ids, limit=cache[0][0].shape[2])
         x = self._embed(token_ids, position_ids, cache_index, training)
         rope_positions = self._rope_positions(position_ids)
         caches = []
-        for i, block in enumerate(self.blocks):
+        for block, layer_cache in zip(self.blocks, cache):
             x, layer_cache = block(
                 x, padding_mask=padding_mask, position_ids=rope_positions,
-                cache=cache[:, i], cache_index=cache_index, training=training,
+                cache=tuple(layer_cache), cache_index=cache_index, training=training,
             )
             caches.append(layer_cache)
-        cache = ops.stack(caches, axis=1)  # (batch, layers, 2, max_length, kv_heads, head_dim)
-        return self.logits(self.final_norm(x)), cache
+        return self.logits(self.final_norm(x)), tuple(caches)
+
+    # ----------------------------------------------------------------------------- generating
+    def generate(self, prompts, max_new_tokens: int = 64, sampler="greedy", tokenizer=None,
+                 **kwargs):
+        """Continue `prompts` (token id lists, or texts with a tokenizer) with the KV cache.
+
+        See `kzoo.generation.Generator.generate` for stop sequences, log-probs and seeds.
+
+        Example:
+        ```python
+        from kzoo.models import CausalLM
+        model = CausalLM.from_preset("gpt_nano")
+        model.generate([[1, 2, 3]], max_new_tokens=4, sampler="top_k", seed=0).token_ids
+        ```
+        """
+        from kzoo.generation import generate
+
+        return generate(self, prompts, max_new_tokens, sampler=sampler, tokenizer=tokenizer,
+                        **kwargs)
+
+    def stream(self, prompt, max_new_tokens: int = 64, sampler="greedy", tokenizer=None,
+               **kwargs):
+        """Yield the new tokens (or text pieces) of one prompt as they are produced."""
+        from kzoo.generation import stream
+
+        return stream(self, prompt, max_new_tokens, sampler=sampler, tokenizer=tokenizer,
+                      **kwargs)
+
+    def next_word_distribution(self, prompt, k: int = 10, temperature: float = 1.0,
+                               tokenizer=None):
+        """The `k` most likely next tokens with their probabilities (see `kzoo.generation`)."""
+        from kzoo.generation import next_word_distribution
+
+        return next_word_distribution(self, prompt, k, temperature, tokenizer)
 
     # ----------------------------------------------------------------------------- training
     def compile(self, optimizer="adamw", loss=None, **kwargs):

@@ -15,7 +15,7 @@ def test_cached_equals_uncached(rng, num_kv_heads, use_rope):
     attn = CausalSelfAttention(16, 4, num_kv_heads=num_kv_heads, use_rope=use_rope)
     x = _x(rng)
     full = np.asarray(attn(x))
-    cache = np.zeros((2, 2, 10, num_kv_heads, 4), "float32")
+    cache = (np.zeros((2, num_kv_heads, 10, 4), "float32"),) * 2
     prefill, cache = attn(x[:, :4], cache=cache, cache_index=0)
     np.testing.assert_allclose(prefill, full[:, :4], atol=1e-5)
     for t in (4, 5):
@@ -125,4 +125,6 @@ def test_bad_arguments(kwargs, match):
 def test_cache_without_index(rng):
     attn = CausalSelfAttention(16, 4)
     with pytest.raises(ValueError, match="cache_index"):
-        attn(_x(rng), cache=np.zeros((2, 2, 8, 4, 4), "float32"))
+        attn(_x(rng), cache=(np.zeros((2, 4, 8, 4), "float32"),) * 2)
+    with pytest.raises(ValueError, match="pair"):
+        attn(_x(rng), cache=np.zeros((2, 2, 4, 8, 4), "float32"), cache_index=0)

@@ -11,7 +11,7 @@ def test_cached_equals_uncached(rng, kwargs):
     block = TransformerBlock(16, 4, 32, **kwargs)
     x = rng.normal(size=(2, 7, 16)).astype("float32")
     full = np.asarray(block(x))
-    cache = np.zeros((2, 2, 8, block.num_kv_heads, 4), "float32")
+    cache = (np.zeros((2, block.num_kv_heads, 8, 4), "float32"),) * 2
     out, cache = block(x[:, :5], cache=cache, cache_index=0)
     np.testing.assert_allclose(out, full[:, :5], atol=1e-5)
     for t in (5, 6):
