@@ -1,0 +1,89 @@
+"""Generation: compiled, KV-cached decoding with any sampler, streaming, next-word views.
+
+Example:
+```python
+from kzoo.generation import generate
+from kzoo.models import CausalLM
+model = CausalLM.from_preset("gpt_nano", vocab_size=256)
+result = generate(model, [[5, 6, 7]], max_new_tokens=8, sampler="greedy")
+```
+"""
+
+import json
+import weakref
+
+from kzoo import samplers as samplers_lib
+from kzoo.generation.distribution import (
+    NextWordDistribution,
+    next_word_distribution,
+    plot_distributions,
+    temperature_sweep,
+)
+from kzoo.generation.generator import GenerationResult, Generator
+
+# One Generator (and so one set of compiled programs) per model and sampler configuration.
+_GENERATORS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def get_generator(model, sampler="greedy", tokenizer=None, jit_compile=True) -> Generator:
+    """The cached `Generator` for `model` with this sampler, tokenizer and compile mode.
+
+    Samplers given by name or config share programs across calls; a sampler instance gets its
+    own Generator (its seed state lives in the instance).
+    """
+    if isinstance(sampler, str | dict):
+        config = samplers_lib.get(sampler).get_config()
+        config.pop("name", None)  # auto-generated, differs between equal samplers
+        sampler_key = json.dumps(config, sort_keys=True, default=str)
+    else:
+        sampler_key = id(sampler)
+    key = (sampler_key, id(tokenizer), bool(jit_compile))
+    per_model = _GENERATORS.setdefault(model, {})
+    if key not in per_model:
+        per_model[key] = Generator(model, sampler, tokenizer=tokenizer, jit_compile=jit_compile)
+    return per_model[key]
+
+
+def generate(model, prompts, max_new_tokens=64, sampler="greedy", tokenizer=None,
+             jit_compile=True, **kwargs) -> GenerationResult:
+    """Generate continuations with `model`; see `Generator.generate` for every argument.
+
+    Example:
+    ```python
+    from kzoo.generation import generate
+    from kzoo.models import CausalLM
+    model = CausalLM.from_preset("gpt_nano", vocab_size=256)
+    generate(model, [[1, 2], [3, 4, 5]], max_new_tokens=4, sampler="top_k", seed=0).token_ids
+    ```
+    """
+    generator = get_generator(model, sampler, tokenizer, jit_compile)
+    return generator.generate(prompts, max_new_tokens=max_new_tokens, **kwargs)
+
+
+def stream(model, prompt, max_new_tokens=64, sampler="greedy", tokenizer=None,
+           jit_compile=True, **kwargs):
+    """Yield new tokens (or text pieces) of one prompt as produced; see `Generator.stream`.
+
+    Example:
+    ```python
+    from kzoo.generation import stream
+    from kzoo.models import CausalLM
+    model = CausalLM.from_preset("gpt_nano", vocab_size=256)
+    print(list(stream(model, [1, 2, 3], max_new_tokens=4)))
+    ```
+    """
+    generator = get_generator(model, sampler, tokenizer, jit_compile)
+    return generator.stream(prompt, max_new_tokens=max_new_tokens, **kwargs)
+
+
+__all__ = [
+    "GenerationResult",
+    "Generator",
+    "NextWordDistribution",
+    "generate",
+    "get_generator",
+    "next_word_distribution",
+    "plot_distributions",
+    "stream",
+    "temperature_sweep",
+]

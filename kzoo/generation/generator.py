@@ -1,0 +1,265 @@
+"""`Generator`: compiled, KV-cached text generation for a kzoo `CausalLM` and one sampler."""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from kzoo import samplers as samplers_lib
+from kzoo.generation import inputs as inputs_lib
+from kzoo.generation import loops
+from kzoo.generation.decoders import ModelDecoder
+
+
+@dataclass
+class GenerationResult:
+    """What `Generator.generate` returns, one entry per prompt.
+
+    Attributes:
+        prompt_token_ids: list[list[int]]. the prompts as the model saw them (after truncation).
+        token_ids: list[list[int]]. new tokens, without the stop sequence that ended them.
+        logprobs: list[list[float]] or None. log p(token | context) under the model's own
+            distribution (temperature 1, no filtering), one per new token, stop tokens excluded.
+        finish_reasons: list[str]. "stop" (hit a stop token/sequence) or "length".
+        texts: list[str] or None. decoded new tokens, when a tokenizer was given.
+    """
+
+    prompt_token_ids: list
+    token_ids: list
+    logprobs: list | None
+    finish_reasons: list
+    texts: list | None = None
+
+
+def _reset_seed(sampler, seed):
+    """Point every seed generator of `sampler` at `seed`, so a call is reproducible."""
+    if seed is None:
+        return
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise ValueError(f"`seed` must be an int or None. Received: seed={seed!r}")
+    generator = getattr(sampler, "seed_generator", None)
+    if generator is not None:
+        state = generator.state
+        state.assign(ops.convert_to_tensor(np.array([int(seed), 0]), dtype=state.dtype))
+
+
+class Generator:
+    """Generate from a kzoo `CausalLM` with one sampler, compiling once per shape bucket.
+
+    Prompts are left-padded to a power-of-two length P and the new tokens get a power-of-two
+    number of slots N (both clipped to the context). One XLA program per (batch, P, N, stop
+    table shape) runs prefill over the prompt and the whole decode loop with the KV cache;
+    `max_new_tokens`, the prompts and the stop ids are tensors, so new prompts in the same
+    bucket reuse it. `trace_count` counts the traces, to check that.
+
+    Args:
+        model: kzoo `CausalLM`. the language model.
+        sampler: str, dict or sampler. a name from `kzoo.samplers.list_samplers()` (default
+            "greedy"), a config, a kzoo sampler or a keras_hub sampler. A beam sampler
+            (anything with `num_beams`) runs beam search.
+        tokenizer: kzoo tokenizer or None. enables text prompts, text stop sequences and
+            decoded texts.
+        jit_compile: bool. compile with XLA (True) or plain `tf.function` graphs (False).
+        pad_id: int. id written into pad slots and after a row stops (never attended to).
+
+    Example:
+    ```python
+    from kzoo.generation import Generator
+    from kzoo.models import CausalLM
+    model = CausalLM.from_preset("gpt_nano", vocab_size=256)
+    generator = Generator(model, sampler="top_k")
+    result = generator.generate([[5, 6, 7], [8, 9]], max_new_tokens=8, seed=0)
+    result.token_ids   # two lists of 8 ids
+    ```
+    """
+
+    def __init__(self, model, sampler="greedy", tokenizer=None, jit_compile=True, pad_id=0):
+        self.model = model
+        self.decoder = ModelDecoder(model)
+        self.sampler = samplers_lib.get(sampler)
+        self.tokenizer = tokenizer
+        self.jit_compile = bool(jit_compile)
+        self.pad_id = int(pad_id)
+        self.trace_count = 0
+        self._functions = {}
+
+    @property
+    def is_beam(self) -> bool:
+        return hasattr(self.sampler, "num_beams")
+
+    def _compiled(self, kind: str, key: tuple, fn):
+        """A `tf.function` for `kind` per static `key`; traces are counted in `trace_count`."""
+        full_key = (kind, *key)
+        if full_key not in self._functions:
+            def traced(*args):
+                self.trace_count += 1  # Python side effect: runs only while tracing
+                return fn(*args)
+
+            self._functions[full_key] = tf.function(traced, jit_compile=self.jit_compile)
+        return self._functions[full_key]
+
+    # ------------------------------------------------------------------------- preparation
+    def _prepare(self, prompts, max_new_tokens, padding_mask, truncate):
+        vocab, context = self.model.vocab_size, self.model.max_sequence_length
+        id_lists, is_text = inputs_lib.normalize_prompts(
+            prompts, self.tokenizer, padding_mask, vocab
+        )
+        id_lists = inputs_lib.fit_context(id_lists, max_new_tokens, context, truncate)
+        return id_lists, is_text, inputs_lib.left_pad(id_lists, max_new_tokens, context,
+                                                      self.pad_id)
+
+    def _stops(self, stop_token_ids, stop_sequences):
+        return inputs_lib.stop_table(
+            stop_token_ids, stop_sequences, self.tokenizer, self.model.vocab_size
+        )
+
+    # ------------------------------------------------------------------------- generate
+    def generate(self, prompts, max_new_tokens=64, stop_token_ids=None, stop_sequences=None,
+                 return_logprobs=False, seed=None, padding_mask=None, truncate=False):
+        """Generate continuations of a batch of prompts.
+
+        Args:
+            prompts: text, list of texts, a list of ids, a list of id lists (any lengths), a
+                (batch, seq) id array with `padding_mask` (left or right padded), or a dict
+                with "token_ids"/"padding_mask".
+            max_new_tokens: int. at most this many new tokens per prompt.
+            stop_token_ids: int or list[int] or None. ids that end a row (e.g. end-of-text).
+            stop_sequences: list of id lists or strings, or None. multi-token stops, matched
+                on token ids among the new tokens.
+            return_logprobs: bool. also return each new token's log-probability.
+            seed: int or None. reset the sampler's seed first: same seed, same output.
+            padding_mask: array or None. (batch, seq) 1 for real tokens of a 2D `prompts`.
+            truncate: bool. if a prompt does not fit `max_sequence_length - max_new_tokens`,
+                keep its last tokens (sliding window) instead of raising a ValueError.
+
+        Returns a `GenerationResult`.
+        """
+        id_lists, _, batch = self._prepare(prompts, max_new_tokens, padding_mask, truncate)
+        table = self._stops(stop_token_ids, stop_sequences)
+        _reset_seed(self.sampler, seed)
+        loop = loops.beam_loop if self.is_beam else loops.sample_loop
+        key = (*batch.token_ids.shape, batch.new_slots, *table.shape)
+
+        def program(token_ids, lengths, limit, stops):
+            return loop(self.decoder, self.sampler, token_ids, lengths, limit, stops,
+                        batch.new_slots, self.pad_id)
+
+        fn = self._compiled("beam" if self.is_beam else "sample", key, program)
+        tokens, logprobs, counts, stop_lengths = fn(
+            tf.constant(batch.token_ids), tf.constant(batch.lengths),
+            tf.constant(max_new_tokens, tf.int32), tf.constant(table),
+        )
+        tokens, logprobs = np.asarray(tokens), np.asarray(logprobs)
+        counts, stop_lengths = np.asarray(counts), np.asarray(stop_lengths)
+        keep = counts - stop_lengths  # drop the stop sequence itself
+        token_ids = [tokens[r, :keep[r]].tolist() for r in range(len(id_lists))]
+        result = GenerationResult(
+            prompt_token_ids=id_lists,
+            token_ids=token_ids,
+            logprobs=([logprobs[r, :keep[r]].tolist() for r in range(len(id_lists))]
+                      if return_logprobs else None),
+            finish_reasons=["stop" if s > 0 else "length" for s in stop_lengths],
+        )
+        if self.tokenizer is not None:
+            result.texts = [self.tokenizer.decode(ids) for ids in token_ids]
+        return result
+
+    # ------------------------------------------------------------------------- streaming
+    def stream(self, prompt, max_new_tokens=64, stop_token_ids=None, stop_sequences=None,
+               seed=None, truncate=False) -> Iterator:
+        """Yield new tokens of one prompt as they are produced.
+
+        A compiled prefill, then a compiled single-step program called from Python, so each
+        token reaches the caller at once. Yields ints for id prompts and decoded text pieces
+        for text prompts (held back while a multi-byte character is incomplete). Stops after
+        a stop token/sequence (which is not yielded, when it was already yielded in part the
+        rest is not) or `max_new_tokens`.
+
+        Example:
+        ```python
+        from kzoo.generation import Generator
+        from kzoo.models import CausalLM
+        generator = Generator(CausalLM.from_preset("gpt_nano", vocab_size=256))
+        for token in generator.stream([5, 6, 7], max_new_tokens=4):
+            print(token)
+        ```
+        """
+        if self.is_beam:
+            raise ValueError("Streaming needs a token-by-token sampler; beam search decides "
+                             "its tokens only at the end. Use generate() for beam search.")
+        id_lists, is_text, batch = self._prepare(prompt, max_new_tokens, None, truncate)
+        if len(id_lists) != 1:
+            raise ValueError(f"stream() takes one prompt; received {len(id_lists)}.")
+        table = self._stops(stop_token_ids, stop_sequences)
+        stops = [row[row != inputs_lib.NO_TOKEN].tolist() for row in table]
+        stops = [s for s in stops if s]
+        _reset_seed(self.sampler, seed)
+        decoder, sampler, vocab = self.decoder, self.sampler, self.model.vocab_size
+        prompt_slots, new_slots = batch.token_ids.shape[1], batch.new_slots
+
+        def first(token_ids, lengths):
+            logits, cache, mask = loops.prefill(decoder, token_ids, lengths, new_slots)
+            counts = (loops.prompt_counts(token_ids, lengths, vocab) if loops.uses_counts(sampler)
+                      else ops.zeros((1,)))
+            token, logp, cache, counts = loops.pick_with_logprob(sampler, logits, cache,
+                                                                 counts, vocab)
+            return token, logp, cache, mask, counts
+
+        def step(token, cache, index, mask, positions, counts):
+            return loops.decode_step(decoder, sampler, token, cache, index, mask, positions,
+                                     counts)
+
+        shape_key = (1, prompt_slots, new_slots)
+        first_fn = self._compiled("stream_prefill", shape_key, first)
+        step_fn = self._compiled("stream_step", shape_key, step)
+        lengths = tf.constant(batch.lengths)
+        token, _, cache, mask, counts = first_fn(tf.constant(batch.token_ids), lengths)
+        generated, emitted, shown = [], 0, ""
+        for i in range(max_new_tokens):
+            generated.append(int(token[0]))
+            hit = next((s for s in stops if generated[-len(s):] == s), None)
+            if hit is not None:
+                del generated[-len(hit):]
+                break
+            # Hold back a tail that may still grow into a stop sequence.
+            safe = len(generated) - _pending_stop_prefix(generated, stops)
+            if safe > emitted:
+                if is_text:
+                    shown, piece = self._text_piece(generated[:safe], shown)
+                    if piece:
+                        yield piece
+                else:
+                    yield from generated[emitted:safe]
+                emitted = safe
+            if i + 1 < max_new_tokens:
+                token, _, cache, counts = step_fn(
+                    token, cache, tf.constant(prompt_slots + i, tf.int32), mask,
+                    lengths + i, counts,
+                )
+        if is_text:  # flush held-back text, including an incomplete final character
+            _, piece = self._text_piece(generated, shown, final=True)
+            if piece:
+                yield piece
+        elif len(generated) > emitted:
+            yield from generated[emitted:]
+
+    def _text_piece(self, ids, shown, final=False):
+        """New text since `shown`; waits while the text ends in an incomplete character."""
+        text = self.tokenizer.decode(ids)
+        if text.endswith("\ufffd") and not final:
+            return shown, ""
+        piece = text[len(shown):] if text.startswith(shown) else text
+        return text, piece
+
+
+def _pending_stop_prefix(generated, stops) -> int:
+    """Length of the longest tail of `generated` that is a proper prefix of a stop sequence."""
+    best = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(generated)), best, -1):
+            if generated[-k:] == stop[:k]:
+                best = k
+                break
+    return best

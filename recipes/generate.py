@@ -1,0 +1,152 @@
+"""Generate text from a trained run folder, streamed to the terminal, or show the next-word odds.
+
+    python recipes/generate.py --config recipes/configs/gpt/baby_shakespeare_char_generate.yaml
+    python recipes/generate.py runs/gpt_nano_pydocs --prompt 'The "for" statement' \\
+        --sampler top_p --top-p 0.9 --temperature 0.8 --max-new-tokens 200 --seed 0
+    python recipes/generate.py runs/gpt_nano_pydocs --prompt "def " --next-word --k 10 \\
+        --temperatures 0.5 1 2 --png next_word.png
+
+The run folder (from recipes/pretrain.py) must hold model.keras (or --model-file) and
+tokenizer/. Models load with Keras' safe mode; nothing in the folder is executed.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# YAML keys accepted by --config, with the command-line flag each one fills.
+CONFIG_KEYS = ("run_dir", "model_file", "prompt", "max_new_tokens", "seed", "stop",
+               "stop_at_eot", "sampler", "temperature", "top_k", "top_p", "min_p",
+               "repetition_penalty", "frequency_penalty", "presence_penalty", "num_beams",
+               "next_word", "k", "temperatures", "png", "truncate")
+SAMPLER_KNOBS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty",
+                 "frequency_penalty", "presence_penalty", "num_beams")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", nargs="?", help="run folder with model.keras and tokenizer/")
+    parser.add_argument("--config", help="YAML file with any of the options below")
+    parser.add_argument("--model-file", dest="model_file", help="model inside the run folder")
+    parser.add_argument("--prompt")
+    parser.add_argument("--max-new-tokens", dest="max_new_tokens", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--stop", action="append", help="stop text (repeatable)")
+    parser.add_argument("--no-stop-at-eot", dest="stop_at_eot", action="store_false",
+                        default=None, help="keep going past the end-of-text token")
+    parser.add_argument("--sampler", help="greedy, random, top_k, top_p, min_p, beam")
+    for knob in SAMPLER_KNOBS:
+        kind = int if knob in ("top_k", "num_beams") else float
+        parser.add_argument("--" + knob.replace("_", "-"), dest=knob, type=kind)
+    parser.add_argument("--next-word", dest="next_word", action="store_true", default=None,
+                        help="print the next-token distribution instead of generating")
+    parser.add_argument("--k", type=int, help="tokens shown by --next-word")
+    parser.add_argument("--temperatures", type=float, nargs="+", help="for --next-word")
+    parser.add_argument("--png", help="--next-word: also save the chart here")
+    parser.add_argument("--truncate", action="store_true", default=None,
+                        help="keep the end of a prompt longer than the context")
+    return parser.parse_args(argv)
+
+
+def resolve_options(args) -> dict:
+    """Defaults <- YAML config <- command line."""
+    import yaml
+
+    options = {"model_file": "model.keras", "prompt": "\n", "max_new_tokens": 200,
+               "stop_at_eot": True, "sampler": "top_k", "k": 10, "next_word": False,
+               "temperatures": [1.0], "truncate": False}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise ValueError(f"--config {path} does not exist")
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping of options at the top level")
+        unknown = sorted(set(loaded) - set(CONFIG_KEYS))
+        if unknown:
+            raise ValueError(f"{path}: unknown key(s) {unknown}. Valid keys: {list(CONFIG_KEYS)}")
+        options.update(loaded)
+    options.update({k: v for k, v in vars(args).items() if v is not None and k != "config"})
+    if not options.get("run_dir"):
+        raise ValueError("Give a run folder: `generate.py RUN_DIR` or run_dir: in --config")
+    return options
+
+
+def load_run(run_dir: str, model_file: str):
+    import keras
+
+    import kzoo  # noqa: F401  (registers the kzoo classes for deserialization)
+    from kzoo.tokenizers import check_vocab, load_tokenizer
+
+    root = Path(run_dir)
+    model_path, tokenizer_dir = root / model_file, root / "tokenizer"
+    if not root.is_dir():
+        raise ValueError(f"Run folder {root} does not exist")
+    if not model_path.is_file():
+        raise ValueError(f"{model_path} is missing: train first (recipes/pretrain.py) or "
+                         "pass --model-file best.keras")
+    tokenizer = load_tokenizer(tokenizer_dir)
+    model = keras.models.load_model(model_path)  # safe_mode=True: no code runs from the file
+    check_vocab(tokenizer, model.vocab_size, where=str(model_path))
+    return model, tokenizer
+
+
+def build_sampler(options: dict):
+    from kzoo import samplers
+
+    name = options["sampler"]
+    knobs = {k: options[k] for k in SAMPLER_KNOBS if options.get(k) is not None}
+    if "num_beams" in knobs and name != "beam":
+        raise ValueError(f"--num-beams applies to --sampler beam, not {name!r}")
+    return samplers.get(name, **knobs)
+
+
+def run(options: dict, out=sys.stdout) -> dict:
+    from kzoo.generation import Generator, plot_distributions, temperature_sweep
+
+    model, tokenizer = load_run(options["run_dir"], options["model_file"])
+    prompt = str(options["prompt"])
+    if options["next_word"]:
+        dists = temperature_sweep(model, prompt, options["temperatures"], options["k"],
+                                  tokenizer)
+        for dist in dists:
+            print(dist.bars(), file=out)
+        if options.get("png"):
+            print(f"saved {plot_distributions(dists, options['png'])}", file=out)
+        return {"next_word": [vars(d) for d in dists]}
+
+    sampler = build_sampler(options)
+    generator = Generator(model, sampler, tokenizer=tokenizer)
+    kwargs = dict(
+        max_new_tokens=options["max_new_tokens"], seed=options.get("seed"),
+        stop_token_ids=[tokenizer.eot_id] if options["stop_at_eot"] else None,
+        stop_sequences=options.get("stop"), truncate=options["truncate"],
+    )
+    print(prompt, end="", file=out, flush=True)
+    if generator.is_beam:  # beams are only decided at the end: print the winner at once
+        text = generator.generate(prompt, **kwargs).texts[0]
+        print(text, file=out)
+        return {"text": text}
+    pieces = []
+    for piece in generator.stream(prompt, **kwargs):
+        pieces.append(piece)
+        print(piece, end="", file=out, flush=True)
+    print(file=out)
+    return {"text": "".join(pieces)}
+
+
+def main(argv=None) -> int:
+    try:
+        run(resolve_options(parse_args(argv)))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+import numpy as np
+import pytest
+
+from kzoo.models import CausalLM
+
+
+@pytest.fixture(scope="session")
+def gpt():
+    return CausalLM.from_preset("gpt_nano", vocab_size=48, max_sequence_length=64)
+
+
+@pytest.fixture(scope="session")
+def llama():
+    return CausalLM.from_preset("llama_nano", vocab_size=48, max_sequence_length=64)
+
+
+def _full_forward_greedy(model, prompt, steps):
+    """Reference decoding without a cache: the whole sequence through the model each step."""
+    seq = list(prompt)
+    logprobs = []
+    for _ in range(steps):
+        logits = np.asarray(model(np.array([seq], "int32")))[0, -1].astype("float64")
+        log_softmax = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
+        token = int(logits.argmax())
+        logprobs.append(float(log_softmax[token]))
+        seq.append(token)
+    return seq[len(prompt):], logprobs
+
+
+@pytest.fixture(scope="session")
+def full_forward_greedy():
+    return _full_forward_greedy
