@@ -1,0 +1,176 @@
+"""tf.data input pipeline for next-token prediction on a packed token stream.
+
+Documents are tokenized once, joined with an end-of-text id (`Tokenizer.encode_documents`) and
+split into train/validation token arrays. The training stream cuts the train tokens into
+non-overlapping blocks of `block_size + 1` tokens (inputs and shifted targets share one token),
+visits the blocks in a fresh pseudo-random order every pass (each pass also shifts the block
+grid by a random offset below `block_size`, so passes differ), batches and prefetches.
+
+The order is a pure function of `(seed, global sample index)` through
+`tf.random.experimental.index_shuffle`, so:
+- the same seed gives the same batches on every run;
+- resuming at step `s` starts the stream at sample `s * global_batch`, no replay needed;
+- under tf.distribute every input pipeline takes its slice of the same global batch, so the
+  union over replicas equals the single-device batch.
+
+Example:
+
+>>> import numpy as np
+>>> from kzoo.data import train_dataset
+>>> ds = train_dataset(np.arange(1000, dtype="int32"), block_size=8, batch_size=4, seed=0)
+>>> x, y = next(iter(ds))
+>>> x.shape, bool((x[:, 1:] == y[:, :-1]).numpy().all())
+(TensorShape([4, 8]), True)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+
+def split_tokens(tokens: np.ndarray, validation_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Split a token stream: the first `1 - validation_fraction` trains, the rest validates."""
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must lie in (0, 1), got {validation_fraction}")
+    cut = int(round(len(tokens) * (1.0 - validation_fraction)))
+    return tokens[:cut], tokens[cut:]
+
+
+def check_token_counts(
+    train_tokens: np.ndarray, val_tokens: np.ndarray, block_size: int, batch_size: int
+) -> None:
+    """Raise a ValueError when the streams are too short for one batch of blocks."""
+    need = batch_size * block_size + 1
+    if len(train_tokens) < need:
+        raise ValueError(
+            f"the training data has {len(train_tokens)} tokens, fewer than one batch needs "
+            f"(batch_size {batch_size} x block_size {block_size} + 1 = {need})"
+        )
+    if len(val_tokens) < block_size + 1:
+        raise ValueError(
+            f"the validation data has {len(val_tokens)} tokens, fewer than one block needs "
+            f"({block_size + 1}); use more text or a larger validation fraction"
+        )
+
+
+def _pipeline_sample_ids(
+    start_step: int, global_batch: int, pipeline_id: int, num_pipelines: int, num_steps=None
+) -> tf.data.Dataset:
+    """Global sample indices that input pipeline `pipeline_id` must produce, in order.
+
+    Pipeline p takes the contiguous slice [p * B/P, (p + 1) * B/P) of every global batch B.
+    """
+    if global_batch % num_pipelines:
+        raise ValueError(
+            f"batch_size {global_batch} must be divisible by the number of workers {num_pipelines}"
+        )
+    per_pipeline = global_batch // num_pipelines
+    start = start_step * per_pipeline
+    stop = None if num_steps is None else (start_step + num_steps) * per_pipeline
+    ids = tf.data.Dataset.range(start, stop) if stop is not None else tf.data.Dataset.range(
+        start, np.iinfo(np.int64).max
+    )
+    return ids.map(
+        lambda i: (i // per_pipeline) * global_batch + pipeline_id * per_pipeline
+        + i % per_pipeline
+    )
+
+
+def _windows(tokens: tf.Tensor, block_size: int):
+    """Map a batch of window starts (batch,) to (inputs, targets), each (batch, block_size)."""
+
+    def gather(starts):
+        offsets = starts[:, None] + tf.range(block_size + 1, dtype=tf.int64)[None, :]
+        window = tf.gather(tokens, offsets)  # (batch, block_size + 1)
+        return window[:, :-1], window[:, 1:]
+
+    return gather
+
+
+def _options() -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True
+    # Each pipeline already reads only its slice (see _pipeline_sample_ids).
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return options
+
+
+def train_dataset(
+    tokens: np.ndarray,
+    block_size: int,
+    batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    input_context: tf.distribute.InputContext | None = None,
+) -> tf.data.Dataset:
+    """Endless shuffled (inputs, targets) batches of packed blocks.
+
+    Args:
+        tokens: np.ndarray. int token stream (documents joined with the end-of-text id).
+        block_size: int. tokens per training sequence.
+        batch_size: int. global batch size (all replicas and workers together).
+        seed: int. shuffling seed; the same seed gives the same batches.
+        start_step: int. first step to produce (for resuming).
+        input_context: tf.distribute.InputContext | None. set by
+            `strategy.distribute_datasets_from_function`; batches are then per replica.
+    """
+    # One block_size of slack, so every pass can shift its block grid (see block_start).
+    num_blocks = (len(tokens) - 1 - block_size) // block_size
+    if num_blocks < 1:
+        raise ValueError(f"{len(tokens)} tokens are too few for one block of {block_size + 1}")
+    pipeline_id, num_pipelines, per_replica = 0, 1, batch_size
+    if input_context is not None:
+        pipeline_id = input_context.input_pipeline_id
+        num_pipelines = input_context.num_input_pipelines
+        per_replica = input_context.get_per_replica_batch_size(batch_size)
+    token_tensor = tf.constant(np.asarray(tokens, np.int32))
+    n = tf.constant(num_blocks, tf.int64)
+    seed = int(seed)
+
+    def block_start(sample):
+        # Pass `sample // n` over the data uses its own permutation of the blocks and its own
+        # grid offset in [0, block_size), so a second pass does not repeat the same windows.
+        epoch = sample // n
+        key = tf.stack([tf.constant(seed, tf.int64), epoch])
+        block = tf.random.experimental.index_shuffle(sample % n, key, n - 1)
+        offset = tf.random.stateless_uniform(
+            [], key, minval=0, maxval=block_size, dtype=tf.int64
+        )
+        return offset + block * block_size
+
+    ids = _pipeline_sample_ids(start_step, batch_size, pipeline_id, num_pipelines)
+    ds = ids.map(block_start).batch(per_replica, drop_remainder=True)
+    ds = ds.map(_windows(token_tensor, block_size), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def eval_dataset(
+    tokens: np.ndarray,
+    block_size: int,
+    batch_size: int,
+    num_batches: int,
+    seed: int,
+    input_context: tf.distribute.InputContext | None = None,
+) -> tf.data.Dataset:
+    """`num_batches` fixed batches of windows at seeded random offsets (nanoGPT's estimate).
+
+    Windows may overlap, so a small validation split still gives many batches. The same
+    arguments give the same windows, so validation losses are comparable across evaluations.
+    Arguments as in `train_dataset`; `num_batches`: int. global batches to produce.
+    """
+    if len(tokens) < block_size + 1:
+        raise ValueError(f"{len(tokens)} validation tokens are too few for one block")
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, len(tokens) - block_size, size=num_batches * batch_size)
+    pipeline_id, num_pipelines, per_replica = 0, 1, batch_size
+    if input_context is not None:
+        pipeline_id = input_context.input_pipeline_id
+        num_pipelines = input_context.num_input_pipelines
+        per_replica = input_context.get_per_replica_batch_size(batch_size)
+    token_tensor = tf.constant(np.asarray(tokens, np.int32))
+    start_tensor = tf.constant(starts, tf.int64)
+    ids = _pipeline_sample_ids(0, batch_size, pipeline_id, num_pipelines, num_steps=num_batches)
+    ds = ids.map(lambda i: tf.gather(start_tensor, i)).batch(per_replica, drop_remainder=True)
+    ds = ds.map(_windows(token_tensor, block_size)).cache()
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())

@@ -1,0 +1,315 @@
+"""Direct preference optimisation: a Keras model whose `train_step` trains a policy against a
+frozen reference (or precomputed reference log-probs), in the manner of Gemma's DPO wrapper.
+
+The batch holds pairs: "token_ids" (pairs, 2, L) with the chosen row at [:, 0] and the rejected
+row at [:, 1], and "loss_mask" (pairs, 2, L) marking response tokens (see
+`kzoo.data.preference.encode_pairs`). Both rows go through the model in one forward pass. Sequence
+log-probs are computed from float32 logits, so bfloat16 mixed precision changes the matmuls, not
+the loss arithmetic. Under `tf.distribute` each replica's loss is divided by the global batch size
+(`tf.nn.compute_average_loss`) and the optimizer sums the gradients, so N replicas take the same
+step as one device on the whole batch.
+
+Logged every step: loss, rewards/chosen, rewards/rejected, rewards/accuracy, rewards/margin,
+logps/chosen, logps/rejected (rewards are beta * (log pi - log pi_ref), summed over the response).
+
+Example:
+```python
+import keras
+from kzoo.models import CausalLM
+from kzoo.training.dpo import DPOModel, frozen_copy
+policy = CausalLM.from_preset("gpt_nano", vocab_size=257)
+dpo = DPOModel(policy, reference=frozen_copy(policy), loss="sigmoid", beta=0.1)
+dpo.compile(optimizer=keras.optimizers.AdamW(1e-4))
+# dpo.fit(kzoo.data.preference.preference_dataset(arrays, batch_size=8), epochs=1)
+```
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kzoo import losses as loss_registry
+
+METRIC_NAMES = (
+    "loss", "rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/margin",
+    "logps/chosen", "logps/rejected",
+)
+
+
+def sequence_logps(model, token_ids, loss_mask, training=False, average=False):
+    """Sum (or mean) of log p(token_t | tokens before t) over positions where `loss_mask` is 1.
+
+    Args:
+        model: a `CausalLM` (float32 logits (batch, seq, vocab)).
+        token_ids: int tensor. (rows, L).
+        loss_mask: float tensor. (rows, L); 1.0 marks the tokens to score.
+        training: bool. passed to the model (dropout).
+        average: bool. divide by the number of scored tokens (length-normalised log-prob).
+
+    Returns:
+        float32 tensor (rows,).
+
+    Example:
+    ```python
+    import numpy as np
+    from kzoo.models import CausalLM
+    from kzoo.training.dpo import sequence_logps
+    model = CausalLM.from_preset("gpt_nano")
+    sequence_logps(model, np.array([[1, 2, 3]]), np.array([[0.0, 1.0, 1.0]]))
+    ```
+    """
+    token_ids = tf.convert_to_tensor(token_ids)
+    logits = model(token_ids[:, :-1], training=training)  # (rows, L-1, vocab)
+    # The fused op computes log-softmax in the logits' dtype: force float32.
+    token_logps = -tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.cast(token_ids[:, 1:], tf.int32), logits=tf.cast(logits, tf.float32)
+    )  # (rows, L-1): log p of token t+1 given tokens 0..t
+    mask = tf.cast(loss_mask, tf.float32)[:, 1:]  # target t+1 counts when token t+1 is response
+    total = tf.reduce_sum(token_logps * mask, axis=-1)
+    if average:
+        total = total / tf.maximum(tf.reduce_sum(mask, axis=-1), 1.0)
+    return total
+
+
+def pair_logps(model, token_ids, loss_mask, training=False, average=False):
+    """Chosen and rejected log-probs of (pairs, 2, L) inputs in one forward pass: (pairs, 2)."""
+    shape = tf.shape(token_ids)
+    flat_ids = tf.reshape(token_ids, (-1, shape[-1]))  # (pairs * 2, L), rows alternate c, r
+    flat_mask = tf.reshape(loss_mask, (-1, shape[-1]))
+    logps = sequence_logps(model, flat_ids, flat_mask, training=training, average=average)
+    return tf.reshape(logps, (-1, 2))  # (pairs, 2)
+
+
+def frozen_copy(model):
+    """A non-trainable copy of `model` with the same config and weights (the DPO reference).
+
+    Example:
+    ```python
+    from kzoo.models import CausalLM
+    from kzoo.training.dpo import frozen_copy
+    policy = CausalLM.from_preset("gpt_nano")
+    reference = frozen_copy(policy)
+    ```
+    """
+    copy = model.__class__.from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    copy.trainable = False
+    return copy
+
+
+def compute_reference_logps(reference, arrays: dict, batch_size: int = 32,
+                            average: bool = False) -> np.ndarray:
+    """Reference log-probs of every pair, (pairs, 2) float32, to train with no second model.
+
+    Run it with the policy itself before training: at step 0 the policy is the reference.
+
+    Example:
+    ```python
+    arrays["reference_logps"] = compute_reference_logps(policy, arrays)
+    dpo = DPOModel(policy, reference=None)
+    ```
+    """
+    ids, mask = arrays["token_ids"], arrays["loss_mask"]
+    fn = tf.function(lambda i, m: pair_logps(reference, i, m, training=False, average=average))
+    out = [fn(ids[s: s + batch_size], mask[s: s + batch_size]).numpy()
+           for s in range(0, len(ids), batch_size)]
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 2), np.float32)
+
+
+@keras.saving.register_keras_serializable(package="kzoo")
+class DPOModel(keras.Model):
+    """Trains `policy` on preference pairs with a DPO-family loss; `fit` drives it.
+
+    Args:
+        policy: CausalLM. the model being tuned (its weights are the only trainable ones).
+        reference: CausalLM or None. the frozen reference (see `frozen_copy`); None means every
+            batch carries "reference_logps" (pairs, 2) from `compute_reference_logps`.
+        loss: str. a name from `kzoo.losses.list_losses()`.
+        beta: float. KL strength; rewards are beta * (log pi - log pi_ref).
+        label_smoothing: float. label-noise rate for the "conservative" and "robust" losses.
+        average_log_prob: bool. length-normalise sequence log-probs (often used with IPO).
+        **kwargs: passed to `keras.Model` (e.g. `name`).
+
+    Example:
+    ```python
+    import keras
+    from kzoo.models import CausalLM
+    from kzoo.training.dpo import DPOModel, frozen_copy
+    policy = CausalLM.from_preset("gpt_nano")
+    dpo = DPOModel(policy, frozen_copy(policy), loss="ipo", beta=0.5)
+    dpo.compile(optimizer="adam")
+    ```
+    """
+
+    def __init__(self, policy, reference=None, loss: str = "sigmoid", beta: float = 0.1,
+                 label_smoothing: float = 0.0, average_log_prob: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(beta, bool) or not isinstance(beta, int | float) or not beta > 0:
+            raise ValueError(f"`beta` must be a positive number. Received: beta={beta!r}")
+        self.loss_fn = loss_registry.get(loss)
+        # Fail now, not at the first step, on a smoothing the loss does not take.
+        self.loss_fn(np.zeros(1, "float32"), np.zeros(1, "float32"), beta, label_smoothing)
+        self.policy = policy
+        self.reference = reference
+        if reference is not None:
+            reference.trainable = False
+        self.loss_name = loss
+        self.beta = float(beta)
+        self.label_smoothing = float(label_smoothing)
+        self.average_log_prob = average_log_prob
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in METRIC_NAMES}
+        self.built = True
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def compile(self, optimizer="adamw", **kwargs):
+        """Compile with an optimizer only: the loss is the DPO-family loss chosen at build."""
+        super().compile(optimizer=optimizer, **kwargs)
+        # Create the slots now, under the caller's distribution scope, not inside a tf.function.
+        self.optimizer.build(self.policy.trainable_variables)
+
+    def call(self, inputs, training=False):
+        """Policy log-probs of the pairs, (pairs, 2) float32."""
+        return pair_logps(self.policy, inputs["token_ids"], inputs["loss_mask"],
+                          training=training, average=self.average_log_prob)
+
+    def _reference_logps(self, inputs):
+        if self.reference is None:
+            if "reference_logps" not in inputs:
+                raise ValueError(
+                    "DPOModel has no reference model, so every batch needs 'reference_logps' "
+                    "(pairs, 2); compute them with `compute_reference_logps`. Batch keys: "
+                    f"{sorted(inputs)}"
+                )
+            return tf.cast(inputs["reference_logps"], tf.float32)
+        ref = pair_logps(self.reference, inputs["token_ids"], inputs["loss_mask"],
+                         training=False, average=self.average_log_prob)
+        return tf.stop_gradient(ref)
+
+    def _pair_losses(self, policy_logps, reference_logps):
+        logratios = policy_logps - reference_logps  # (pairs, 2)
+        per_pair = self.loss_fn(logratios[:, 0], logratios[:, 1], self.beta,
+                                self.label_smoothing)  # (pairs,)
+        return per_pair, self.beta * tf.stop_gradient(logratios)
+
+    def _update_metrics(self, per_pair, rewards, policy_logps):
+        n = tf.shape(per_pair)[0]
+        # Each replica adds its batch-weighted values; the Mean metrics sum across replicas.
+        weight = tf.cast(n, tf.float32)
+        values = {
+            "loss": per_pair,
+            "rewards/chosen": rewards[:, 0],
+            "rewards/rejected": rewards[:, 1],
+            "rewards/accuracy": tf.cast(rewards[:, 0] > rewards[:, 1], tf.float32),
+            "rewards/margin": rewards[:, 0] - rewards[:, 1],
+            "logps/chosen": policy_logps[:, 0],
+            "logps/rejected": policy_logps[:, 1],
+        }
+        for name, value in values.items():
+            self.trackers[name].update_state(tf.reduce_mean(value), sample_weight=weight)
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    def train_step(self, data):
+        inputs, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        reference_logps = self._reference_logps(inputs)
+        variables = self.policy.trainable_variables
+        with tf.GradientTape() as tape:
+            policy_logps = self(inputs, training=True)
+            per_pair, rewards = self._pair_losses(policy_logps, reference_logps)
+            # Sum over this replica's pairs / global batch: replicas' gradients then add up.
+            loss = tf.nn.compute_average_loss(per_pair)
+            scaled = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, variables)
+        self.optimizer.apply(grads, variables)
+        return self._update_metrics(per_pair, rewards, tf.stop_gradient(policy_logps))
+
+    def test_step(self, data):
+        inputs, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        policy_logps = self(inputs, training=False)
+        per_pair, rewards = self._pair_losses(policy_logps, self._reference_logps(inputs))
+        return self._update_metrics(per_pair, rewards, policy_logps)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "policy": keras.saving.serialize_keras_object(self.policy),
+            "reference": None if self.reference is None
+            else keras.saving.serialize_keras_object(self.reference),
+            "loss": self.loss_name,
+            "beta": self.beta,
+            "label_smoothing": self.label_smoothing,
+            "average_log_prob": self.average_log_prob,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["policy"] = keras.saving.deserialize_keras_object(config["policy"])
+        if config.get("reference") is not None:
+            config["reference"] = keras.saving.deserialize_keras_object(config["reference"])
+        return cls(**config)
+
+
+class NaNGuard(keras.callbacks.Callback):
+    """Stop training when a logged value turns NaN or infinite, and keep the last good weights.
+
+    After every finite step the weights of `model_to_guard` are kept in memory (every
+    `snapshot_every` steps); at a non-finite step training stops and those weights are restored.
+    With `checkpoint_path`, the guarded model's weights are written there at each finite epoch's
+    end, so a bad epoch never overwrites the last good checkpoint.
+
+    Args:
+        model_to_guard: keras.Model. the model whose weights matter (the policy for DPO).
+        keys: tuple[str]. log entries to watch; missing ones are ignored.
+        checkpoint_path: str or None. a `.weights.h5` path for the last good weights.
+        snapshot_every: int. steps between in-memory snapshots.
+
+    Example:
+    ```python
+    guard = NaNGuard(policy, checkpoint_path="runs/dpo/policy.weights.h5")
+    dpo.fit(dataset, callbacks=[guard]); guard.stopped_at  # None or (epoch, step)
+    ```
+    """
+
+    def __init__(self, model_to_guard, keys=("loss", "rewards/chosen", "rewards/rejected"),
+                 checkpoint_path: str | None = None, snapshot_every: int = 1):
+        super().__init__()
+        self.model_to_guard = model_to_guard
+        self.keys = tuple(keys)
+        self.checkpoint_path = checkpoint_path
+        self.snapshot_every = snapshot_every
+        self.stopped_at = None
+        self._good = None
+        self._epoch = 0
+        self._step = 0
+
+    def on_train_begin(self, logs=None):
+        self.stopped_at = None
+        self._good = self.model_to_guard.get_weights()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        bad = [k for k in self.keys if k in logs and not math.isfinite(float(logs[k]))]
+        if bad:
+            self.stopped_at = (self._epoch, batch)
+            print(f"NaNGuard: {bad} not finite at epoch {self._epoch} step {batch}; "
+                  "stopping and restoring the last good weights.")
+            self.model_to_guard.set_weights(self._good)
+            self.model.stop_training = True
+            return
+        self._step += 1
+        if self._step % self.snapshot_every == 0:
+            self._good = self.model_to_guard.get_weights()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.checkpoint_path and self.stopped_at is None:
+            self.model_to_guard.save_weights(self.checkpoint_path)

@@ -1,0 +1,83 @@
+"""AdamW configured as in GPT-2/nanoGPT, with no weight decay on norms, biases and embeddings.
+
+Example:
+
+>>> from kzoo.models import CausalLM
+>>> from kzoo.training.optimizers import build_adamw, no_decay_variables
+>>> model = CausalLM.from_preset("gpt_nano", vocab_size=32)
+>>> opt = build_adamw(model, learning_rate=1e-3, weight_decay=0.1)
+>>> all(len(v.shape) < 2 or "embedding" in v.path for v in no_decay_variables(model))
+True
+"""
+
+from __future__ import annotations
+
+import keras
+
+
+def no_decay_variables(model: keras.Model) -> list:
+    """Trainable variables exempt from weight decay: every vector (norm scales/offsets,
+    biases) and the weights of embedding layers (token and position tables)."""
+    embedding_ids = set()
+    for layer in model._flatten_layers(include_self=False):
+        if "Embedding" in type(layer).__name__:
+            # Lookup tables only: an untied output projection ("reverse_embeddings") is a
+            # matmul weight and keeps its decay, as in GPT-2/nanoGPT.
+            embedding_ids.update(
+                id(v) for v in layer.trainable_variables if v.name == "embeddings"
+            )
+    return [v for v in model.trainable_variables if len(v.shape) < 2 or id(v) in embedding_ids]
+
+
+@keras.saving.register_keras_serializable(package="kzoo")
+class AdamW(keras.optimizers.AdamW):
+    """Keras AdamW whose global-norm clipping sees the gradient of the whole global batch.
+
+    Keras 3 (TensorFlow backend) clips each replica's gradient before the cross-replica sum,
+    so under MirroredStrategy/MultiWorkerMirroredStrategy `global_clipnorm` clips a partial
+    gradient and training drifts from single-device training. Here, with more than one
+    replica, the gradients are summed first, clipped, and divided by the replica count (the
+    sum Keras then takes gives back the clipped global gradient). Same arguments as
+    `keras.optimizers.AdamW`.
+    """
+
+    def _clip_gradients(self, grads):
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync if context is not None else 1
+        if not (self.global_clipnorm and replicas > 1):
+            return super()._clip_gradients(grads)
+        present = [g for g in grads if g is not None]
+        total = iter(context.all_reduce(tf.distribute.ReduceOp.SUM, present))
+        summed = [None if g is None else next(total) for g in grads]
+        clipped = super()._clip_gradients(summed)
+        return [None if g is None else g / replicas for g in clipped]
+
+
+def build_adamw(
+    model: keras.Model,
+    learning_rate,
+    weight_decay: float = 0.1,
+    beta_1: float = 0.9,
+    beta_2: float = 0.95,
+    epsilon: float = 1e-8,
+    clip_norm: float | None = 1.0,
+) -> AdamW:
+    """AdamW with decoupled weight decay on matrices only and global-norm gradient clipping.
+
+    Args:
+        model: keras.Model. the model whose variables are exempted (see no_decay_variables).
+        learning_rate: float | LearningRateSchedule. learning rate.
+        weight_decay: float. decoupled decay applied to matrices.
+        beta_1: float. first-moment decay.
+        beta_2: float. second-moment decay.
+        epsilon: float. denominator epsilon (PyTorch's default 1e-8).
+        clip_norm: float | None. clip the global gradient norm to this value; None disables.
+    """
+    optimizer = AdamW(
+        learning_rate=learning_rate, weight_decay=weight_decay, beta_1=beta_1, beta_2=beta_2,
+        epsilon=epsilon, global_clipnorm=clip_norm,
+    )
+    optimizer.exclude_from_weight_decay(var_list=no_decay_variables(model))
+    return optimizer

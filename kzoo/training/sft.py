@@ -1,0 +1,108 @@
+"""Supervised fine-tuning (SFT) with the loss on response tokens only, through `model.fit`.
+
+The data (`kzoo.data.instruction.sft_dataset`) yields `(x, y, sample_weight)` where the weight is
+1.0 on response targets and 0.0 on prompt and padding targets. The loss divides by the sum of the
+weights (`reduction="mean_with_sample_weight"`), so the logged loss is the mean negative
+log-likelihood per response token.
+
+Example:
+```python
+import keras
+from kzoo.data.instruction import encode_sft, read_instruction_records, sft_dataset
+from kzoo.models import CausalLM
+from kzoo.tokenizers import ByteTokenizer
+from kzoo.training.sft import compile_sft
+records = read_instruction_records("../shared/data/instruction-data.json")
+arrays = encode_sft(records, ByteTokenizer(), max_length=256)
+model = CausalLM.from_preset("gpt_nano", vocab_size=257, max_sequence_length=256)
+compile_sft(model, keras.optimizers.AdamW(1e-3))
+model.fit(sft_dataset(arrays, batch_size=16), epochs=1)
+```
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+
+def response_loss_fn():
+    """Next-token cross-entropy averaged over the weighted (response) targets."""
+    return keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, reduction="mean_with_sample_weight", name="response_loss"
+    )
+
+
+def compile_sft(model, optimizer="adamw", **kwargs):
+    """Compile `model` for SFT: response-only loss; other `compile` arguments pass through.
+
+    Example:
+    ```python
+    compile_sft(model, keras.optimizers.AdamW(3e-4))
+    ```
+    """
+    model.compile(optimizer=optimizer, loss=response_loss_fn(), **kwargs)
+    return model
+
+
+def response_nll(model, arrays: dict, batch_size: int = 32) -> float:
+    """Mean negative log-likelihood per response token of encoded SFT or preference rows.
+
+    Args:
+        model: CausalLM. the model to score.
+        arrays: dict. "token_ids" and "loss_mask", shaped (N, L) or (N, 2, L).
+        batch_size: int. rows per forward pass.
+
+    Example:
+    ```python
+    response_nll(model, arrays)   # e.g. 1.73 nats per token
+    ```
+    """
+    from kzoo.training.dpo import sequence_logps
+
+    length = arrays["token_ids"].shape[-1]
+    ids = arrays["token_ids"].reshape(-1, length)  # (rows, L): pairs flattened to rows
+    mask = arrays["loss_mask"].reshape(-1, length)
+    total = 0.0
+    for s in range(0, len(ids), batch_size):
+        total += float(np.sum(sequence_logps(model, ids[s: s + batch_size],
+                                             mask[s: s + batch_size])))
+    tokens = float(mask[:, 1:].sum())
+    if tokens == 0:
+        raise ValueError("`arrays` holds no response tokens to score (loss_mask is all zero).")
+    return -total / tokens
+
+
+def load_tokenizer_and_model(preset: str, args: dict, init: str | None, tokenizer: str,
+                             max_length: int):
+    """The tokenizer and starting model of a fine-tuning recipe (SFT, DPO, reward).
+
+    Args:
+        preset: str. `CausalLM` preset used when `init` is None.
+        args: dict. preset overrides (vocab size and length default to the tokenizer's/data's).
+        init: str or None. a `.keras` model to start from (loaded in Keras safe mode).
+        tokenizer: str. "byte", or a folder holding a saved kzoo tokenizer.
+        max_length: int. the data's row length; the model needs `max_length - 1` positions.
+
+    Example:
+    ```python
+    tok, model = load_tokenizer_and_model("gpt_nano", {}, None, "byte", 128)
+    ```
+    """
+    import kzoo  # noqa: F401  (registers the kzoo classes for load_model)
+    from kzoo.models import CausalLM
+    from kzoo.tokenizers import ByteTokenizer, check_vocab, load_tokenizer
+
+    tok = ByteTokenizer() if tokenizer == "byte" else load_tokenizer(tokenizer)
+    if init:
+        model = keras.models.load_model(init)  # safe_mode: never runs code from the file
+    else:
+        model = CausalLM.from_preset(preset, **{"vocab_size": tok.vocab_size,
+                                                "max_sequence_length": max_length, **args})
+    check_vocab(tok, model.vocab_size)
+    if model.max_sequence_length < max_length - 1:
+        raise ValueError(
+            f"max_length={max_length} needs a model with at least {max_length - 1} positions; "
+            f"the model has max_sequence_length={model.max_sequence_length}"
+        )
+    return tok, model

@@ -1,0 +1,168 @@
+"""End-to-end pre-training: run folder contents, resume after kill -9, NaN stop, bad input."""
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import keras
+import pytest
+
+from kzoo.tokenizers import load_tokenizer
+from kzoo.training import NaNLossError, PretrainConfig, load_config, pretrain
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "recipes/configs/gpt/nano_pydocs_pretrain.yaml"
+
+# A tiny, fast variant of the demo config (char tokenizer, 2-layer model, a few steps).
+TINY = [
+    "tokenizer.kind=char", "tokenizer.vocab_size=null", "model.args={max_sequence_length: 32}",
+    "train.block_size=16", "train.batch_size=4", "train.steps=6", "train.eval_interval=2",
+    "train.val_batches=2", "train.warmup_steps=2", "train.verbose=0",
+    "sample.max_new_tokens=8", "train.tensorboard=false", "train.jit_compile=false",
+]
+# The shared reference run: long enough that a subprocess can be killed mid-way.
+STEPS, INTERVAL = 60, 10
+
+
+def tiny(run_dir, *extra):
+    return load_config(DEMO, PretrainConfig, [*TINY, f"run_dir={run_dir}", *extra])
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One finished tiny run shared by the tests below (they copy it before changing it)."""
+    run = tmp_path_factory.mktemp("finished") / "run"
+    result = pretrain(tiny(run, f"train.steps={STEPS}", f"train.eval_interval={INTERVAL}",
+                           "train.tensorboard=true"))
+    return run, result
+
+
+def copy_of(finished, tmp_path):
+    shutil.copytree(finished[0], tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_run_folder_holds_everything(finished):
+    run, result = finished
+    for name in ("config.yaml", "tokenizer/tokenizer.json", "model.keras", "best.keras",
+                 "metrics.csv", "loss.png", "backup/LATEST"):
+        assert (run / name).exists(), name
+    assert any((run / "tensorboard").rglob("*tfevents*"))
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [int(float(r["step"])) for r in rows] == list(range(INTERVAL, STEPS + 1, INTERVAL))
+    assert {"loss", "val_loss", "val_perplexity", "lr", "tokens_per_s"} <= set(rows[0])
+    assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"])  # it learns
+    assert result["val_loss"] == pytest.approx(float(rows[-1]["val_loss"]))
+    assert result["sample"].startswith('The "for" statement')
+    # Later steps need only the folder: config, tokenizer and model load from it; the model
+    # is saved uncompiled, so loading it needs no training classes.
+    with zipfile.ZipFile(run / "model.keras") as archive:
+        assert not json.loads(archive.read("config.json")).get("compile_config")
+    model = keras.models.load_model(run / "model.keras")
+    tok = load_tokenizer(run / "tokenizer")
+    assert model.vocab_size == tok.vocab_size
+    assert load_config(run / "config.yaml", PretrainConfig).train.steps == STEPS
+
+
+def test_rerun_of_a_finished_run_trains_no_more(finished, tmp_path):
+    run = copy_of(finished, tmp_path)
+    again = pretrain(tiny(run, f"train.steps={STEPS}", f"train.eval_interval={INTERVAL}"))
+    assert again["resumed_from"] == STEPS
+
+
+def test_nan_stops_and_keeps_the_last_good_checkpoint(finished, tmp_path):
+    run = copy_of(finished, tmp_path)
+    name = f"step-{STEPS:07d}"
+    weights = run / "backup" / name / "ckpt.weights.h5"
+    before = weights.read_bytes()
+    # Step 61 runs on good weights; its update overflows, so step 62 is the first NaN loss.
+    with pytest.raises(NaNLossError, match=rf"NaN/inf at step {STEPS + 2}.*{name} is kept"):
+        pretrain(tiny(run, f"train.steps={STEPS + INTERVAL}", f"train.eval_interval={INTERVAL}",
+                      "train.learning_rate=1e38", "train.warmup_steps=0", "train.clip_norm=null"))
+    assert (run / "backup/LATEST").read_text() == name
+    assert weights.read_bytes() == before
+    assert not (run / "backup" / f"step-{STEPS + INTERVAL:07d}").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["train.block_size=64"], "block_size=64 exceeds the model's max_sequence_length=32"),
+        (["model.args={vocab_size: 50, max_sequence_length: 32}"],
+         r"tokenizer has \d+ ids but model.args.vocab_size has vocab_size=50"),
+        (["train.batch_size=100000"], "fewer than one batch"),
+        (["train.steps=5"], "multiple of train.eval_interval"),
+        (["train.bogus=1"], "unknown key 'train.bogus'"),
+        (["train.steps=ten"], "'train.steps' expects int"),
+    ],
+)
+def test_bad_settings_leave_no_run_folder(tmp_path, extra, message):
+    with pytest.raises(ValueError, match=message):
+        pretrain(tiny(tmp_path / "run", *extra))
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_corpus_files(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "bad.txt").write_bytes(b"hello \xff world")
+    with pytest.raises(ValueError, match="empty corpus"):
+        pretrain(tiny(tmp_path / "run", f"data.source={tmp_path / 'empty.txt'}"))
+    with pytest.raises(ValueError, match=r"bad\.txt is not UTF-8.*byte offset 6"):
+        pretrain(tiny(tmp_path / "run", f"data.source={tmp_path / 'bad.txt'}"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_a_different_tokenizer(finished, tmp_path):
+    run = copy_of(finished, tmp_path)
+    with pytest.raises(ValueError, match="different run .changed: tokenizer"):
+        pretrain(tiny(run, "tokenizer.kind=byte"))
+    assert (run / "backup/LATEST").is_file()  # nothing lost
+
+
+def test_init_from_model_with_other_vocabulary(finished, tmp_path):
+    with pytest.raises(ValueError, match=r"tokenizer has 257 ids but the model .*vocab_size=\d+"):
+        pretrain(tiny(tmp_path / "b", "tokenizer.kind=byte",
+                      f"model.init_from={finished[0] / 'model.keras'}"))
+    assert not (tmp_path / "b").exists()
+
+
+def _command(run_dir):
+    args = [*TINY, f"run_dir={run_dir}", f"train.steps={STEPS}",
+            f"train.eval_interval={INTERVAL}"]
+    cmd = [sys.executable, str(ROOT / "recipes/pretrain.py"), "--config", str(DEMO)]
+    for a in args:
+        cmd += ["--set", a]
+    return cmd
+
+
+def test_kill_9_then_same_command_resumes_and_matches_uninterrupted(finished, tmp_path):
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_command(run), env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    latest = run / "backup/LATEST"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not latest.is_file():
+        time.sleep(0.01)
+    assert proc.poll() is None, "finished or failed before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)  # kill -9 right after the first backup landed
+    proc.wait()
+    saved = int(latest.read_text().split("-")[1])
+    assert INTERVAL <= saved < STEPS
+
+    out = tmp_path / "resumed.json"
+    done = subprocess.run([*_command(run), "--result-json", str(out)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"from step {saved}" in done.stdout
+    resumed = json.loads(out.read_text())
+    assert resumed["resumed_from"] == saved
+    # Deterministic data order + restored optimizer state: same result as never stopping.
+    assert resumed["val_loss"] == pytest.approx(finished[1]["val_loss"], rel=1e-4, abs=1e-4)
