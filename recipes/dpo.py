@@ -1,0 +1,173 @@
+"""Direct preference optimisation (DPO family) on preference pairs, usually after SFT.
+
+    python recipes/dpo.py --config recipes/configs/gpt/baby_instruction_dpo.yaml
+    python recipes/dpo.py --config CONFIG --set dpo.loss=ipo --set dpo.beta=0.5
+
+The run folder holds config.yaml, tokenizer/, model.keras (the tuned policy),
+policy.weights.h5 (the last good weights, written after every `train.eval_interval` steps),
+metrics.csv (one row per interval: step, training and held-out metrics) and metrics.json
+(the same history, the held-out implicit-reward accuracy before and after, the split and the
+bad-pair counts). The
+reference is the starting model: either a frozen copy (`dpo.reference: copy`) or log-probs
+computed once before training (`dpo.reference: precomputed`, no second model in memory). A
+NaN loss or reward stops training and restores the last good weights (exit status 3).
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    path: str = "../shared/data/instruction-preference.json"  # .json/.jsonl or tfds:NAME
+    template: str = "alpaca"
+    max_length: int = 256
+    max_prompt_length: int | None = None
+    validation_fraction: float = 0.1
+    split_seed: int = 0
+    strict: bool = False
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    preset: str = "gpt_baby"
+    args: dict = dataclasses.field(default_factory=dict)
+    init_from: str | None = None  # the SFT model, e.g. runs/gpt_baby_instruction_sft/model.keras
+    tokenizer: str = "byte"
+
+
+@dataclasses.dataclass
+class PreferenceConfig:
+    loss: str = "sigmoid"
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    average_log_prob: bool = False
+    reference: str = "precomputed"  # or "copy"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    epochs: int = 2
+    batch_size: int = 8
+    learning_rate: float = 1e-4
+    eval_interval: int | None = None  # steps between metrics.csv rows; None: once per epoch
+    verbose: int = 2
+    jit_compile: bool = True
+
+
+@dataclasses.dataclass
+class DPOConfig:
+    run_dir: str = "runs/dpo"
+    seed: int = 0
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    dpo: PreferenceConfig = dataclasses.field(default_factory=PreferenceConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+
+class NaNStop(RuntimeError):
+    """Training stopped on a non-finite loss or reward."""
+
+
+def run(config: DPOConfig) -> dict:
+    import keras
+
+    from kzoo import losses
+    from kzoo.data.instruction import split_records
+    from kzoo.data.preference import encode_pairs, preference_dataset, read_preference_records
+    from kzoo.training import RunDir, save_config
+    from kzoo.training.dpo import DPOModel, NaNGuard, compute_reference_logps, frozen_copy
+    from kzoo.training.sft import load_tokenizer_and_model
+
+    losses.get(config.dpo.loss)  # fail before any work on an unknown loss name
+    if config.dpo.reference not in ("precomputed", "copy"):
+        raise ValueError(f"dpo.reference must be 'precomputed' or 'copy'. "
+                         f"Received: {config.dpo.reference!r}")
+    keras.utils.set_random_seed(config.seed)
+    run_dir = RunDir(config.run_dir)
+    run_dir.root.mkdir(parents=True, exist_ok=True)
+    data, pref = config.data, config.dpo
+    tokenizer, policy = load_tokenizer_and_model(
+        config.model.preset, config.model.args, config.model.init_from, config.model.tokenizer,
+        data.max_length)
+    records, counts = read_preference_records(data.path, strict=data.strict)
+    train_records, val_records = split_records(records, data.validation_fraction,
+                                               data.split_seed)
+    encode = lambda rs: encode_pairs(rs, tokenizer, data.max_length, data.template,  # noqa: E731
+                                     data.max_prompt_length, data.strict)
+    train, val = encode(train_records), encode(val_records)
+    reference = None
+    if pref.reference == "copy":
+        reference = frozen_copy(policy)
+    else:  # at step 0 the policy is the reference: score the pairs once, keep no copy
+        for arrays in (train, val):
+            arrays["reference_logps"] = compute_reference_logps(
+                policy, arrays, batch_size=config.train.batch_size,
+                average=pref.average_log_prob)
+    dpo = DPOModel(policy, reference, loss=pref.loss, beta=pref.beta,
+                   label_smoothing=pref.label_smoothing, average_log_prob=pref.average_log_prob)
+    dpo.compile(optimizer=keras.optimizers.Adam(config.train.learning_rate),
+                jit_compile=config.train.jit_compile)
+    val_ds = preference_dataset(val, config.train.batch_size, shuffle=False)
+    before = dpo.evaluate(val_ds, verbose=0, return_dict=True)
+    guard = NaNGuard(policy, checkpoint_path=str(run_dir.root / "policy.weights.h5"))
+    train_ds = preference_dataset(train, config.train.batch_size, seed=config.seed)
+    batches = math.ceil(len(train["token_ids"]) / config.train.batch_size)
+    interval = config.train.eval_interval or batches
+    if interval < 1:
+        raise ValueError(f"train.eval_interval must be >= 1. Received: {interval}")
+    rounds = math.ceil(config.train.epochs * batches / interval)  # Keras "epochs" of `interval`
+    step = keras.callbacks.LambdaCallback(  # adds the global step before CSVLogger writes
+        on_epoch_end=lambda epoch, logs: logs.__setitem__("step", (epoch + 1) * interval))
+    history = dpo.fit(train_ds.repeat(), steps_per_epoch=interval, validation_data=val_ds,
+                      epochs=rounds, verbose=config.train.verbose, shuffle=False,
+                      callbacks=[guard, step, keras.callbacks.CSVLogger(str(run_dir.metrics))])
+    after = dpo.evaluate(val_ds, verbose=0, return_dict=True)
+    save_config(config, run_dir.config, header="python recipes/dpo.py --config <this file>")
+    tokenizer.save(run_dir.tokenizer)
+    result = {
+        "split": {"train_pairs": len(train["token_ids"]), "validation_pairs": len(val["token_ids"]),
+                  "validation_fraction": data.validation_fraction, "split_seed": data.split_seed},
+        "bad_pairs": {**counts, "prompt_too_long": train["skipped"] + val["skipped"]},
+        "held_out_before": {k: float(v) for k, v in before.items()},
+        "held_out_after": {k: float(v) for k, v in after.items()},
+        "history": {k: [float(x) for x in v] for k, v in history.history.items()},
+        "stopped_on_nan": guard.stopped_at,
+    }
+    (run_dir.root / "metrics.json").write_text(json.dumps(result, indent=1))
+    if guard.stopped_at is not None:
+        raise NaNStop(f"non-finite loss or reward at (epoch, step) {guard.stopped_at}; the last "
+                      f"good weights are in {run_dir.root / 'policy.weights.h5'}")
+    policy.save(run_dir.model)
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="YAML config file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. dpo.beta=0.2 (repeatable)")
+    args = parser.parse_args(argv)
+    from kzoo.training import load_config
+
+    try:
+        result = run(load_config(args.config, DPOConfig, overrides=args.set))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except NaNStop as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    print("result:", json.dumps({k: v for k, v in result.items() if k != "history"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Supervised fine-tuning (SFT) on instruction data, loss on response tokens only.
+
+    python recipes/sft.py --config recipes/configs/gpt/baby_instruction_sft.yaml
+    python recipes/sft.py --config CONFIG --set train.epochs=1 --set run_dir=runs/x
+
+The run folder holds config.yaml, tokenizer/, model.keras and metrics.json (train and held-out
+response loss per epoch, the split sizes). The held-out prompts are chosen by a seeded hash of
+the prompt (`kzoo.data.instruction.split_records`), so `recipes/dpo.py` with the same
+`validation_fraction` and `split_seed` holds out the same prompts.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    path: str = "../shared/data/instruction-data.json"
+    template: str = "alpaca"
+    max_length: int = 256
+    max_prompt_length: int | None = None
+    validation_fraction: float = 0.1
+    split_seed: int = 0
+    strict: bool = False
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    preset: str = "gpt_baby"
+    args: dict = dataclasses.field(default_factory=dict)
+    init_from: str | None = None  # a .keras model to start from (e.g. a pre-training run's)
+    tokenizer: str = "byte"  # "byte", or a saved tokenizer folder (a pre-training run's)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    verbose: int = 2
+    jit_compile: bool = True
+
+
+@dataclasses.dataclass
+class SFTConfig:
+    run_dir: str = "runs/sft"
+    seed: int = 0
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+
+def run(config: SFTConfig) -> dict:
+    import keras
+
+    from kzoo.data.instruction import (
+        encode_sft,
+        read_instruction_records,
+        sft_dataset,
+        split_records,
+    )
+    from kzoo.training import RunDir, save_config
+    from kzoo.training.sft import compile_sft, load_tokenizer_and_model, response_nll
+
+    keras.utils.set_random_seed(config.seed)
+    run_dir = RunDir(config.run_dir)
+    run_dir.root.mkdir(parents=True, exist_ok=True)
+    data = config.data
+    tokenizer, model = load_tokenizer_and_model(
+        config.model.preset, config.model.args, config.model.init_from, config.model.tokenizer,
+        data.max_length)
+    records = read_instruction_records(data.path)
+    train_records, val_records = split_records(records, data.validation_fraction,
+                                               data.split_seed)
+    encode = lambda rs: encode_sft(rs, tokenizer, data.max_length, data.template,  # noqa: E731
+                                   data.max_prompt_length, data.strict)
+    train, val = encode(train_records), encode(val_records)
+    optimizer = keras.optimizers.AdamW(config.train.learning_rate,
+                                       weight_decay=config.train.weight_decay)
+    compile_sft(model, optimizer, jit_compile=config.train.jit_compile)
+    before = response_nll(model, val)
+    history = model.fit(
+        sft_dataset(train, config.train.batch_size, seed=config.seed),
+        validation_data=sft_dataset(val, config.train.batch_size, shuffle=False),
+        epochs=config.train.epochs, verbose=config.train.verbose, shuffle=False,
+    )
+    save_config(config, run_dir.config, header="python recipes/sft.py --config <this file>")
+    tokenizer.save(run_dir.tokenizer)
+    model.save(run_dir.model)
+    result = {
+        "split": {"train": len(train_records), "validation": len(val_records),
+                  "validation_fraction": data.validation_fraction, "split_seed": data.split_seed,
+                  "skipped_long_prompts": train["skipped"] + val["skipped"]},
+        "val_response_loss_before": before,
+        "val_response_loss_after": response_nll(model, val),
+        "history": {k: [float(x) for x in v] for k, v in history.history.items()},
+    }
+    (run_dir.root / "metrics.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="YAML config file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. train.epochs=1 (repeatable)")
+    args = parser.parse_args(argv)
+    from kzoo.training import load_config
+
+    try:
+        result = run(load_config(args.config, SFTConfig, overrides=args.set))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print("result:", json.dumps({k: v for k, v in result.items() if k != "history"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

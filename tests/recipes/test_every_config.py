@@ -1,0 +1,131 @@
+"""Every YAML under recipes/configs: headed by the command that runs it, named
+`<size>_<data>_<method>.yaml`, valid under its recipe's schema, and one tiny step of it runs.
+
+The tiny step keeps each config's recipe, family, tokenizer and method, and shrinks only the
+data, the depth and the number of steps.
+"""
+
+import importlib.util
+import io
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from kzoo.models import list_presets
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((ROOT / "recipes" / "configs").glob("*/*.yaml"))
+HEADER = re.compile(r"# python recipes/(\w+)\.py --config (recipes/configs/\S+\.yaml)(\s|$)")
+
+
+def _recipe_of(path: Path) -> str:
+    return HEADER.match(path.read_text().splitlines()[0]).group(1)
+
+
+def _load_recipe(name: str):
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _sets(items):
+    return sum((["--set", item] for item in items), [])
+
+
+def test_configs_exist_for_every_recipe():
+    recipes = {p.stem for p in (ROOT / "recipes").glob("*.py")}
+    assert recipes <= {_recipe_of(p) for p in CONFIGS}, "a recipe without a config"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_header_and_name(path):
+    first = path.read_text().splitlines()[0]
+    match = HEADER.match(first)
+    assert match, f"{path}: first line must be '# python recipes/NAME.py --config {path}'"
+    assert match.group(2) == str(path.relative_to(ROOT))
+    assert (ROOT / "recipes" / f"{match.group(1)}.py").is_file()
+    size, *data, method = path.stem.split("_")
+    assert data and method, f"{path.name}: expected <size>_<data>_<method>.yaml"
+    assert f"{path.parent.name}_{size}" in list_presets(), f"{path.name}: unknown size {size!r}"
+
+
+@pytest.fixture(scope="module")
+def tiny_text(tmp_path_factory):
+    from pydoc_data.topics import topics
+
+    path = tmp_path_factory.mktemp("text") / "tiny.txt"
+    path.write_text("\n\n".join(list(topics.values())[:6])[:20000], encoding="utf-8")
+    return path
+
+
+PRETRAIN_TINY = [
+    "model.args={num_layers: 1, max_sequence_length: 32}", "train.block_size=16",
+    "train.batch_size=4", "train.steps=2", "train.eval_interval=1", "train.val_batches=1",
+    "train.warmup_steps=1", "train.verbose=0", "train.tensorboard=false",
+    "train.jit_compile=false", "sample.max_new_tokens=4", "data.validation_split=null",
+    "data.validation_fraction=0.2",
+]
+
+
+def _pretrain(path, run_dir, tiny_text):
+    code = _load_recipe("pretrain").main(["--config", str(path), *_sets(
+        [*PRETRAIN_TINY, f"run_dir={run_dir}", f"data.source={tiny_text}"])])
+    assert code == 0
+    assert (run_dir / "model.keras").is_file()
+
+
+def _shared(name):
+    root = os.environ.get("KZOO_TEST_DATA")
+    if not root:
+        pytest.skip("KZOO_TEST_DATA is unset")
+    path = Path(root) / name
+    if not path.is_file():
+        pytest.fail(f"KZOO_TEST_DATA is set but {path} does not exist")
+    return path
+
+
+def _slice(src, dst, n=24):
+    dst.write_text(json.dumps(json.loads(src.read_text())[:n]))
+    return dst
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_one_tiny_step(path, tmp_path, tiny_text, capsys):
+    recipe = _recipe_of(path)
+    run_dir = tmp_path / "run"
+    if recipe == "pretrain":
+        _pretrain(path, run_dir, tiny_text)
+    elif recipe == "generate":
+        pretrain_config = path.with_name(path.name.replace("_generate", "_pretrain"))
+        _pretrain(pretrain_config, run_dir, tiny_text)
+        module = _load_recipe("generate")
+        out = io.StringIO()
+        options = module.resolve_options(module.parse_args(
+            ["--config", str(path), str(run_dir), "--max-new-tokens", "4"]))
+        result = module.run(options, out=out)
+        assert isinstance(result["text"], str) and out.getvalue()
+    elif recipe in ("sft", "dpo", "reward"):
+        source = "instruction-data.json" if recipe == "sft" else "instruction-preference.json"
+        data = _slice(_shared(source), tmp_path / source)
+        code = _load_recipe(recipe).main(["--config", str(path), *_sets([
+            f"run_dir={run_dir}", f"data.path={data}", "model.init_from=null",
+            "model.tokenizer=byte", "model.args={num_layers: 1}", "data.max_length=96",
+            "data.template=plain", "data.validation_fraction=0.25", "train.epochs=1",
+            "train.verbose=0", "train.jit_compile=false",
+        ])])
+        assert code == 0
+        assert (run_dir / "metrics.json").is_file()
+    elif recipe == "feedback_loop":
+        code = _load_recipe(recipe).main(["--config", str(path), *_sets([
+            f"run_dir={run_dir}", "loop.max_operand=6", "loop.lines_per_problem=8",
+            "loop.pretrain_epochs=6", "loop.samples_per_prompt=8", "loop.pairs_per_prompt=1",
+            "loop.eval_samples_per_prompt=2", "loop.rounds=1", "loop.dpo_epochs=1",
+            "loop.control=false", "loop.num_show=1",
+        ])])
+        assert code == 0
+    else:
+        pytest.fail(f"{path}: no tiny step known for recipe {recipe!r}; add one here")
