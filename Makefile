@@ -7,7 +7,7 @@ export KERAS_BACKEND ?= tensorflow
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 DEMO_CONFIG ?= recipes/configs/gpt/nano_pydocs_pretrain.yaml
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean docs figures
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,14 @@ lint: install
 bench: install
 	cd benchmarks && for script in [a-z]*.py; do \
 		echo "== $$script"; ../$(BIN)/python $$script || exit 1; done
+
+# Build the documentation site into site/; any warning (broken link, missing page) fails it.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# Retrain the docs' small models and redraw docs/assets/figures (minutes on 2 CPU cores).
+figures: install
+	$(BIN)/python scripts/make_figures.py $(FIGURES_ARGS)
 
 clean:
 	rm -rf $(VENV) runs site .pytest_cache .ruff_cache
