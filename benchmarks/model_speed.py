@@ -70,6 +70,7 @@ def main():
     ids = rng.integers(0, args.vocab, size=(args.batch, args.seq + 1)).astype("int32")
     x, y = ids[:, :-1], ids[:, 1:]
     mask = np.ones_like(x)
+    llama = args.preset.replace("gpt", "llama")
     rows = []
     for name, build, inputs, jit in [
         ("keras_hub GPT2CausalLM", lambda: _keras_hub(args.preset, args.vocab, args.seq),
@@ -78,7 +79,10 @@ def main():
          {"token_ids": x, "padding_mask": mask}, True),
         ("kzoo gpt, einsum", lambda: _kzoo(args.preset, args.vocab, args.seq, "einsum"), x, False),
         ("kzoo gpt, einsum", lambda: _kzoo(args.preset, args.vocab, args.seq, "einsum"), x, True),
+        ("kzoo gpt, fused", lambda: _kzoo(args.preset, args.vocab, args.seq, "fused"), x, False),
         ("kzoo gpt, fused", lambda: _kzoo(args.preset, args.vocab, args.seq, "fused"), x, True),
+        ("kzoo llama, einsum", lambda: _kzoo(llama, args.vocab, args.seq, "einsum"), x, True),
+        ("kzoo llama, fused", lambda: _kzoo(llama, args.vocab, args.seq, "fused"), x, True),
     ]:
         fwd, train = measure(build(), inputs, y, jit, args.steps)
         rows.append({"model": name, "xla": jit, "forward tokens/s": fwd,

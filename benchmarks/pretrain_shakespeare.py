@@ -22,8 +22,10 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -235,6 +237,8 @@ def main():
           "~25k tokens/s PyTorch float32, 2 threads")
     out = {
         "benchmark": "pretrain_shakespeare",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["python benchmarks/pretrain_shakespeare.py", *sys.argv[1:]]),
         "config": {"block_size": BLOCK, "batch_size": BATCH, "steps": args.steps,
                    "val_batches": args.val_batches, "seed": args.seed},
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor(),

@@ -46,9 +46,11 @@ class CausalSelfAttention(keras.layers.Layer):
         use_rope: bool. rotate queries and keys by their positions (rotary embedding).
         rope_max_wavelength: float. RoPE's base wavelength.
         rope_scaling_factor: float. RoPE linear position interpolation factor.
-        attention_impl: str. "einsum" (grouped einsum, fastest measured on the TF CPU backend),
-            "fused" (`keras.ops.dot_product_attention`, which reaches cuDNN/flash kernels on the
-            JAX and torch backends) or "auto" (einsum on TensorFlow, fused elsewhere).
+        attention_impl: str. "einsum" (query heads grouped under their key/value head: no
+            copies of K and V, and attention dropout), "fused" (`keras.ops.dot_product_attention`,
+            which reaches cuDNN/flash kernels on the JAX and torch backends) or "auto" (einsum
+            on TensorFlow, where the two train within 3% of each other on CPU:
+            `benchmarks/model_speed.py`; fused elsewhere unless attention dropout is active).
         kernel_initializer: initializer of the query/key/value projection.
         output_initializer: initializer of the output projection; default `kernel_initializer`.
         **kwargs: passed on to `keras.layers.Layer`.
