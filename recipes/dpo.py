@@ -13,7 +13,6 @@ computed once before training (`dpo.reference: precomputed`, no second model in 
 NaN loss or reward stops training and restores the last good weights (exit status 3).
 """
 
-import argparse
 import dataclasses
 import json
 import math
@@ -23,24 +22,7 @@ import sys
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-
-@dataclasses.dataclass
-class DataConfig:
-    path: str = "../shared/data/instruction-preference.json"  # .json/.jsonl or tfds:NAME
-    template: str = "alpaca"
-    max_length: int = 256
-    max_prompt_length: int | None = None
-    validation_fraction: float = 0.1
-    split_seed: int = 0
-    strict: bool = False
-
-
-@dataclasses.dataclass
-class ModelConfig:
-    preset: str = "gpt_baby"
-    args: dict = dataclasses.field(default_factory=dict)
-    init_from: str | None = None  # the SFT model, e.g. runs/gpt_baby_instruction_sft/model.keras
-    tokenizer: str = "byte"
+from kzoo.training.recipe import FineTuneData, FineTuneModel, run_recipe  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -66,8 +48,8 @@ class TrainConfig:
 class DPOConfig:
     run_dir: str = "runs/dpo"
     seed: int = 0
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: FineTuneData = dataclasses.field(default_factory=FineTuneData)
+    model: FineTuneModel = dataclasses.field(default_factory=FineTuneModel)
     dpo: PreferenceConfig = dataclasses.field(default_factory=PreferenceConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
@@ -150,24 +132,7 @@ def run(config: DPOConfig) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="YAML config file")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. dpo.beta=0.2 (repeatable)")
-    args = parser.parse_args(argv)
-    from kzoo.training import load_config
-
-    try:
-        result = run(load_config(args.config, DPOConfig, overrides=args.set))
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except NaNStop as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 3
-    print("result:", json.dumps({k: v for k, v in result.items() if k != "history"}))
-    return 0
-
+    return run_recipe(__doc__, DPOConfig, run, argv, example="dpo.beta=0.2", fatal=(NaNStop,))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,7 +12,6 @@ held-out implicit-reward accuracy and a control run with shuffled preferences. S
 and report.md.
 """
 
-import argparse
 import dataclasses
 import json
 import os
@@ -22,6 +21,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from kzoo.training.feedback_loop import LoopConfig  # noqa: E402
+from kzoo.training.recipe import run_recipe  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -77,21 +77,8 @@ def run(config: FeedbackConfig) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="YAML config file")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. loop.rounds=3 (repeatable)")
-    args = parser.parse_args(argv)
-    from kzoo.training import load_config
-
-    try:
-        report = run(load_config(args.config, FeedbackConfig, overrides=args.set))
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(markdown(report))
-    return 0
-
+    return run_recipe(__doc__, FeedbackConfig, run, argv, example="loop.rounds=3",
+                      report=markdown)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,7 +8,6 @@ The run folder holds config.yaml, tokenizer/, model.keras (the `RewardModel`) an
 Held-out prompts are chosen as in `recipes/dpo.py` (a seeded hash of the prompt).
 """
 
-import argparse
 import dataclasses
 import json
 import math
@@ -18,24 +17,7 @@ import sys
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-
-@dataclasses.dataclass
-class DataConfig:
-    path: str = "../shared/data/instruction-preference.json"  # .json/.jsonl or tfds:NAME
-    template: str = "alpaca"
-    max_length: int = 256
-    max_prompt_length: int | None = None
-    validation_fraction: float = 0.1
-    split_seed: int = 0
-    strict: bool = False
-
-
-@dataclasses.dataclass
-class ModelConfig:
-    preset: str = "gpt_baby"
-    args: dict = dataclasses.field(default_factory=dict)
-    init_from: str | None = None  # the SFT model, e.g. runs/gpt_baby_instruction_sft/model.keras
-    tokenizer: str = "byte"
+from kzoo.training.recipe import FineTuneData, FineTuneModel, run_recipe  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -51,8 +33,8 @@ class TrainConfig:
 class RewardConfig:
     run_dir: str = "runs/reward"
     seed: int = 0
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: FineTuneData = dataclasses.field(default_factory=FineTuneData)
+    model: FineTuneModel = dataclasses.field(default_factory=FineTuneModel)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
 
@@ -107,21 +89,7 @@ def run(config: RewardConfig) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="YAML config file")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. train.epochs=1 (repeatable)")
-    args = parser.parse_args(argv)
-    from kzoo.training import load_config
-
-    try:
-        result = run(load_config(args.config, RewardConfig, overrides=args.set))
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print("result:", json.dumps({k: v for k, v in result.items() if k != "history"}))
-    return 0
-
+    return run_recipe(__doc__, RewardConfig, run, argv)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,7 +9,6 @@ the prompt (`kzoo.data.instruction.split_records`), so `recipes/dpo.py` with the
 `validation_fraction` and `split_seed` holds out the same prompts.
 """
 
-import argparse
 import dataclasses
 import json
 import os
@@ -18,24 +17,12 @@ import sys
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from kzoo.training.recipe import FineTuneData, FineTuneModel, run_recipe  # noqa: E402
+
 
 @dataclasses.dataclass
-class DataConfig:
+class DataConfig(FineTuneData):
     path: str = "../shared/data/instruction-data.json"
-    template: str = "alpaca"
-    max_length: int = 256
-    max_prompt_length: int | None = None
-    validation_fraction: float = 0.1
-    split_seed: int = 0
-    strict: bool = False
-
-
-@dataclasses.dataclass
-class ModelConfig:
-    preset: str = "gpt_baby"
-    args: dict = dataclasses.field(default_factory=dict)
-    init_from: str | None = None  # a .keras model to start from (e.g. a pre-training run's)
-    tokenizer: str = "byte"  # "byte", or a saved tokenizer folder (a pre-training run's)
 
 
 @dataclasses.dataclass
@@ -53,7 +40,7 @@ class SFTConfig:
     run_dir: str = "runs/sft"
     seed: int = 0
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    model: FineTuneModel = dataclasses.field(default_factory=FineTuneModel)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
 
@@ -107,21 +94,7 @@ def run(config: SFTConfig) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="YAML config file")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. train.epochs=1 (repeatable)")
-    args = parser.parse_args(argv)
-    from kzoo.training import load_config
-
-    try:
-        result = run(load_config(args.config, SFTConfig, overrides=args.set))
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print("result:", json.dumps({k: v for k, v in result.items() if k != "history"}))
-    return 0
-
+    return run_recipe(__doc__, SFTConfig, run, argv)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,83 @@
+"""What the fine-tuning recipe scripts share: their data and model config sections and their
+command line (`--config FILE --set key=value ...`, exit code 2 on bad input, 3 on a NaN stop).
+
+Example:
+```python
+import dataclasses
+from kzoo.training.recipe import FineTuneData, FineTuneModel
+
+@dataclasses.dataclass
+class MyConfig:
+    run_dir: str = "runs/mine"
+    data: FineTuneData = dataclasses.field(default_factory=FineTuneData)
+    model: FineTuneModel = dataclasses.field(default_factory=FineTuneModel)
+```
+"""
+
+import argparse
+import dataclasses
+import json
+import sys
+
+
+@dataclasses.dataclass
+class FineTuneData:
+    """The `data:` section of the SFT, DPO and reward recipes (pairs by default)."""
+
+    path: str = "../shared/data/instruction-preference.json"  # .json/.jsonl or tfds:NAME
+    template: str = "alpaca"
+    max_length: int = 256
+    max_prompt_length: int | None = None
+    validation_fraction: float = 0.1
+    split_seed: int = 0
+    strict: bool = False
+
+
+@dataclasses.dataclass
+class FineTuneModel:
+    """The `model:` section of the SFT, DPO and reward recipes."""
+
+    preset: str = "gpt_baby"
+    args: dict = dataclasses.field(default_factory=dict)
+    init_from: str | None = None  # a .keras model to start from (a pre-training or SFT run's)
+    tokenizer: str = "byte"  # "byte", or a saved tokenizer folder (that run's)
+
+
+def _summary(result: dict) -> str:
+    return "result: " + json.dumps({k: v for k, v in result.items() if k != "history"})
+
+
+def run_recipe(doc: str, config_class, run, argv=None, example: str = "train.epochs=1",
+               fatal: tuple = (), report=_summary) -> int:
+    """Parse the recipe command line, load and validate its config, run it; the exit code.
+
+    Args:
+        doc: str. the recipe's docstring (its first line is the `--help` description).
+        config_class: dataclass. the recipe's config schema (`kzoo.training.load_config`).
+        run: callable. `run(config) -> dict` does the work.
+        argv: list of str or None. the arguments (default `sys.argv[1:]`).
+        example: str. an override shown in `--help`.
+        fatal: tuple of exception classes. errors that stop a run after it started (a NaN
+            loss): reported, exit code 3.
+        report: callable. turns the result into the text printed at the end.
+
+    Returns 0 on success, 2 on bad input (a `ValueError`: file, key or value named), 3 on a
+    `fatal` error.
+    """
+    from kzoo.training.config import load_config
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--config", required=True, help="YAML config file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a config key, e.g. {example} (repeatable)")
+    args = parser.parse_args(argv)
+    try:
+        result = run(load_config(args.config, config_class, overrides=args.set))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except fatal as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    print(report(result))
+    return 0
