@@ -77,6 +77,14 @@ def _pipeline_sample_ids(
     )
 
 
+def _layout(batch_size: int, input_context) -> tuple[int, int, int]:
+    """(pipeline id, number of pipelines, per-replica batch); one pipeline without a context."""
+    if input_context is None:
+        return 0, 1, batch_size
+    return (input_context.input_pipeline_id, input_context.num_input_pipelines,
+            input_context.get_per_replica_batch_size(batch_size))
+
+
 def _windows(tokens: tf.Tensor, block_size: int):
     """Map a batch of window starts (batch,) to (inputs, targets), each (batch, block_size)."""
 
@@ -119,11 +127,7 @@ def train_dataset(
     num_blocks = (len(tokens) - 1 - block_size) // block_size
     if num_blocks < 1:
         raise ValueError(f"{len(tokens)} tokens are too few for one block of {block_size + 1}")
-    pipeline_id, num_pipelines, per_replica = 0, 1, batch_size
-    if input_context is not None:
-        pipeline_id = input_context.input_pipeline_id
-        num_pipelines = input_context.num_input_pipelines
-        per_replica = input_context.get_per_replica_batch_size(batch_size)
+    pipeline_id, num_pipelines, per_replica = _layout(batch_size, input_context)
     token_tensor = tf.constant(np.asarray(tokens, np.int32))
     n = tf.constant(num_blocks, tf.int64)
     seed = int(seed)
@@ -163,11 +167,7 @@ def eval_dataset(
         raise ValueError(f"{len(tokens)} validation tokens are too few for one block")
     rng = np.random.default_rng(seed)
     starts = rng.integers(0, len(tokens) - block_size, size=num_batches * batch_size)
-    pipeline_id, num_pipelines, per_replica = 0, 1, batch_size
-    if input_context is not None:
-        pipeline_id = input_context.input_pipeline_id
-        num_pipelines = input_context.num_input_pipelines
-        per_replica = input_context.get_per_replica_batch_size(batch_size)
+    pipeline_id, num_pipelines, per_replica = _layout(batch_size, input_context)
     token_tensor = tf.constant(np.asarray(tokens, np.int32))
     start_tensor = tf.constant(starts, tf.int64)
     ids = _pipeline_sample_ids(0, batch_size, pipeline_id, num_pipelines, num_steps=num_batches)

@@ -131,6 +131,18 @@ def attention_output(layer, x, probs, position_ids=None):
     return np.asarray(ops.convert_to_numpy(ops.cast(out, "float32")), np.float32)
 
 
+def _token_ids(model, token_ids):
+    """`token_ids` as an int32 tensor (batch, seq), checked against the model's context."""
+    token_ids = np.asarray(token_ids)
+    if token_ids.ndim != 2 or not np.issubdtype(token_ids.dtype, np.integer):
+        raise ValueError(f"`token_ids` must be an int array (batch, seq); received dtype "
+                         f"{token_ids.dtype} and shape {token_ids.shape}.")
+    if token_ids.shape[1] > model.max_sequence_length:
+        raise ValueError(f"Sequence of length {token_ids.shape[1]} is longer than the model's "
+                         f"max_sequence_length={model.max_sequence_length}.")
+    return ops.convert_to_tensor(token_ids, "int32")
+
+
 def _embed(model, token_ids):
     """The residual stream entering the first block (mirrors `CausalLM`'s embedding)."""
     x = model.token_embedding(token_ids)  # (batch, seq, hidden)
@@ -163,14 +175,7 @@ def model_attention(model, token_ids, padding_mask=None, return_hidden_states=Fa
     [p.shape for p in model_attention(model, np.array([[1, 2, 3]]))]   # 2 x (1, 2, 3, 3)
     ```
     """
-    token_ids = np.asarray(token_ids)
-    if token_ids.ndim != 2 or not np.issubdtype(token_ids.dtype, np.integer):
-        raise ValueError(f"`token_ids` must be an int array (batch, seq); received dtype "
-                         f"{token_ids.dtype} and shape {token_ids.shape}.")
-    if token_ids.shape[1] > model.max_sequence_length:
-        raise ValueError(f"Sequence of length {token_ids.shape[1]} is longer than the model's "
-                         f"max_sequence_length={model.max_sequence_length}.")
-    x = _embed(model, ops.convert_to_tensor(token_ids, "int32"))
+    x = _embed(model, _token_ids(model, token_ids))
     patterns = []
     for block in model.blocks:
         patterns.append(attention_weights(block.attention, block.attention_norm(x),

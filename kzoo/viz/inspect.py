@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from keras import ops
 
-from kzoo.viz.attention import _embed
+from kzoo.viz.attention import _embed, _token_ids
 
 
 def _count(variables) -> int:
@@ -84,14 +84,7 @@ def logit_lens(model, token_ids) -> np.ndarray:
     probs[:, 0, -1].argmax(-1)                         # each reading's top guess after "3"
     ```
     """
-    token_ids = np.asarray(token_ids)
-    if token_ids.ndim != 2 or not np.issubdtype(token_ids.dtype, np.integer):
-        raise ValueError(f"`token_ids` must be an int array (batch, seq); received dtype "
-                         f"{token_ids.dtype} and shape {token_ids.shape}.")
-    if token_ids.shape[1] > model.max_sequence_length:
-        raise ValueError(f"Sequence of length {token_ids.shape[1]} is longer than the model's "
-                         f"max_sequence_length={model.max_sequence_length}.")
-    x = _embed(model, ops.convert_to_tensor(token_ids, "int32"))  # (batch, seq, hidden)
+    x = _embed(model, _token_ids(model, token_ids))  # (batch, seq, hidden)
     readings = []
     for block in [None, *model.blocks]:
         if block is not None:
