@@ -1,5 +1,7 @@
 """Argument checks shared by the layers: fail early, naming the argument and what is allowed."""
 
+import keras
+
 
 def positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -28,3 +30,13 @@ def divisible(name: str, value: int, by_name: str, by: int) -> None:
 def one_of(name: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"Unknown `{name}`: {value!r}. Valid values: {sorted(allowed)}")
+
+
+def optional_initializer(value):
+    """`keras.initializers.get(value)`, keeping None (meaning "use the default one")."""
+    return None if value is None else keras.initializers.get(value)
+
+
+def serialize_optional_initializer(initializer):
+    """The `get_config` form of an initializer from `optional_initializer`."""
+    return None if initializer is None else keras.initializers.serialize(initializer)

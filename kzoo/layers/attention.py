@@ -5,7 +5,14 @@ import math
 import keras
 from keras import ops
 
-from kzoo.layers._checks import divisible, fraction, one_of, positive_int
+from kzoo.layers._checks import (
+    divisible,
+    fraction,
+    one_of,
+    optional_initializer,
+    positive_int,
+    serialize_optional_initializer,
+)
 from kzoo.layers.rotary import apply_rotary, rotary_cos_sin
 
 ATTENTION_IMPLS = ("auto", "einsum", "fused")
@@ -85,9 +92,7 @@ class CausalSelfAttention(keras.layers.Layer):
         one_of("attention_impl", attention_impl, ATTENTION_IMPLS)
         self.attention_impl = attention_impl
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.output_initializer = (
-            None if output_initializer is None else keras.initializers.get(output_initializer)
-        )
+        self.output_initializer = optional_initializer(output_initializer)
         self.head_dim = hidden_dim // num_heads
         if use_rope and self.head_dim % 2:
             raise ValueError(
@@ -204,9 +209,6 @@ class CausalSelfAttention(keras.layers.Layer):
             "rope_scaling_factor": self.rope_scaling_factor,
             "attention_impl": self.attention_impl,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "output_initializer": (
-                None if self.output_initializer is None
-                else keras.initializers.serialize(self.output_initializer)
-            ),
+            "output_initializer": serialize_optional_initializer(self.output_initializer),
         })
         return config

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from kzoo.layers._checks import positive_int
+from kzoo.layers._checks import optional_initializer, positive_int, serialize_optional_initializer
 from kzoo.layers.activations import get_activation, is_gated
 
 
@@ -42,9 +42,7 @@ class FeedForward(keras.layers.Layer):
         self.activation = activation
         self.use_bias = use_bias
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.output_initializer = (
-            None if output_initializer is None else keras.initializers.get(output_initializer)
-        )
+        self.output_initializer = optional_initializer(output_initializer)
         self._activation_fn = get_activation(activation)
 
     def build(self, input_shape=None):
@@ -81,9 +79,6 @@ class FeedForward(keras.layers.Layer):
             "activation": self.activation,
             "use_bias": self.use_bias,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "output_initializer": (
-                None if self.output_initializer is None
-                else keras.initializers.serialize(self.output_initializer)
-            ),
+            "output_initializer": serialize_optional_initializer(self.output_initializer),
         })
         return config

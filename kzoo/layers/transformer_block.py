@@ -2,7 +2,12 @@
 
 import keras
 
-from kzoo.layers._checks import fraction, positive_int
+from kzoo.layers._checks import (
+    fraction,
+    optional_initializer,
+    positive_int,
+    serialize_optional_initializer,
+)
 from kzoo.layers.attention import CausalSelfAttention
 from kzoo.layers.feedforward import FeedForward
 from kzoo.layers.normalization import get_norm
@@ -65,9 +70,7 @@ class TransformerBlock(keras.layers.Layer):
         self.rope_scaling_factor = rope_scaling_factor
         self.attention_impl = attention_impl
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.output_initializer = (
-            None if output_initializer is None else keras.initializers.get(output_initializer)
-        )
+        self.output_initializer = optional_initializer(output_initializer)
         # Sub-layers are created here so that bad arguments fail at construction time.
         common = dict(
             kernel_initializer=self.kernel_initializer,
@@ -130,9 +133,6 @@ class TransformerBlock(keras.layers.Layer):
             "rope_scaling_factor": self.rope_scaling_factor,
             "attention_impl": self.attention_impl,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "output_initializer": (
-                None if self.output_initializer is None
-                else keras.initializers.serialize(self.output_initializer)
-            ),
+            "output_initializer": serialize_optional_initializer(self.output_initializer),
         })
         return config

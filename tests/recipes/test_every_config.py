@@ -8,7 +8,6 @@ data, the depth and the number of steps.
 import importlib.util
 import io
 import json
-import os
 import re
 from pathlib import Path
 
@@ -78,14 +77,9 @@ def _pretrain(path, run_dir, tiny_text):
     assert (run_dir / "model.keras").is_file()
 
 
-def _shared(name):
-    root = os.environ.get("KZOO_TEST_DATA")
-    if not root:
-        pytest.skip("KZOO_TEST_DATA is unset")
-    path = Path(root) / name
-    if not path.is_file():
-        pytest.fail(f"KZOO_TEST_DATA is set but {path} does not exist")
-    return path
+# conftest fixtures: skip when KZOO_TEST_DATA is unset, fail when it is set but the file is missing.
+_FIXTURES = {"instruction-data.json": "instruction_data_path",
+             "instruction-preference.json": "preference_data_path"}
 
 
 def _slice(src, dst, n=24):
@@ -94,7 +88,7 @@ def _slice(src, dst, n=24):
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_one_tiny_step(path, tmp_path, tiny_text, capsys):
+def test_one_tiny_step(path, tmp_path, tiny_text, request):
     recipe = _recipe_of(path)
     run_dir = tmp_path / "run"
     if recipe == "pretrain":
@@ -110,7 +104,7 @@ def test_one_tiny_step(path, tmp_path, tiny_text, capsys):
         assert isinstance(result["text"], str) and out.getvalue()
     elif recipe in ("sft", "dpo", "reward"):
         source = "instruction-data.json" if recipe == "sft" else "instruction-preference.json"
-        data = _slice(_shared(source), tmp_path / source)
+        data = _slice(request.getfixturevalue(_FIXTURES[source]), tmp_path / source)
         code = _load_recipe(recipe).main(["--config", str(path), *_sets([
             f"run_dir={run_dir}", f"data.path={data}", "model.init_from=null",
             "model.tokenizer=byte", "model.args={num_layers: 1}", "data.max_length=96",
