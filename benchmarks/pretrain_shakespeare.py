@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -116,7 +117,9 @@ def run_one(name, tok, train_tokens, val_tokens, steps, val_batches, jit, dtype,
     start = time.perf_counter()
     history = model.fit(train, epochs=1, steps_per_epoch=steps, callbacks=[meter], verbose=0)
     wall = time.perf_counter() - start
-    val_loss = float(model.evaluate(val, steps=val_batches, verbose=0, return_dict=True)["loss"])
+    batch_loss = tf.function(lambda x, y: model.compute_loss(x, y, model(x, training=False)),
+                             jit_compile=jit)
+    losses = [float(batch_loss(x, y)) for x, y in val]  # per batch: the mean and its spread
     return {
         "model": name,
         "dtype": dtype or "float32",
@@ -125,8 +128,10 @@ def run_one(name, tok, train_tokens, val_tokens, steps, val_batches, jit, dtype,
         "params": int(model.count_params()),
         "tokens_per_s": meter.tokens_per_second(),
         "train_loss": float(history.history["loss"][-1]),
-        "val_loss": val_loss,
-        "val_batches": val_batches,
+        "val_loss": float(np.mean(losses)),
+        "val_batches": len(losses),
+        # nanoGPT's CPU command estimates with 20 batches: this is that estimate's spread.
+        "val_loss_sd_20_batches": float(np.std(losses, ddof=1) / np.sqrt(20)),
         "fit_wall_s": wall,
     }
 
@@ -161,6 +166,29 @@ def speed_rounds(names, tok, train_tokens, rounds, steps, seed):
     return results
 
 
+def nanogpt_rows(args, train_tokens, val_tokens, vocab, seed):
+    """Run reference/nanogpt.py with `--torch-python` on the same token ids."""
+    folder = Path(tempfile.mkdtemp(prefix="kzoo-nanogpt-"))
+    np.save(folder / "train.npy", np.asarray(train_tokens, np.int32))
+    np.save(folder / "val.npy", np.asarray(val_tokens, np.int32))
+    rows = []
+    for variant in filter(None, args.torch_variants.split(",")):
+        command = [args.torch_python, str(Path(__file__).parent / "reference" / "nanogpt.py"),
+                   "--train", str(folder / "train.npy"), "--val", str(folder / "val.npy"),
+                   "--vocab", str(vocab), "--steps", str(args.steps),
+                   "--val-batches", str(args.val_batches), "--seed", str(seed)]
+        if variant == "no-embedding-decay":
+            command.append("--no-embedding-decay")
+        elif variant != "decay":
+            raise ValueError(f"--torch-variants: unknown {variant!r}; valid: decay, "
+                             "no-embedding-decay")
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        rows.append({**row, "dtype": "float32", "jit_compile": False, "seed": seed})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def pipeline_tokens_per_s(train_tokens, seed, batches=3000):
     ds = train_dataset(train_tokens, BLOCK, BATCH, seed)
     it = iter(ds)
@@ -183,12 +211,18 @@ def main():
     parser.add_argument("--extra", default="", help="comma list of extra kzoo_gpt throughput "
                         "runs: nojit, bf16 (each --extra-steps steps)")
     parser.add_argument("--extra-steps", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--seeds", default="1337",
+                        help="comma list: the 2000-step runs repeat per seed (seed noise)")
     parser.add_argument("--speed-rounds", type=int, default=5,
                         help="interleaved throughput rounds (0: skip)")
     parser.add_argument("--speed-steps", type=int, default=100)
     parser.add_argument("--speed-variants",
                         default="kzoo_gpt,kzoo_llama,keras_hub_gpt2,kzoo_gpt:nojit,kzoo_gpt:bf16")
+    parser.add_argument("--torch-python", default=None,
+                        help="a Python with PyTorch: also run reference/nanogpt.py on the same "
+                        "tokens (kzoo does not depend on PyTorch)")
+    parser.add_argument("--torch-variants", default="decay",
+                        help="comma list: decay (nanoGPT exactly), no-embedding-decay")
     parser.add_argument("--out", default=str(RESULTS / "pretrain_shakespeare.json"))
     args = parser.parse_args()
 
@@ -197,16 +231,21 @@ def main():
     print(f"vocab {tok.vocab_size}, train tokens {len(train_tokens)}, val tokens "
           f"{len(val_tokens)}, threads: {os.cpu_count()} CPUs", flush=True)
     rows = []
-    for name in filter(None, args.models.split(",")):
-        rows.append(run_one(name, tok, train_tokens, val_tokens, args.steps, args.val_batches,
-                            True, None, args.seed))
-        print(json.dumps(rows[-1]), flush=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    args.seed = seeds[0]  # the extra and speed runs
+    for seed in seeds:
+        for name in filter(None, args.models.split(",")):
+            rows.append({**run_one(name, tok, train_tokens, val_tokens, args.steps,
+                                   args.val_batches, True, None, seed), "seed": seed})
+            print(json.dumps(rows[-1]), flush=True)
+        if args.torch_python:
+            rows.extend(nanogpt_rows(args, train_tokens, val_tokens, tok.vocab_size, seed))
     extras = {"nojit": dict(jit=False, dtype=None), "bf16": dict(jit=True, dtype="mixed_bfloat16")}
     for extra in filter(None, args.extra.split(",")):
         for name in ("kzoo_gpt",):
             rows.append(run_one(name, tok, train_tokens, val_tokens, args.extra_steps,
                                 args.val_batches, extras[extra]["jit"], extras[extra]["dtype"],
-                                args.seed))
+                                args.seed) | {"seed": args.seed})
             print(json.dumps(rows[-1]), flush=True)
     pipe = pipeline_tokens_per_s(train_tokens, args.seed)
     speed = {}
@@ -215,13 +254,23 @@ def main():
                              args.speed_rounds, args.speed_steps, args.seed)
 
     ref = next((r for r in rows if r["model"] == "keras_hub_gpt2"), None)
-    print("\n| model | dtype | jit | steps | params | train tokens/s | vs keras_hub | "
-          f"val loss ({args.val_batches} batches) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| model | seed | dtype | jit | steps | params | train tokens/s | vs keras_hub | "
+          f"val loss ({args.val_batches} batches) | sd of a 20-batch estimate |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else "-"
-        print(f"| {r['model']} | {r['dtype']} | {r['jit_compile']} | {r['steps']} | "
-              f"{r['params']:,} | {r['tokens_per_s']:,.0f} | {ratio} | {r['val_loss']:.4f} |")
+        print(f"| {r['model']} | {r['seed']} | {r['dtype']} | {r['jit_compile']} | {r['steps']} | "
+              f"{r['params']:,} | {r['tokens_per_s']:,.0f} | {ratio} | {r['val_loss']:.4f} | "
+              f"{r['val_loss_sd_20_batches']:.4f} |")
+    if len(seeds) > 1:
+        print(f"\nMean over seeds {seeds} (2000-step runs):\n")
+        print("| model | val loss mean | min | max | train tokens/s mean |")
+        print("|---|---|---|---|---|")
+        for name in dict.fromkeys(r["model"] for r in rows if r["steps"] == args.steps):
+            mine = [r for r in rows if r["model"] == name and r["steps"] == args.steps]
+            losses = [r["val_loss"] for r in mine]
+            print(f"| {name} | {np.mean(losses):.4f} | {min(losses):.4f} | {max(losses):.4f} | "
+                  f"{np.mean([r['tokens_per_s'] for r in mine]):,.0f} |")
     if speed:
         base = speed.get("keras_hub_gpt2")
         print(f"\nInterleaved throughput, {args.speed_rounds} rounds x {args.speed_steps} steps "
@@ -233,14 +282,14 @@ def main():
             print(f"| {name} | {np.median(values):,.0f} | {min(values):,.0f} | "
                   f"{max(values):,.0f} | {ratio} |")
     print(f"\ninput pipeline alone: {pipe:,.0f} tokens/s (tf.data, same batches)")
-    print("nanoGPT reference (team-measured, not run here): val loss 1.88 after 2000 iters; "
-          "~25k tokens/s PyTorch float32, 2 threads")
+    print("nanoGPT's published figure: val loss 1.88 after 2000 iters, from a 20-batch estimate "
+          "(its CPU command's --eval_iters=20)")
     out = {
         "benchmark": "pretrain_shakespeare",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python benchmarks/pretrain_shakespeare.py", *sys.argv[1:]]),
         "config": {"block_size": BLOCK, "batch_size": BATCH, "steps": args.steps,
-                   "val_batches": args.val_batches, "seed": args.seed},
+                   "val_batches": args.val_batches, "seeds": seeds},
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor(),
                     "load_avg_at_end": os.getloadavg()},
         "pipeline_tokens_per_s": pipe,

@@ -1,4 +1,5 @@
-"""Argument checks shared by the layers: fail early, naming the argument and what is allowed."""
+"""Argument checks shared by the layers (fail early, naming the argument and what is allowed)
+and the initializer helpers they share."""
 
 import keras
 
@@ -40,3 +41,17 @@ def optional_initializer(value):
 def serialize_optional_initializer(initializer):
     """The `get_config` form of an initializer from `optional_initializer`."""
     return None if initializer is None else keras.initializers.serialize(initializer)
+
+
+def fresh_initializer(initializer):
+    """A copy of `initializer` that draws its own values, for one weight.
+
+    Keras 3 picks an unseeded initializer's seed when the object is made, so one object
+    used for several weights gives them all the same draw (every block of a model would
+    start as a copy of the first). Copying through the config picks a new seed per weight,
+    from Python's `random`, which `keras.utils.set_random_seed` seeds. An explicit integer
+    seed is kept: the caller asked for those values.
+    """
+    if not isinstance(initializer, keras.initializers.Initializer):
+        return initializer
+    return initializer.__class__.from_config(initializer.get_config())

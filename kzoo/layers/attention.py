@@ -8,6 +8,7 @@ from keras import ops
 from kzoo.layers._checks import (
     divisible,
     fraction,
+    fresh_initializer,
     one_of,
     optional_initializer,
     positive_int,
@@ -104,13 +105,15 @@ class CausalSelfAttention(keras.layers.Layer):
         # One fused projection for queries, keys and values: a single matmul instead of three.
         self.query_key_value = keras.layers.Dense(
             heads * self.head_dim, use_bias=self.use_bias,
-            kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy,
-            name="query_key_value",
+            kernel_initializer=fresh_initializer(self.kernel_initializer),
+            dtype=self.dtype_policy, name="query_key_value",
         )
         self.query_key_value.build((None, None, self.hidden_dim))
         self.output_dense = keras.layers.Dense(
             self.hidden_dim, use_bias=self.use_bias,
-            kernel_initializer=self.output_initializer or self.kernel_initializer,
+            kernel_initializer=fresh_initializer(
+                self.output_initializer or self.kernel_initializer
+            ),
             dtype=self.dtype_policy, name="attention_output",
         )
         self.output_dense.build((None, None, self.num_heads * self.head_dim))

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from kzoo.layers._checks import positive_int
+from kzoo.layers._checks import fresh_initializer, positive_int
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
@@ -41,12 +41,12 @@ class TokenEmbedding(keras.layers.Layer):
     def build(self, input_shape=None):
         self.embeddings = self.add_weight(
             name="embeddings", shape=(self.vocab_size, self.hidden_dim),
-            initializer=self.embeddings_initializer,
+            initializer=fresh_initializer(self.embeddings_initializer),
         )
         if not self.tie_weights:
             self.reverse_embeddings = self.add_weight(
                 name="reverse_embeddings", shape=(self.hidden_dim, self.vocab_size),
-                initializer=self.embeddings_initializer,
+                initializer=fresh_initializer(self.embeddings_initializer),
             )
 
     def call(self, inputs, reverse: bool = False):
@@ -96,7 +96,7 @@ class PositionEmbedding(keras.layers.Layer):
     def build(self, input_shape=None):
         self.embeddings = self.add_weight(
             name="embeddings", shape=(self.max_length, self.hidden_dim),
-            initializer=self.embeddings_initializer,
+            initializer=fresh_initializer(self.embeddings_initializer),
         )
 
     def call(self, position_ids):

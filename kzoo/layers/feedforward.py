@@ -3,7 +3,12 @@
 import keras
 from keras import ops
 
-from kzoo.layers._checks import optional_initializer, positive_int, serialize_optional_initializer
+from kzoo.layers._checks import (
+    fresh_initializer,
+    optional_initializer,
+    positive_int,
+    serialize_optional_initializer,
+)
 from kzoo.layers.activations import get_activation, is_gated
 
 
@@ -48,13 +53,16 @@ class FeedForward(keras.layers.Layer):
     def build(self, input_shape=None):
         width = self.intermediate_dim * (2 if self.gated else 1)
         self.up = keras.layers.Dense(
-            width, use_bias=self.use_bias, kernel_initializer=self.kernel_initializer,
+            width, use_bias=self.use_bias,
+            kernel_initializer=fresh_initializer(self.kernel_initializer),
             dtype=self.dtype_policy, name="up",
         )
         self.up.build((None, None, self.hidden_dim))
         self.down = keras.layers.Dense(
             self.hidden_dim, use_bias=self.use_bias,
-            kernel_initializer=self.output_initializer or self.kernel_initializer,
+            kernel_initializer=fresh_initializer(
+                self.output_initializer or self.kernel_initializer
+            ),
             dtype=self.dtype_policy, name="down",
         )
         self.down.build((None, None, self.intermediate_dim))

@@ -167,3 +167,26 @@ def test_package_exports():
     assert kzoo.__version__
     assert kzoo.models.CausalLM is CausalLM
     assert kzoo.layers.TransformerBlock
+
+
+@pytest.mark.parametrize("preset", ["gpt_nano", "llama_nano"])
+def test_every_weight_starts_from_its_own_draw(preset):
+    # One initializer object serves every block. Keras 3 fixes an unseeded initializer's seed
+    # when the object is made, so reusing it gave all blocks the same starting weights (and
+    # every matrix the same leading values): training started from copies of one layer.
+    model = CausalLM.from_preset(preset, vocab_size=67, max_sequence_length=64)
+    starts = {v.path: v.numpy().ravel()[:64] for v in model.weights if len(v.shape) == 2}
+    paths = sorted(starts)
+    for i, a in enumerate(paths):
+        for b in paths[i + 1:]:
+            assert not np.allclose(starts[a], starts[b]), f"{a} and {b} start the same"
+
+
+def test_initial_weights_follow_the_global_seed():
+    def weights():
+        keras.utils.set_random_seed(7)
+        model = CausalLM.from_preset("gpt_nano", vocab_size=67)
+        return [v.numpy() for v in model.weights]
+
+    for a, b in zip(weights(), weights(), strict=True):
+        np.testing.assert_array_equal(a, b)

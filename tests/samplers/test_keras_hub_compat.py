@@ -1,6 +1,7 @@
 """The plugin contract, both directions: kzoo samplers drive keras_hub's `CausalLM.generate`,
 and keras_hub samplers drive kzoo's `generate`."""
 
+import keras
 import keras_hub
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from kzoo.models import CausalLM
 
 @pytest.fixture(scope="module")
 def hub_lm():
+    keras.utils.set_random_seed(0)  # the same weights whatever ran before
     backbone = keras_hub.models.GPT2Backbone(
         vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
         max_sequence_length=32,
@@ -61,9 +63,13 @@ def test_kzoo_top_k_in_keras_hub_stays_in_top_k_and_keeps_prompts(hub_lm, hub_in
 
 def test_kzoo_sampler_stops_keras_hub_on_stop_tokens(hub_lm, hub_inputs):
     free = hub_generate(hub_lm, hub_inputs, samplers.GreedySampler())
-    stop = int(free[0, 5])  # the second token greedy writes for row 0
-    out = hub_generate(hub_lm, hub_inputs, samplers.GreedySampler(), stop_token_ids=[stop])
-    np.testing.assert_array_equal(out[0, :6], free[0, :6])
+    # Stop on the first token greedy writes for row 0 after its first new one that it has not
+    # written before, so the stop cannot fire earlier.
+    at = next(t for t in range(5, 12) if free[0, t] not in free[0, 4:t])
+    out = hub_generate(hub_lm, hub_inputs, samplers.GreedySampler(),
+                       stop_token_ids=[int(free[0, at])])
+    np.testing.assert_array_equal(out[0, :at + 1], free[0, :at + 1])
+    assert not out[0, at + 1:].any(), "tokens after the stop token must be padding"
 
 
 @pytest.fixture(scope="module")
