@@ -96,12 +96,14 @@ MODELS = {
 }
 
 
-def run_one(name, tok, train_tokens, val_tokens, steps, val_batches, jit, dtype, seed):
+def compiled_model(name, vocab, dtype, seed, decay_steps, jit):
+    """`MODELS[name]` built under `seed` and compiled with the gpt recipe's optimizer (the same
+    settings for every model); returns (model, takes_keras_hub_inputs)."""
     build, hub = MODELS[name]
     keras.utils.set_random_seed(seed)
-    model = build(tok.vocab_size, dtype)
-    t = recipe_config("gpt").train  # the same optimizer settings for every model
-    schedule = WarmupSchedule(t.schedule, t.learning_rate, t.warmup_steps, steps,
+    model = build(vocab, dtype)
+    t = recipe_config("gpt").train
+    schedule = WarmupSchedule(t.schedule, t.learning_rate, t.warmup_steps, decay_steps,
                               t.min_learning_rate)
     model.compile(
         optimizer=build_adamw(model, schedule, t.weight_decay, t.beta_1, t.beta_2, t.epsilon,
@@ -109,6 +111,11 @@ def run_one(name, tok, train_tokens, val_tokens, steps, val_batches, jit, dtype,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=jit,
     )
+    return model, hub
+
+
+def run_one(name, tok, train_tokens, val_tokens, steps, val_batches, jit, dtype, seed):
+    model, hub = compiled_model(name, tok.vocab_size, dtype, seed, steps, jit)
     train = train_dataset(train_tokens, BLOCK, BATCH, seed)
     val = eval_dataset(val_tokens, BLOCK, BATCH, val_batches, seed + 1)
     if hub:
@@ -142,17 +149,9 @@ def speed_rounds(names, tok, train_tokens, rounds, steps, seed):
     variants = {}
     for name in names:
         model_name, _, option = name.partition(":")
-        build, hub = MODELS[model_name]
         dtype = "mixed_bfloat16" if option == "bf16" else None
-        keras.utils.set_random_seed(seed)
-        model = build(tok.vocab_size, dtype)
-        t = recipe_config("gpt").train
-        schedule = WarmupSchedule(t.schedule, t.learning_rate, t.warmup_steps, 2000,
-                                  t.min_learning_rate)
-        model.compile(optimizer=build_adamw(model, schedule, t.weight_decay, t.beta_1,
-                                            t.beta_2, t.epsilon, t.clip_norm),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      jit_compile=option != "nojit")
+        model, hub = compiled_model(model_name, tok.vocab_size, dtype, seed, 2000,
+                                    jit=option != "nojit")
         data = train_dataset(train_tokens, BLOCK, BATCH, seed)
         data = as_keras_hub_inputs(data) if hub else data
         model.fit(data, epochs=1, steps_per_epoch=5, verbose=0)  # compile outside the timing

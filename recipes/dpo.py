@@ -22,7 +22,13 @@ import sys
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from kzoo.training.recipe import FineTuneData, FineTuneModel, run_recipe  # noqa: E402
+from kzoo.training.recipe import (  # noqa: E402
+    FineTuneData,
+    FineTuneModel,
+    load_pairs,
+    pairs_result,
+    run_recipe,
+)
 
 
 @dataclasses.dataclass
@@ -62,11 +68,9 @@ def run(config: DPOConfig) -> dict:
     import keras
 
     from kzoo import losses
-    from kzoo.data.instruction import split_records
-    from kzoo.data.preference import encode_pairs, preference_dataset, read_preference_records
+    from kzoo.data.preference import preference_dataset
     from kzoo.training import RunDir, save_config
     from kzoo.training.dpo import DPOModel, NaNGuard, compute_reference_logps, frozen_copy
-    from kzoo.training.sft import load_tokenizer_and_model
 
     losses.get(config.dpo.loss)  # fail before any work on an unknown loss name
     if config.dpo.reference not in ("precomputed", "copy"):
@@ -76,15 +80,7 @@ def run(config: DPOConfig) -> dict:
     run_dir = RunDir(config.run_dir)
     run_dir.root.mkdir(parents=True, exist_ok=True)
     data, pref = config.data, config.dpo
-    tokenizer, policy = load_tokenizer_and_model(
-        config.model.preset, config.model.args, config.model.init_from, config.model.tokenizer,
-        data.max_length)
-    records, counts = read_preference_records(data.path, strict=data.strict)
-    train_records, val_records = split_records(records, data.validation_fraction,
-                                               data.split_seed)
-    encode = lambda rs: encode_pairs(rs, tokenizer, data.max_length, data.template,  # noqa: E731
-                                     data.max_prompt_length, data.strict)
-    train, val = encode(train_records), encode(val_records)
+    tokenizer, policy, train, val, counts = load_pairs(data, config.model)
     reference = None
     if pref.reference == "copy":
         reference = frozen_copy(policy)
@@ -114,15 +110,8 @@ def run(config: DPOConfig) -> dict:
     after = dpo.evaluate(val_ds, verbose=0, return_dict=True)
     save_config(config, run_dir.config, header="python recipes/dpo.py --config <this file>")
     tokenizer.save(run_dir.tokenizer)
-    result = {
-        "split": {"train_pairs": len(train["token_ids"]), "validation_pairs": len(val["token_ids"]),
-                  "validation_fraction": data.validation_fraction, "split_seed": data.split_seed},
-        "bad_pairs": {**counts, "prompt_too_long": train["skipped"] + val["skipped"]},
-        "held_out_before": {k: float(v) for k, v in before.items()},
-        "held_out_after": {k: float(v) for k, v in after.items()},
-        "history": {k: [float(x) for x in v] for k, v in history.history.items()},
-        "stopped_on_nan": guard.stopped_at,
-    }
+    result = {**pairs_result(data, train, val, counts, before, after, history),
+              "stopped_on_nan": guard.stopped_at}
     (run_dir.root / "metrics.json").write_text(json.dumps(result, indent=1))
     if guard.stopped_at is not None:
         raise NaNStop(f"non-finite loss or reward at (epoch, step) {guard.stopped_at}; the last "

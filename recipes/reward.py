@@ -17,7 +17,13 @@ import sys
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from kzoo.training.recipe import FineTuneData, FineTuneModel, run_recipe  # noqa: E402
+from kzoo.training.recipe import (  # noqa: E402
+    FineTuneData,
+    FineTuneModel,
+    load_pairs,
+    pairs_result,
+    run_recipe,
+)
 
 
 @dataclasses.dataclass
@@ -41,25 +47,14 @@ class RewardConfig:
 def run(config: RewardConfig) -> dict:
     import keras
 
-    from kzoo.data.instruction import split_records
-    from kzoo.data.preference import encode_pairs, read_preference_records
     from kzoo.training import RunDir, save_config
     from kzoo.training.reward import RewardModel, reward_dataset
-    from kzoo.training.sft import load_tokenizer_and_model
 
     keras.utils.set_random_seed(config.seed)
     run_dir = RunDir(config.run_dir)
     run_dir.root.mkdir(parents=True, exist_ok=True)
     data = config.data
-    tokenizer, backbone = load_tokenizer_and_model(
-        config.model.preset, config.model.args, config.model.init_from, config.model.tokenizer,
-        data.max_length)
-    records, counts = read_preference_records(data.path, strict=data.strict)
-    train_records, val_records = split_records(records, data.validation_fraction,
-                                               data.split_seed)
-    encode = lambda rs: encode_pairs(rs, tokenizer, data.max_length, data.template,  # noqa: E731
-                                     data.max_prompt_length, data.strict)
-    train, val = encode(train_records), encode(val_records)
+    tokenizer, backbone, train, val, counts = load_pairs(data, config.model)
     model = RewardModel(backbone)
     model.compile(optimizer=keras.optimizers.AdamW(config.train.learning_rate),
                   jit_compile=config.train.jit_compile)
@@ -76,14 +71,7 @@ def run(config: RewardConfig) -> dict:
     save_config(config, run_dir.config, header="python recipes/reward.py --config <this file>")
     tokenizer.save(run_dir.tokenizer)
     model.save(run_dir.model)
-    result = {
-        "split": {"train_pairs": len(train["token_ids"]), "validation_pairs": len(val["token_ids"]),
-                  "validation_fraction": data.validation_fraction, "split_seed": data.split_seed},
-        "bad_pairs": {**counts, "prompt_too_long": train["skipped"] + val["skipped"]},
-        "held_out_before": {k: float(v) for k, v in before.items()},
-        "held_out_after": {k: float(v) for k, v in after.items()},
-        "history": {k: [float(x) for x in v] for k, v in history.history.items()},
-    }
+    result = pairs_result(data, train, val, counts, before, after, history)
     (run_dir.root / "metrics.json").write_text(json.dumps(result, indent=1))
     return result
 

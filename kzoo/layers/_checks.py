@@ -55,3 +55,12 @@ def fresh_initializer(initializer):
     if not isinstance(initializer, keras.initializers.Initializer):
         return initializer
     return initializer.__class__.from_config(initializer.get_config())
+
+
+def built_dense(units: int, input_dim: int, initializer, use_bias: bool, dtype, name: str):
+    """A built `keras.layers.Dense` whose kernel is its own draw of `initializer`."""
+    layer = keras.layers.Dense(units, use_bias=use_bias,
+                               kernel_initializer=fresh_initializer(initializer), dtype=dtype,
+                               name=name)
+    layer.build((None, None, input_dim))
+    return layer

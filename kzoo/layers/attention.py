@@ -6,9 +6,9 @@ import keras
 from keras import ops
 
 from kzoo.layers._checks import (
+    built_dense,
     divisible,
     fraction,
-    fresh_initializer,
     one_of,
     optional_initializer,
     positive_int,
@@ -103,20 +103,15 @@ class CausalSelfAttention(keras.layers.Layer):
     def build(self, input_shape=None):
         heads = self.num_heads + 2 * self.num_kv_heads
         # One fused projection for queries, keys and values: a single matmul instead of three.
-        self.query_key_value = keras.layers.Dense(
-            heads * self.head_dim, use_bias=self.use_bias,
-            kernel_initializer=fresh_initializer(self.kernel_initializer),
-            dtype=self.dtype_policy, name="query_key_value",
+        self.query_key_value = built_dense(
+            heads * self.head_dim, self.hidden_dim, self.kernel_initializer, self.use_bias,
+            self.dtype_policy, "query_key_value",
         )
-        self.query_key_value.build((None, None, self.hidden_dim))
-        self.output_dense = keras.layers.Dense(
-            self.hidden_dim, use_bias=self.use_bias,
-            kernel_initializer=fresh_initializer(
-                self.output_initializer or self.kernel_initializer
-            ),
-            dtype=self.dtype_policy, name="attention_output",
+        self.output_dense = built_dense(
+            self.hidden_dim, self.num_heads * self.head_dim,
+            self.output_initializer or self.kernel_initializer, self.use_bias,
+            self.dtype_policy, "attention_output",
         )
-        self.output_dense.build((None, None, self.num_heads * self.head_dim))
         self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
 
     def _use_fused(self, training):

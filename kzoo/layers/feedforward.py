@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from kzoo.layers._checks import (
-    fresh_initializer,
+    built_dense,
     optional_initializer,
     positive_int,
     serialize_optional_initializer,
@@ -52,20 +52,13 @@ class FeedForward(keras.layers.Layer):
 
     def build(self, input_shape=None):
         width = self.intermediate_dim * (2 if self.gated else 1)
-        self.up = keras.layers.Dense(
-            width, use_bias=self.use_bias,
-            kernel_initializer=fresh_initializer(self.kernel_initializer),
-            dtype=self.dtype_policy, name="up",
+        self.up = built_dense(width, self.hidden_dim, self.kernel_initializer, self.use_bias,
+                              self.dtype_policy, "up")
+        self.down = built_dense(
+            self.hidden_dim, self.intermediate_dim,
+            self.output_initializer or self.kernel_initializer, self.use_bias,
+            self.dtype_policy, "down",
         )
-        self.up.build((None, None, self.hidden_dim))
-        self.down = keras.layers.Dense(
-            self.hidden_dim, use_bias=self.use_bias,
-            kernel_initializer=fresh_initializer(
-                self.output_initializer or self.kernel_initializer
-            ),
-            dtype=self.dtype_policy, name="down",
-        )
-        self.down.build((None, None, self.intermediate_dim))
 
     def call(self, x):
         h = self.up(x)

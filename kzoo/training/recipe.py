@@ -43,6 +43,42 @@ class FineTuneModel:
     tokenizer: str = "byte"  # "byte", or a saved tokenizer folder (that run's)
 
 
+def load_pairs(data: FineTuneData, model: FineTuneModel) -> tuple:
+    """What the DPO and reward recipes start from: the tokenizer and model of the `model:`
+    section, and the preference pairs of the `data:` section split by prompt and encoded.
+
+    Returns `(tokenizer, model, train, val, counts)`: `train` and `val` as `encode_pairs`
+    gives them, `counts` the bad-pair accounting of `read_preference_records`.
+    """
+    from kzoo.data.instruction import split_records
+    from kzoo.data.preference import encode_pairs, read_preference_records
+    from kzoo.training.sft import load_tokenizer_and_model
+
+    tokenizer, network = load_tokenizer_and_model(
+        model.preset, model.args, model.init_from, model.tokenizer, data.max_length)
+    records, counts = read_preference_records(data.path, strict=data.strict)
+    train_records, val_records = split_records(records, data.validation_fraction,
+                                               data.split_seed)
+    train, val = (encode_pairs(rs, tokenizer, data.max_length, data.template,
+                               data.max_prompt_length, data.strict)
+                  for rs in (train_records, val_records))
+    return tokenizer, network, train, val, counts
+
+
+def pairs_result(data: FineTuneData, train: dict, val: dict, counts: dict, before: dict,
+                 after: dict, history) -> dict:
+    """The metrics.json record of a run on `load_pairs` data: split, bad pairs, held-out
+    metrics before and after, and the Keras history."""
+    return {
+        "split": {"train_pairs": len(train["token_ids"]), "validation_pairs": len(val["token_ids"]),
+                  "validation_fraction": data.validation_fraction, "split_seed": data.split_seed},
+        "bad_pairs": {**counts, "prompt_too_long": train["skipped"] + val["skipped"]},
+        "held_out_before": {k: float(v) for k, v in before.items()},
+        "held_out_after": {k: float(v) for k, v in after.items()},
+        "history": {k: [float(x) for x in v] for k, v in history.history.items()},
+    }
+
+
 def _summary(result: dict) -> str:
     return "result: " + json.dumps({k: v for k, v in result.items() if k != "history"})
 
