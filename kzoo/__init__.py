@@ -7,7 +7,11 @@ model = kzoo.models.CausalLM.from_preset("gpt_nano", vocab_size=256)
 ```
 """
 
-from kzoo import generation, layers, models, samplers
-from kzoo.version import __version__
+from kzoo._quiet import import_tensorflow_quietly
+
+import_tensorflow_quietly()  # before Keras imports it
+
+from kzoo import generation, layers, models, samplers  # noqa: E402
+from kzoo.version import __version__  # noqa: E402
 
 __all__ = ["generation", "layers", "models", "samplers", "__version__"]

@@ -22,9 +22,12 @@ import sys
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from kzoo.training.config import between, checked  # noqa: E402
 from kzoo.training.recipe import (  # noqa: E402
+    DivergedError,
     FineTuneData,
     FineTuneModel,
+    diverged,
     load_pairs,
     pairs_result,
     run_recipe,
@@ -34,20 +37,22 @@ from kzoo.training.recipe import (  # noqa: E402
 @dataclasses.dataclass
 class PreferenceConfig:
     loss: str = "sigmoid"
-    beta: float = 0.1
-    label_smoothing: float = 0.0
+    beta: float = checked(0.1, "positive")
+    label_smoothing: float = checked(0.0, between(0, 0.5))  # each loss narrows it
     average_log_prob: bool = False
     reference: str = "precomputed"  # or "copy"
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    epochs: int = 2
-    batch_size: int = 8
-    learning_rate: float = 1e-4
-    eval_interval: int | None = None  # steps between metrics.csv rows; None: once per epoch
+    epochs: int = checked(2, "positive")
+    batch_size: int = checked(8, "positive")
+    learning_rate: float = checked(1e-4, "positive")
+    # steps between metrics.csv rows; None: once per epoch
+    eval_interval: int | None = checked(None, "positive")
     verbose: int = 2
     jit_compile: bool = True
+    max_loss_factor: float | None = 4.0  # stop when the loss exceeds this x its first value
 
 
 @dataclasses.dataclass
@@ -60,25 +65,29 @@ class DPOConfig:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
 
-class NaNStop(RuntimeError):
-    """Training stopped on a non-finite loss or reward."""
+NaNStop = DivergedError  # the older name
 
 
 def run(config: DPOConfig) -> dict:
-    import keras
-
     from kzoo import losses
-    from kzoo.data.preference import preference_dataset
-    from kzoo.training import RunDir, save_config
-    from kzoo.training.dpo import DPOModel, NaNGuard, compute_reference_logps, frozen_copy
+    from kzoo.training import open_run
 
     losses.get(config.dpo.loss)  # fail before any work on an unknown loss name
     if config.dpo.reference not in ("precomputed", "copy"):
         raise ValueError(f"dpo.reference must be 'precomputed' or 'copy'. "
                          f"Received: {config.dpo.reference!r}")
+    with open_run(config.run_dir, "dpo") as run_dir:
+        return _run_in(run_dir, config)
+
+
+def _run_in(run_dir, config: DPOConfig) -> dict:
+    import keras
+
+    from kzoo.data.preference import preference_dataset
+    from kzoo.training import save_config
+    from kzoo.training.dpo import DPOModel, NaNGuard, compute_reference_logps, frozen_copy
+
     keras.utils.set_random_seed(config.seed)
-    run_dir = RunDir(config.run_dir)
-    run_dir.root.mkdir(parents=True, exist_ok=True)
     data, pref = config.data, config.dpo
     tokenizer, policy, train, val, counts = load_pairs(data, config.model)
     reference = None
@@ -95,7 +104,9 @@ def run(config: DPOConfig) -> dict:
                 jit_compile=config.train.jit_compile)
     val_ds = preference_dataset(val, config.train.batch_size, shuffle=False)
     before = dpo.evaluate(val_ds, verbose=0, return_dict=True)
-    guard = NaNGuard(policy, checkpoint_path=str(run_dir.root / "policy.weights.h5"))
+    weights = run_dir.root / "policy.weights.h5"
+    guard = NaNGuard(policy, checkpoint_path=str(weights),
+                     max_loss_factor=config.train.max_loss_factor)
     train_ds = preference_dataset(train, config.train.batch_size, seed=config.seed)
     batches = math.ceil(len(train["token_ids"]) / config.train.batch_size)
     interval = config.train.eval_interval or batches
@@ -114,14 +125,15 @@ def run(config: DPOConfig) -> dict:
               "stopped_on_nan": guard.stopped_at}
     (run_dir.root / "metrics.json").write_text(json.dumps(result, indent=1))
     if guard.stopped_at is not None:
-        raise NaNStop(f"non-finite loss or reward at (epoch, step) {guard.stopped_at}; the last "
-                      f"good weights are in {run_dir.root / 'policy.weights.h5'}")
+        raise diverged(guard, f"the last good weights (after {guard.good_step} good steps) "
+                              f"are in {weights}")
     policy.save(run_dir.model)
+    run_dir.mark("dpo", "finished")
     return result
 
 
 def main(argv=None) -> int:
-    return run_recipe(__doc__, DPOConfig, run, argv, example="dpo.beta=0.2", fatal=(NaNStop,))
+    return run_recipe(__doc__, DPOConfig, run, argv, example="dpo.beta=0.2")
 
 if __name__ == "__main__":
     sys.exit(main())

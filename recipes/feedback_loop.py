@@ -61,18 +61,16 @@ def markdown(report: dict) -> str:
 
 
 def run(config: FeedbackConfig) -> dict:
-    from pathlib import Path
-
-    from kzoo.training import save_config
+    from kzoo.training import open_run, save_config
     from kzoo.training.feedback_loop import run_feedback_loop
 
-    root = Path(config.run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    save_config(config, root / "config.yaml",
-                header="python recipes/feedback_loop.py --config <this file>")
-    report = run_feedback_loop(config.loop)
-    (root / "report.json").write_text(json.dumps(report, indent=1))
-    (root / "report.md").write_text(markdown(report))
+    with open_run(config.run_dir, "feedback_loop") as run:
+        save_config(config, run.config,
+                    header="python recipes/feedback_loop.py --config <this file>")
+        report = run_feedback_loop(config.loop)
+        (run.root / "report.json").write_text(json.dumps(report, indent=1))
+        (run.root / "report.md").write_text(markdown(report))
+        run.mark("feedback_loop", "finished")
     return report
 
 

@@ -11,6 +11,7 @@ tokenizer/. Models load with Keras' safe mode; nothing in the folder is executed
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -18,11 +19,40 @@ from pathlib import Path
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from kzoo.training.config import checked  # noqa: E402
+
+
+@dataclasses.dataclass
+class GenerateOptions:
+    """The options: YAML keys of `--config`, each also a command-line flag (`top_p` is
+    `--top-p`). Types and values are checked when the options are resolved; `temperature: 0`
+    means greedy decoding (argmax), while each of `temperatures` (`--next-word`) must be > 0."""
+
+    run_dir: str | None = None
+    model_file: str = "model.keras"
+    prompt: str = "\n"
+    max_new_tokens: int = checked(200, "positive")  # the generator needs at least one
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_at_eot: bool = True
+    sampler: str = "top_k"
+    temperature: float | None = checked(None, "non_negative")  # 0 means greedy
+    top_k: int | None = None  # top_k, top_p, min_p and num_beams: checked by the sampler
+    top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = checked(None, "positive")
+    frequency_penalty: float | None = checked(None, "finite")
+    presence_penalty: float | None = checked(None, "finite")
+    num_beams: int | None = None
+    next_word: bool = False
+    k: int = checked(10, "positive")
+    temperatures: list[float] = checked(check="positive", default_factory=lambda: [1.0])
+    png: str | None = None
+    truncate: bool = False
+
+
 # YAML keys accepted by --config, with the command-line flag each one fills.
-CONFIG_KEYS = ("run_dir", "model_file", "prompt", "max_new_tokens", "seed", "stop",
-               "stop_at_eot", "sampler", "temperature", "top_k", "top_p", "min_p",
-               "repetition_penalty", "frequency_penalty", "presence_penalty", "num_beams",
-               "next_word", "k", "temperatures", "png", "truncate")
+CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(GenerateOptions))
 SAMPLER_KNOBS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty",
                  "frequency_penalty", "presence_penalty", "num_beams")
 
@@ -53,33 +83,41 @@ def parse_args(argv=None):
 
 
 def resolve_options(args) -> dict:
-    """Defaults <- YAML config <- command line."""
-    import yaml
+    """Defaults <- YAML config <- command line, checked against `GenerateOptions`.
 
-    options = {"model_file": "model.keras", "prompt": "\n", "max_new_tokens": 200,
-               "stop_at_eot": True, "sampler": "top_k", "k": 10, "next_word": False,
-               "temperatures": [1.0], "truncate": False}
+    Raises:
+        ValueError: one line naming the file and key, or the flag, of a bad option.
+    """
+    from kzoo.training.config import config_from_dict, read_yaml
+
+    options = {}
     if args.config:
         path = Path(args.config)
         if not path.is_file():
             raise ValueError(f"--config {path} does not exist")
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        loaded = read_yaml(path)
+        loaded = {} if loaded is None else loaded
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping of options at the top level")
-        unknown = sorted(set(loaded) - set(CONFIG_KEYS))
+        unknown = sorted(set(loaded) - set(CONFIG_KEYS), key=str)
         if unknown:
             raise ValueError(f"{path}: unknown key(s) {unknown}. Valid keys: {list(CONFIG_KEYS)}")
+        config_from_dict(loaded, GenerateOptions, str(path))
         options.update(loaded)
-    options.update({k: v for k, v in vars(args).items() if v is not None and k != "config"})
+    flags = {k: v for k, v in vars(args).items() if v is not None and k != "config"}
+    for key, value in flags.items():
+        flag = "RUN_DIR" if key == "run_dir" else "--" + key.replace("_", "-")
+        config_from_dict({key: value}, GenerateOptions, flag)
+    options.update(flags)
+    options = dataclasses.asdict(config_from_dict(options, GenerateOptions, "the options"))
     if not options.get("run_dir"):
         raise ValueError("Give a run folder: `generate.py RUN_DIR` or run_dir: in --config")
     return options
 
 
 def load_run(run_dir: str, model_file: str):
-    import keras
-
-    import kzoo  # noqa: F401  (registers the kzoo classes for deserialization)
+    from kzoo.models import CausalLM
+    from kzoo.models.loading import load_model_file
     from kzoo.tokenizers import check_vocab, load_tokenizer
 
     root = Path(run_dir)
@@ -90,7 +128,7 @@ def load_run(run_dir: str, model_file: str):
         raise ValueError(f"{model_path} is missing: train first (recipes/pretrain.py) or "
                          "pass --model-file best.keras")
     tokenizer = load_tokenizer(tokenizer_dir)
-    model = keras.models.load_model(model_path)  # safe_mode=True: no code runs from the file
+    model = load_model_file(model_path, expect=CausalLM)  # safe mode: no code from the file
     check_vocab(tokenizer, model.vocab_size, where=str(model_path))
     return model, tokenizer
 
@@ -105,14 +143,16 @@ def build_sampler(options: dict):
     return samplers.get(name, **knobs)
 
 
-def run(options: dict, out=sys.stdout) -> dict:
+def run(options: dict, out=None) -> dict:
     from kzoo.generation import Generator, plot_distributions, temperature_sweep
+
+    out = sys.stdout if out is None else out  # looked up now: sys.stdout may be replaced
 
     model, tokenizer = load_run(options["run_dir"], options["model_file"])
     prompt = str(options["prompt"])
     if options["next_word"]:
         dists = temperature_sweep(model, prompt, options["temperatures"], options["k"],
-                                  tokenizer)
+                                  tokenizer, truncate=options["truncate"])
         for dist in dists:
             print(dist.bars(), file=out)
         if options.get("png"):
@@ -140,10 +180,12 @@ def run(options: dict, out=sys.stdout) -> dict:
 
 
 def main(argv=None) -> int:
+    from kzoo.training.recipe import error_line
+
     try:
         run(resolve_options(parse_args(argv)))
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except ValueError as error:  # bad input: one line naming the file, key or flag; code 2
+        print(error_line(error), file=sys.stderr)
         return 2
     return 0
 

@@ -26,12 +26,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from kzoo.training import NaNLossError, PretrainConfig, load_config, pretrain
+    from kzoo.training.recipe import error_line
 
     try:
         config = load_config(args.config, PretrainConfig, overrides=args.set)
         result = pretrain(config)
-    except (ValueError, NaNLossError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (ValueError, NaNLossError) as error:  # bad input: one line, exit code 2
+        print(error_line(error), file=sys.stderr)
         return 2 if isinstance(error, ValueError) else 3
     summary = {k: v for k, v in result.items() if k != "sample"}
     print("result:", json.dumps(summary))

@@ -17,7 +17,9 @@ import sys
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from kzoo.training.config import checked  # noqa: E402
 from kzoo.training.recipe import (  # noqa: E402
+    DivergedError,
     FineTuneData,
     FineTuneModel,
     load_pairs,
@@ -28,11 +30,12 @@ from kzoo.training.recipe import (  # noqa: E402
 
 @dataclasses.dataclass
 class TrainConfig:
-    epochs: int = 2
-    batch_size: int = 8
-    learning_rate: float = 1e-4
+    epochs: int = checked(2, "positive")
+    batch_size: int = checked(8, "positive")
+    learning_rate: float = checked(1e-4, "positive")
     verbose: int = 2
     jit_compile: bool = True
+    max_loss_factor: float | None = 4.0  # stop when the loss exceeds this x its first value
 
 
 @dataclasses.dataclass
@@ -45,14 +48,20 @@ class RewardConfig:
 
 
 def run(config: RewardConfig) -> dict:
+    from kzoo.training import open_run
+
+    with open_run(config.run_dir, "reward") as run_dir:
+        return _run_in(run_dir, config)
+
+
+def _run_in(run_dir, config: RewardConfig) -> dict:
     import keras
 
-    from kzoo.training import RunDir, save_config
+    from kzoo.training import NaNGuard, save_config
+    from kzoo.training.recipe import diverged
     from kzoo.training.reward import RewardModel, reward_dataset
 
     keras.utils.set_random_seed(config.seed)
-    run_dir = RunDir(config.run_dir)
-    run_dir.root.mkdir(parents=True, exist_ok=True)
     data = config.data
     tokenizer, backbone, train, val, counts = load_pairs(data, config.model)
     model = RewardModel(backbone)
@@ -60,19 +69,22 @@ def run(config: RewardConfig) -> dict:
                   jit_compile=config.train.jit_compile)
     val_ds = reward_dataset(val, config.train.batch_size, shuffle=False)
     before = model.evaluate(val_ds, verbose=0, return_dict=True)
+    guard = NaNGuard(model, keys=("loss",), max_loss_factor=config.train.max_loss_factor)
     history = model.fit(reward_dataset(train, config.train.batch_size, seed=config.seed),
                         validation_data=val_ds, epochs=config.train.epochs,
-                        callbacks=[keras.callbacks.TerminateOnNaN()],
-                        verbose=config.train.verbose, shuffle=False)
+                        callbacks=[guard], verbose=config.train.verbose, shuffle=False)
     after = model.evaluate(val_ds, verbose=0, return_dict=True)
+    if guard.stopped_at is not None:
+        raise diverged(guard, "no model was saved")
     if not all(map(math.isfinite, after.values())):
-        raise ValueError(f"reward training diverged (held-out metrics {after}); "
-                         "lower train.learning_rate. Nothing was saved.")
+        raise DivergedError(f"reward training diverged (held-out metrics {after}); "
+                            "lower train.learning_rate. Nothing was saved.")
     save_config(config, run_dir.config, header="python recipes/reward.py --config <this file>")
     tokenizer.save(run_dir.tokenizer)
     model.save(run_dir.model)
     result = pairs_result(data, train, val, counts, before, after, history)
     (run_dir.root / "metrics.json").write_text(json.dumps(result, indent=1))
+    run_dir.mark("reward", "finished")
     return result
 
 

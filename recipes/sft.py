@@ -17,6 +17,7 @@ import sys
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from kzoo.training.config import checked  # noqa: E402
 from kzoo.training.recipe import FineTuneData, FineTuneModel, run_recipe  # noqa: E402
 
 
@@ -27,12 +28,13 @@ class DataConfig(FineTuneData):
 
 @dataclasses.dataclass
 class TrainConfig:
-    epochs: int = 3
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
+    epochs: int = checked(3, "positive")
+    batch_size: int = checked(16, "positive")
+    learning_rate: float = checked(1e-3, "positive")
+    weight_decay: float = checked(0.0, "non_negative")
     verbose: int = 2
     jit_compile: bool = True
+    max_loss_factor: float | None = 4.0  # stop when the loss exceeds this x its first value
 
 
 @dataclasses.dataclass
@@ -45,6 +47,13 @@ class SFTConfig:
 
 
 def run(config: SFTConfig) -> dict:
+    from kzoo.training import open_run
+
+    with open_run(config.run_dir, "sft") as run_dir:
+        return _run_in(run_dir, config)
+
+
+def _run_in(run_dir, config: SFTConfig) -> dict:
     import keras
 
     from kzoo.data.instruction import (
@@ -53,12 +62,11 @@ def run(config: SFTConfig) -> dict:
         sft_dataset,
         split_records,
     )
-    from kzoo.training import RunDir, save_config
+    from kzoo.training import NaNGuard, save_config
+    from kzoo.training.recipe import diverged
     from kzoo.training.sft import compile_sft, load_tokenizer_and_model, response_nll
 
     keras.utils.set_random_seed(config.seed)
-    run_dir = RunDir(config.run_dir)
-    run_dir.root.mkdir(parents=True, exist_ok=True)
     data = config.data
     tokenizer, model = load_tokenizer_and_model(
         config.model.preset, config.model.args, config.model.init_from, config.model.tokenizer,
@@ -73,11 +81,15 @@ def run(config: SFTConfig) -> dict:
                                        weight_decay=config.train.weight_decay)
     compile_sft(model, optimizer, jit_compile=config.train.jit_compile)
     before = response_nll(model, val)
+    guard = NaNGuard(model, keys=("loss",), max_loss_factor=config.train.max_loss_factor)
     history = model.fit(
         sft_dataset(train, config.train.batch_size, seed=config.seed),
         validation_data=sft_dataset(val, config.train.batch_size, shuffle=False),
         epochs=config.train.epochs, verbose=config.train.verbose, shuffle=False,
+        callbacks=[guard],
     )
+    if guard.stopped_at is not None:
+        raise diverged(guard, "no model was saved")
     save_config(config, run_dir.config, header="python recipes/sft.py --config <this file>")
     tokenizer.save(run_dir.tokenizer)
     model.save(run_dir.model)
@@ -90,6 +102,7 @@ def run(config: SFTConfig) -> dict:
         "history": {k: [float(x) for x in v] for k, v in history.history.items()},
     }
     (run_dir.root / "metrics.json").write_text(json.dumps(result, indent=1))
+    run_dir.mark("sft", "finished")
     return result
 
 

@@ -89,6 +89,16 @@ def get_batch(data, block, batch, gen):
     return x, y
 
 
+@torch.no_grad()
+def estimate_loss(model, splits, block, batch, iters, gen):
+    """nanoGPT's estimate_loss: the mean loss of `iters` random batches of each split."""
+    model.eval()
+    out = {name: float(np.mean([model(*get_batch(data, block, batch, gen)).item()
+                                for _ in range(iters)])) for name, data in splits.items()}
+    model.train()
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", required=True, help=".npy of train token ids")
@@ -99,6 +109,12 @@ def main():
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-embedding-decay", action="store_true")
+    parser.add_argument("--eval-interval", type=int, default=0,
+                        help="as nanoGPT's train.py: every N steps estimate train and val loss "
+                             "over --eval-iters batches each, and save a checkpoint (model and "
+                             "optimizer) to --out-dir when val improves; 0: no evaluation")
+    parser.add_argument("--eval-iters", type=int, default=200)
+    parser.add_argument("--out-dir", default=None)
     args = parser.parse_args()
 
     block, batch, lr, min_lr, warmup = 64, 12, 1e-3, 1e-4, 100
@@ -117,8 +133,17 @@ def main():
     )
     gen = torch.Generator().manual_seed(args.seed)
     model.train()
-    times = []
+    times, best_val, evals = [], float("inf"), []
     for it in range(args.steps):
+        if args.eval_interval and it % args.eval_interval == 0:
+            losses = estimate_loss(model, {"train": train, "val": val}, block, batch,
+                                   args.eval_iters, gen)
+            evals.append({"step": it, **losses})
+            if it > 0 and losses["val"] < best_val and args.out_dir:
+                best_val = losses["val"]
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "iter_num": it, "best_val_loss": best_val},
+                           f"{args.out_dir}/ckpt.pt")
         start = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = get_lr(it, lr, min_lr, warmup, args.steps)
@@ -148,6 +173,7 @@ def main():
         "val_loss_sd_20_batches": float(np.std(losses, ddof=1) / math.sqrt(20)),
         "val_batches": args.val_batches,
         "fit_wall_s": sum(times),
+        "evaluations": evals,
     }))
 
 

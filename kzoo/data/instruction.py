@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kzoo._files import read_text
+
 _ALPACA_HEAD = (
     "Below is an instruction that describes a task{extra}. "
     "Write a response that appropriately completes the request.\n\n"
@@ -111,9 +113,7 @@ def read_json_records(path: str | Path) -> list[tuple[str, dict]]:
     The location ("file.json record 3" or "file.jsonl line 4") goes into every error message.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"Data file {path} does not exist.")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, f"Data file {path} does not exist.")
     if path.suffix == ".jsonl":
         out = []
         for number, line in enumerate(text.splitlines(), start=1):
@@ -156,7 +156,8 @@ def read_instruction_records(path: str | Path) -> list[dict]:
     """Read SFT records: `instruction`/`input`/`output` or `prompt`/`completion`.
 
     Returns dicts with `instruction`, `input`, `output` (prompt/completion records become
-    `prompt` and `output`). A record with an empty output raises a ValueError naming it.
+    `prompt` and `output`). A record with an empty output, or a file without records, raises
+    a ValueError naming it.
 
     Example:
     ```python
@@ -175,6 +176,8 @@ def read_instruction_records(path: str | Path) -> list[dict]:
         if not out["output"].strip():
             raise ValueError(f"{where}: the response ('output'/'completion') is empty")
         records.append(out)
+    if not records:
+        raise ValueError(f"{path} holds no instruction records (0 records)")
     return records
 
 
@@ -262,6 +265,9 @@ def sft_dataset(arrays: dict, batch_size: int, shuffle: bool = True, seed: int =
     import tensorflow as tf
 
     ids, mask = arrays["token_ids"], arrays["loss_mask"]
+    if len(ids) == 0:  # tf.data would fail on an empty shuffle buffer
+        raise ValueError("no SFT rows to batch (0 rows): the data is empty or every record "
+                         "was skipped")
     # Inputs are tokens 0..L-2, targets tokens 1..L-1: the weight of target t is mask[t].
     ds = tf.data.Dataset.from_tensor_slices((ids[:, :-1], ids[:, 1:], mask[:, 1:]))
     if shuffle:

@@ -174,3 +174,16 @@ def eval_dataset(
     ds = ids.map(lambda i: tf.gather(start_tensor, i)).batch(per_replica, drop_remainder=True)
     ds = ds.map(_windows(token_tensor, block_size)).cache()
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def eval_windows(tokens: np.ndarray, block_size: int, batch_size: int, num_batches: int,
+                 seed: int) -> tf.data.Dataset:
+    """`eval_dataset`'s windows held as two in-memory tensors: a finite data set whose
+    iterator costs nothing to make or drop, for a validation run at every interval.
+
+    Arguments as in `eval_dataset`; one device only (no input context).
+    """
+    batches = list(eval_dataset(tokens, block_size, batch_size, num_batches, seed))
+    inputs = tf.concat([x for x, _ in batches], axis=0)  # (num_batches * batch, block)
+    targets = tf.concat([y for _, y in batches], axis=0)
+    return tf.data.Dataset.from_tensor_slices((inputs, targets)).batch(batch_size)

@@ -87,6 +87,10 @@ def read_preference_records(source: str | Path, strict: bool = False, split: str
     Returns:
         `(records, counts)`: normalized dicts, and counts {"read", "kept", "identical", "empty"}.
 
+    Raises:
+        ValueError: naming the source and record: a malformed record, a bad pair under
+            `strict`, or no usable pair at all (an empty source, or every pair skipped).
+
     Example:
     ```python
     from kzoo.data.preference import read_preference_records
@@ -113,6 +117,13 @@ def read_preference_records(source: str | Path, strict: bool = False, split: str
             continue
         records.append(record)
     counts["kept"] = len(records)
+    if not records:
+        if not raw:
+            raise ValueError(f"{source} holds no preference pairs (0 records)")
+        raise ValueError(
+            f"{source}: no usable preference pairs: all {len(raw)} records were skipped "
+            f"({counts['identical']} with chosen == rejected, {counts['empty']} with an empty "
+            "response)")
     return records, counts
 
 
@@ -179,6 +190,35 @@ def encode_pairs(records: list[dict], tokenizer, max_length: int,
     }
 
 
+def check_encoded_pairs(train: dict, val: dict, source, max_length: int) -> None:
+    """Refuse a training or validation split left without pairs, naming the data file and why.
+
+    Args:
+        train: dict. the encoded training pairs (`encode_pairs`).
+        val: dict. the encoded validation pairs.
+        source: str or Path. the data file (named in the message).
+        max_length: int. the row length the pairs were encoded to.
+
+    Raises:
+        ValueError: one line: how many pairs each split kept, how many were skipped and why.
+
+    Example:
+    ```python
+    check_encoded_pairs(train, val, "pairs.json", max_length=256)
+    ```
+    """
+    skipped = train["skipped"] + val["skipped"]
+    n_train, n_val = len(train["token_ids"]), len(val["token_ids"])
+    why = (f"{skipped} skipped because the prompt leaves no room for a response in "
+           f"max_length={max_length} (set data.max_prompt_length or raise data.max_length)")
+    if n_train == 0:
+        raise ValueError(f"{source}: no training pairs left: {n_val} went to validation, {why}")
+    if n_val == 0:
+        raise ValueError(
+            f"{source}: no validation pairs left: 0 of {n_train + n_val + skipped} held out, "
+            f"{why}; raise data.validation_fraction or add pairs")
+
+
 def split_arrays(arrays: dict, validation_fraction: float, seed: int = 0):
     """Split encoded arrays into (train, validation) by a seeded permutation of the rows.
 
@@ -216,6 +256,9 @@ def preference_dataset(arrays: dict, batch_size: int, shuffle: bool = True, seed
     """
     import tensorflow as tf
 
+    if len(arrays["token_ids"]) == 0:  # tf.data would fail on an empty shuffle buffer
+        raise ValueError("no pairs to batch (0 rows): the data is empty or every pair was "
+                         "skipped")
     keys = [k for k in ("token_ids", "loss_mask", "lengths", "reference_logps") if k in arrays]
     ds = tf.data.Dataset.from_tensor_slices({k: arrays[k] for k in keys})
     if shuffle:

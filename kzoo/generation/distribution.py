@@ -110,11 +110,20 @@ def next_word_distribution(model, prompt, k: int = 10, temperature: float = 1.0,
 
 
 def temperature_sweep(model, prompt, temperatures=(0.5, 1.0, 2.0), k: int = 10,
-                      tokenizer=None) -> list[NextWordDistribution]:
+                      tokenizer=None, truncate: bool = False) -> list[NextWordDistribution]:
     """`next_word_distribution` at several temperatures, all over the same tokens.
 
     Temperature never changes the ranking, only how peaked it is, so every distribution lists
     the same tokens and they can be compared side by side.
+
+    Args:
+        model: kzoo `CausalLM`.
+        prompt: str (needs `tokenizer`) or list[int]. one prompt.
+        temperatures: sequence of float. each > 0; one distribution per temperature.
+        k: int. how many tokens to show; > 0.
+        tokenizer: kzoo tokenizer or None. for text prompts and readable token labels.
+        truncate: bool. keep the last `max_sequence_length` tokens of a longer prompt instead
+            of raising a ValueError.
 
     Example:
     ```python
@@ -126,7 +135,8 @@ def temperature_sweep(model, prompt, temperatures=(0.5, 1.0, 2.0), k: int = 10,
     """
     if not temperatures:
         raise ValueError("`temperatures` must name at least one temperature.")
-    return [next_word_distribution(model, prompt, k, t, tokenizer) for t in temperatures]
+    return [next_word_distribution(model, prompt, k, t, tokenizer, truncate)
+            for t in temperatures]
 
 
 def plot_distributions(distributions, path) -> Path:

@@ -126,8 +126,8 @@ class Generator:
                 with "token_ids"/"padding_mask".
             max_new_tokens: int. at most this many new tokens per prompt.
             stop_token_ids: int or list[int] or None. ids that end a row (e.g. end-of-text).
-            stop_sequences: list of id lists or strings, or None. multi-token stops, matched
-                on token ids among the new tokens.
+            stop_sequences: str, list of id lists or strings, or None. multi-token stops,
+                matched on token ids among the new tokens; one string is one stop sequence.
             return_logprobs: bool. also return each new token's log-probability.
             seed: int or None. reset the sampler's seed first: same seed, same output.
             padding_mask: array or None. (batch, seq) 1 for real tokens of a 2D `prompts`.

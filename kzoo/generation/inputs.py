@@ -151,8 +151,9 @@ def stop_table(stop_token_ids=None, stop_sequences=None, tokenizer=None, vocab_s
 
     Args:
         stop_token_ids: int or list[int] or None. tokens that end a sequence.
-        stop_sequences: list of (list[int] or str) or None. multi-token stops; strings are
-            encoded with `tokenizer` (matching happens on token ids).
+        stop_sequences: str, or list of (list[int] or str), or None. multi-token stops; strings
+            are encoded with `tokenizer` (matching happens on token ids). One string is one
+            stop sequence, not one per character.
         tokenizer: kzoo tokenizer or None.
         vocab_size: int. ids must lie in [0, vocab_size).
     """
@@ -162,6 +163,8 @@ def stop_table(stop_token_ids=None, stop_sequences=None, tokenizer=None, vocab_s
             stop_token_ids = [stop_token_ids]
         ids = _as_id_list(list(stop_token_ids), "`stop_token_ids`", vocab_size)
         sequences.extend([i] for i in ids)
+    if isinstance(stop_sequences, str):  # iterating a str would make each character a stop
+        stop_sequences = [stop_sequences]
     for i, seq in enumerate(stop_sequences or []):
         if isinstance(seq, str):
             if not seq:

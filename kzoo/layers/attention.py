@@ -14,7 +14,7 @@ from kzoo.layers._checks import (
     positive_int,
     serialize_optional_initializer,
 )
-from kzoo.layers.rotary import apply_rotary, rotary_cos_sin
+from kzoo.layers.rotary import apply_rotary, check_rope_scaling, rotary_cos_sin
 
 ATTENTION_IMPLS = ("auto", "einsum", "fused")
 
@@ -46,14 +46,21 @@ class CausalSelfAttention(keras.layers.Layer):
     Returns the output (batch, seq, hidden_dim), and with a cache the pair `(output, cache)`.
 
     Args:
-        hidden_dim: int. model width; divisible by `num_heads`.
+        hidden_dim: int. model width; divisible by `num_heads` unless `head_dim` is given.
         num_heads: int. query heads.
         num_kv_heads: int or None. key/value heads; divides `num_heads`. Default: `num_heads`.
-        use_bias: bool. biases in the projections.
+        use_bias: bool. biases in the projections (the default of the two options below).
+        qkv_bias: bool or None. biases in the query/key/value projection (Qwen2 has them
+            while its output projection has none); None: `use_bias`.
+        output_bias: bool or None. bias in the output projection; None: `use_bias`.
+        head_dim: int or None. size of each head; None: `hidden_dim // num_heads`.
+            Some models set it apart from the width (Mistral NeMo: 32 heads of 128 in 5,120).
         dropout: float. dropout rate of the attention probabilities, in [0, 1).
         use_rope: bool. rotate queries and keys by their positions (rotary embedding).
         rope_max_wavelength: float. RoPE's base wavelength.
         rope_scaling_factor: float. RoPE linear position interpolation factor.
+        rope_scaling: dict or None. RoPE frequency scaling (Llama 3.1's "llama3"), see
+            `kzoo.layers.rotary.check_rope_scaling`.
         attention_impl: str. "einsum" (query heads grouped under their key/value head: no
             copies of K and V, and attention dropout), "fused" (`keras.ops.dot_product_attention`,
             which reaches cuDNN/flash kernels on the JAX and torch backends) or "auto" (einsum
@@ -76,16 +83,24 @@ class CausalSelfAttention(keras.layers.Layer):
                  use_bias: bool = True, dropout: float = 0.0, use_rope: bool = False,
                  rope_max_wavelength: float = 10000.0, rope_scaling_factor: float = 1.0,
                  attention_impl: str = "auto", kernel_initializer="glorot_uniform",
-                 output_initializer=None, **kwargs):
+                 output_initializer=None, qkv_bias: bool | None = None,
+                 output_bias: bool | None = None, head_dim: int | None = None,
+                 rope_scaling: dict | None = None, **kwargs):
         super().__init__(**kwargs)
         self.hidden_dim = positive_int("hidden_dim", hidden_dim)
         self.num_heads = positive_int("num_heads", num_heads)
         self.num_kv_heads = positive_int(
             "num_kv_heads", num_heads if num_kv_heads is None else num_kv_heads
         )
-        divisible("hidden_dim", hidden_dim, "num_heads", num_heads)
+        if head_dim is None:
+            divisible("hidden_dim", hidden_dim, "num_heads", num_heads)
+            head_dim = hidden_dim // num_heads
+        self.head_dim = positive_int("head_dim", head_dim)
         divisible("num_heads", num_heads, "num_kv_heads", self.num_kv_heads)
         self.use_bias = use_bias
+        self.qkv_bias = use_bias if qkv_bias is None else bool(qkv_bias)
+        self.output_bias = use_bias if output_bias is None else bool(output_bias)
+        self.rope_scaling = check_rope_scaling(rope_scaling)
         self.dropout = fraction("dropout", dropout)
         self.use_rope = use_rope
         self.rope_max_wavelength = rope_max_wavelength
@@ -94,22 +109,19 @@ class CausalSelfAttention(keras.layers.Layer):
         self.attention_impl = attention_impl
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.output_initializer = optional_initializer(output_initializer)
-        self.head_dim = hidden_dim // num_heads
         if use_rope and self.head_dim % 2:
-            raise ValueError(
-                f"RoPE needs an even head size; hidden_dim / num_heads = {self.head_dim}."
-            )
+            raise ValueError(f"RoPE needs an even head size; head_dim = {self.head_dim}.")
 
     def build(self, input_shape=None):
         heads = self.num_heads + 2 * self.num_kv_heads
         # One fused projection for queries, keys and values: a single matmul instead of three.
         self.query_key_value = built_dense(
-            heads * self.head_dim, self.hidden_dim, self.kernel_initializer, self.use_bias,
+            heads * self.head_dim, self.hidden_dim, self.kernel_initializer, self.qkv_bias,
             self.dtype_policy, "query_key_value",
         )
         self.output_dense = built_dense(
             self.hidden_dim, self.num_heads * self.head_dim,
-            self.output_initializer or self.kernel_initializer, self.use_bias,
+            self.output_initializer or self.kernel_initializer, self.output_bias,
             self.dtype_policy, "attention_output",
         )
         self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
@@ -144,7 +156,7 @@ class CausalSelfAttention(keras.layers.Layer):
                 position_ids = (ops.arange(seq) + start)[None, :]
             cos, sin = rotary_cos_sin(
                 position_ids, h, self.rope_max_wavelength, self.rope_scaling_factor,
-                dtype=self.compute_dtype,
+                dtype=self.compute_dtype, rope_scaling=self.rope_scaling,
             )
             query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
 
@@ -201,10 +213,14 @@ class CausalSelfAttention(keras.layers.Layer):
             "num_heads": self.num_heads,
             "num_kv_heads": self.num_kv_heads,
             "use_bias": self.use_bias,
+            "qkv_bias": self.qkv_bias,
+            "output_bias": self.output_bias,
+            "head_dim": self.head_dim,
             "dropout": self.dropout,
             "use_rope": self.use_rope,
             "rope_max_wavelength": self.rope_max_wavelength,
             "rope_scaling_factor": self.rope_scaling_factor,
+            "rope_scaling": check_rope_scaling(self.rope_scaling),  # a plain dict
             "attention_impl": self.attention_impl,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             "output_initializer": serialize_optional_initializer(self.output_initializer),

@@ -11,6 +11,7 @@ from kzoo.layers._checks import (
 from kzoo.layers.attention import CausalSelfAttention
 from kzoo.layers.feedforward import FeedForward
 from kzoo.layers.normalization import get_norm
+from kzoo.layers.rotary import check_rope_scaling
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
@@ -28,7 +29,14 @@ class TransformerBlock(keras.layers.Layer):
         activation: str. feed-forward activation, e.g. "gelu" or "swiglu".
         norm: str. "layernorm" or "rmsnorm".
         norm_epsilon: float. the norms' epsilon.
-        use_bias: bool. biases in projections and LayerNorm.
+        use_bias: bool. biases in projections and LayerNorm (the default of the three options
+            below).
+        qkv_bias: bool or None. biases of the query/key/value projection; None: `use_bias`.
+        attention_output_bias: bool or None. bias of the attention output; None: `use_bias`.
+        feedforward_bias: bool or None. biases of the feed-forward projections; None:
+            `use_bias`.
+        head_dim: int or None. size of each attention head; None: `hidden_dim // num_heads`.
+        rope_scaling: dict or None. RoPE frequency scaling (see `CausalSelfAttention`).
         dropout: float. residual dropout, also used on attention probabilities.
         use_rope: bool. rotary position embedding in attention.
         rope_max_wavelength: float. RoPE base.
@@ -54,7 +62,10 @@ class TransformerBlock(keras.layers.Layer):
                  dropout: float = 0.0, use_rope: bool = False,
                  rope_max_wavelength: float = 10000.0, rope_scaling_factor: float = 1.0,
                  attention_impl: str = "auto", kernel_initializer="glorot_uniform",
-                 output_initializer=None, **kwargs):
+                 output_initializer=None, qkv_bias: bool | None = None,
+                 attention_output_bias: bool | None = None,
+                 feedforward_bias: bool | None = None, head_dim: int | None = None,
+                 rope_scaling: dict | None = None, **kwargs):
         super().__init__(**kwargs)
         self.hidden_dim = positive_int("hidden_dim", hidden_dim)
         self.num_heads = num_heads
@@ -64,6 +75,7 @@ class TransformerBlock(keras.layers.Layer):
         self.norm = norm
         self.norm_epsilon = norm_epsilon
         self.use_bias = use_bias
+        self.feedforward_bias = use_bias if feedforward_bias is None else bool(feedforward_bias)
         self.dropout = fraction("dropout", dropout)
         self.use_rope = use_rope
         self.rope_max_wavelength = rope_max_wavelength
@@ -80,10 +92,11 @@ class TransformerBlock(keras.layers.Layer):
             hidden_dim, num_heads, self.num_kv_heads, use_bias=use_bias, dropout=dropout,
             use_rope=use_rope, rope_max_wavelength=rope_max_wavelength,
             rope_scaling_factor=rope_scaling_factor, attention_impl=attention_impl,
-            name="attention", **common,
+            qkv_bias=qkv_bias, output_bias=attention_output_bias, head_dim=head_dim,
+            rope_scaling=rope_scaling, name="attention", **common,
         )
         self.feedforward = FeedForward(
-            hidden_dim, intermediate_dim, activation=activation, use_bias=use_bias,
+            hidden_dim, intermediate_dim, activation=activation, use_bias=self.feedforward_bias,
             name="feedforward", **common,
         )
         self.attention_norm = get_norm(
@@ -127,10 +140,15 @@ class TransformerBlock(keras.layers.Layer):
             "norm": self.norm,
             "norm_epsilon": self.norm_epsilon,
             "use_bias": self.use_bias,
+            "qkv_bias": self.attention.qkv_bias,
+            "attention_output_bias": self.attention.output_bias,
+            "feedforward_bias": self.feedforward_bias,
+            "head_dim": self.attention.head_dim,
             "dropout": self.dropout,
             "use_rope": self.use_rope,
             "rope_max_wavelength": self.rope_max_wavelength,
             "rope_scaling_factor": self.rope_scaling_factor,
+            "rope_scaling": check_rope_scaling(self.attention.rope_scaling),
             "attention_impl": self.attention_impl,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             "output_initializer": serialize_optional_initializer(self.output_initializer),

@@ -12,11 +12,16 @@ and returns one loss per pair:
 | `sigmoid`      | -(1-e) log s(b h) - e log s(-b h)                 | DPO (Rafailov 2023)   |
 | `conservative` | same as `sigmoid`; `e` is the label-noise rate    | cDPO (Mitchell 2023)  |
 | `robust`       | (-(1-e) log s(b h) + e log s(-b h)) / (1 - 2e)    | rDPO (Chowdhury 2024) |
-| `ipo`          | (h - 1 / (2 b))^2                                 | IPO (Azar 2023)       |
+| `ipo`          | (h - 1 / (2 b))^2, h of per-token mean log-ratios | IPO (Azar 2023)       |
 | `hinge`        | max(0, 1 - b h)                                   | SLiC (Zhao 2023)      |
 
 `s` is the logistic sigmoid, `b` is `beta` and `e` is `label_smoothing`. All arithmetic is done in
 float32 whatever the inputs' dtype, so that the loss is exact under mixed precision.
+
+A loss registered with `length_normalized=True` (`ipo`) is defined on per-token mean log-ratios
+(each response's log-ratio divided by its number of tokens), as in the IPO paper and TRL;
+`length_normalized(name)` says so, and `kzoo.training.dpo.DPOModel` then feeds it those whatever
+its `average_log_prob`. The others take the log-ratios as given (summed, by default).
 
 Example:
 ```python
@@ -34,15 +39,25 @@ from keras import ops
 PreferenceLoss = Callable[..., object]
 
 _REGISTRY: dict[str, PreferenceLoss] = {}
+# Names of the losses defined on per-token mean log-ratios.
+_LENGTH_NORMALIZED: set[str] = set()
 
 
-def register(name: str):
-    """Decorator adding a loss function to the registry under `name`."""
+def register(name: str, length_normalized: bool = False):
+    """Decorator adding a loss function to the registry under `name`.
+
+    Args:
+        name: str. the registry name.
+        length_normalized: bool. the loss is defined on per-token mean log-ratios, so callers
+            must divide each response's log-ratio by its number of tokens before calling it.
+    """
 
     def wrap(fn):
         if name in _REGISTRY:
             raise ValueError(f"A preference loss named {name!r} is already registered.")
         _REGISTRY[name] = fn
+        if length_normalized:
+            _LENGTH_NORMALIZED.add(name)
         return fn
 
     return wrap
@@ -127,14 +142,17 @@ def robust_loss(chosen_logratios, rejected_logratios, beta: float = 0.1,
     )
 
 
-@register("ipo")
+# The IPO paper's target gap 1/(2 beta) is per token (TRL divides by the response lengths too);
+# on summed log-ratios the gap grows with the length and the loss by orders of magnitude.
+@register("ipo", length_normalized=True)
 def ipo_loss(chosen_logratios, rejected_logratios, beta: float = 0.1,
              label_smoothing: float = 0.0):
-    """IPO: squared distance of the log-ratio gap to `1 / (2 beta)`.
+    """IPO: squared distance of the per-token log-ratio gap to `1 / (2 beta)`.
 
     Args:
-        chosen_logratios: float tensor. (batch,) log pi(chosen) - log pi_ref(chosen).
-        rejected_logratios: float tensor. (batch,) log pi(rejected) - log pi_ref(rejected).
+        chosen_logratios: float tensor. (batch,) log pi(chosen) - log pi_ref(chosen), averaged
+            over the chosen response's tokens (the loss is registered `length_normalized`).
+        rejected_logratios: float tensor. (batch,) the same for the rejected response.
         beta: float. the regularisation strength (`tau` in the paper); the target gap is 1/(2 beta).
         label_smoothing: float. must be 0 (IPO has no label-noise form).
 
@@ -192,3 +210,16 @@ def get(name: str) -> PreferenceLoss:
 def list_losses() -> list[str]:
     """Names of the registered preference losses, sorted."""
     return sorted(_REGISTRY)
+
+
+def length_normalized(name: str) -> bool:
+    """Whether the loss `name` is defined on per-token mean log-ratios (True for `ipo`).
+
+    Example:
+    ```python
+    from kzoo import losses
+    losses.length_normalized("ipo"), losses.length_normalized("sigmoid")   # (True, False)
+    ```
+    """
+    get(name)  # an unknown name is an error, not False
+    return name in _LENGTH_NORMALIZED

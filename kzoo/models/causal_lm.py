@@ -9,6 +9,9 @@ from keras import ops
 from kzoo.layers import PositionEmbedding, TokenEmbedding, TransformerBlock, get_norm
 from kzoo.layers._checks import fraction, one_of, positive_int
 from kzoo.layers.activations import is_gated
+from kzoo.layers.rotary import check_rope_scaling
+from kzoo.models._token_checks import check_vocabulary
+from kzoo.models.mixins import GenerationMixin, InteropMixin
 from kzoo.models.presets import get_preset
 
 POSITION_EMBEDDINGS = ("learned", "rope")
@@ -22,7 +25,7 @@ def _default_intermediate_dim(hidden_dim: int, activation: str) -> int:
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class CausalLM(keras.Model):
+class CausalLM(InteropMixin, GenerationMixin, keras.Model):
     """A causal language model: token ids in, next-token logits out.
 
     Built from flat arguments, so a configuration is a plain dict (see `from_preset`). The GPT
@@ -45,7 +48,14 @@ class CausalLM(keras.Model):
         norm: str. "layernorm" or "rmsnorm".
         activation: str. feed-forward activation, e.g. "gelu" or "swiglu".
         tie_embeddings: bool. use the token embedding's transpose as the output head.
-        use_bias: bool. biases in projections and norms.
+        use_bias: bool. biases in projections and norms (the default of the three below).
+        qkv_bias: bool or None. biases of the query/key/value projections (Qwen2: True while
+            the rest have none); None: `use_bias`.
+        attention_output_bias: bool or None. bias of the attention output; None: `use_bias`.
+        feedforward_bias: bool or None. biases of the feed-forward; None: `use_bias`.
+        head_dim: int or None. size of each attention head; None: `hidden_dim // num_heads`.
+        rope_scaling: dict or None. RoPE frequency scaling, e.g. Llama 3.1's
+            `{"type": "llama3", ...}` (see `kzoo.layers.rotary.check_rope_scaling`).
         dropout: float. dropout rate in [0, 1).
         norm_epsilon: float. epsilon of every norm.
         rope_max_wavelength: float. RoPE base.
@@ -70,7 +80,10 @@ class CausalLM(keras.Model):
                  norm: str = "layernorm", activation: str = "gelu", tie_embeddings: bool = True,
                  use_bias: bool = True, dropout: float = 0.0, norm_epsilon: float = 1e-5,
                  rope_max_wavelength: float = 10000.0, rope_scaling_factor: float = 1.0,
-                 initializer_range: float = 0.02, attention_impl: str = "auto", **kwargs):
+                 initializer_range: float = 0.02, attention_impl: str = "auto",
+                 qkv_bias: bool | None = None, attention_output_bias: bool | None = None,
+                 feedforward_bias: bool | None = None, head_dim: int | None = None,
+                 rope_scaling: dict | None = None, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = positive_int("vocab_size", vocab_size)
         self.num_layers = positive_int("num_layers", num_layers)
@@ -98,6 +111,10 @@ class CausalLM(keras.Model):
         residual_init = keras.initializers.RandomNormal(
             stddev=initializer_range / math.sqrt(2 * num_layers)
         )
+        if initializer_range == 0:
+            # A zero stddev draws zeros: skip the draws (a second of a 124M model's build),
+            # which `from_hf` uses before it overwrites every weight.
+            init = residual_init = keras.initializers.Zeros()
         policy = self.dtype_policy
         self.token_embedding = TokenEmbedding(
             vocab_size, hidden_dim, tie_weights=tie_embeddings, embeddings_initializer=init,
@@ -118,6 +135,8 @@ class CausalLM(keras.Model):
                 rope_max_wavelength=rope_max_wavelength,
                 rope_scaling_factor=rope_scaling_factor, attention_impl=attention_impl,
                 kernel_initializer=init, output_initializer=residual_init, dtype=policy,
+                qkv_bias=qkv_bias, attention_output_bias=attention_output_bias,
+                feedforward_bias=feedforward_bias, head_dim=head_dim, rope_scaling=rope_scaling,
                 name=f"block_{i}",
             )
             for i in range(num_layers)
@@ -125,6 +144,12 @@ class CausalLM(keras.Model):
         self.final_norm = get_norm(
             norm, norm_epsilon, use_bias, dtype=policy, name="final_norm"
         )
+        first = self.blocks[0]
+        self.qkv_bias = first.attention.qkv_bias
+        self.attention_output_bias = first.attention.output_bias
+        self.feedforward_bias = first.feedforward_bias
+        self.head_dim = first.attention.head_dim
+        self.rope_scaling = first.attention.rope_scaling
         # All shapes are known from the arguments: create the weights now, as keras-hub does,
         # so a fresh model can be counted, copied into and loaded without a dummy call.
         self.build((None, None))
@@ -200,6 +225,7 @@ class CausalLM(keras.Model):
                 f"max_sequence_length={self.max_sequence_length} (at most {limit} here). "
                 "Use a shorter input or a model with more positions."
             )
+        check_vocabulary(self.vocab_size, token_ids)
 
     def _embed(self, token_ids, position_ids, start, training):
         x = self.token_embedding(token_ids)  # (batch, seq, hidden)
@@ -238,6 +264,14 @@ class CausalLM(keras.Model):
         """Vocabulary logits, float32 (batch, seq, vocab_size), from `hidden_states(...)`."""
         return ops.cast(self.token_embedding(hidden_states, reverse=True), "float32")
 
+    def __call__(self, inputs, *args, **kwargs):
+        # Checked here too, before Keras wraps errors of `call` in a multi-line report.
+        if isinstance(inputs, dict) and "token_ids" in inputs:
+            check_vocabulary(self.vocab_size, inputs["token_ids"])
+        elif not isinstance(inputs, dict):
+            check_vocabulary(self.vocab_size, inputs)
+        return super().__call__(inputs, *args, **kwargs)
+
     def call(self, inputs, training=None):
         return self.logits(self.hidden_states(inputs, training=training))
 
@@ -258,8 +292,7 @@ class CausalLM(keras.Model):
                 f"`max_length`={max_length} exceeds the model's "
                 f"max_sequence_length={self.max_sequence_length}."
             )
-        head_dim = self.hidden_dim // self.num_heads
-        shape = (batch_size, self.num_kv_heads, max_length, head_dim)
+        shape = (batch_size, self.num_kv_heads, max_length, self.head_dim)
         return tuple(
             (ops.zeros(shape, self.compute_dtype), ops.zeros(shape, self.compute_dtype))
             for _ in range(self.num_layers)
@@ -311,39 +344,6 @@ class CausalLM(keras.Model):
         return self.logits(self.final_norm(x)), tuple(caches)
 
     # ----------------------------------------------------------------------------- generating
-    def generate(self, prompts, max_new_tokens: int = 64, sampler="greedy", tokenizer=None,
-                 **kwargs):
-        """Continue `prompts` (token id lists, or texts with a tokenizer) with the KV cache.
-
-        See `kzoo.generation.Generator.generate` for stop sequences, log-probs and seeds.
-
-        Example:
-        ```python
-        from kzoo.models import CausalLM
-        model = CausalLM.from_preset("gpt_nano")
-        model.generate([[1, 2, 3]], max_new_tokens=4, sampler="top_k", seed=0).token_ids
-        ```
-        """
-        from kzoo.generation import generate
-
-        return generate(self, prompts, max_new_tokens, sampler=sampler, tokenizer=tokenizer,
-                        **kwargs)
-
-    def stream(self, prompt, max_new_tokens: int = 64, sampler="greedy", tokenizer=None,
-               **kwargs):
-        """Yield the new tokens (or text pieces) of one prompt as they are produced."""
-        from kzoo.generation import stream
-
-        return stream(self, prompt, max_new_tokens, sampler=sampler, tokenizer=tokenizer,
-                      **kwargs)
-
-    def next_word_distribution(self, prompt, k: int = 10, temperature: float = 1.0,
-                               tokenizer=None):
-        """The `k` most likely next tokens with their probabilities (see `kzoo.generation`)."""
-        from kzoo.generation import next_word_distribution
-
-        return next_word_distribution(self, prompt, k, temperature, tokenizer)
-
     # ----------------------------------------------------------------------------- training
     def compile(self, optimizer="adamw", loss=None, **kwargs):
         """`keras.Model.compile` with next-token cross-entropy on logits as the default loss."""
@@ -381,6 +381,11 @@ class CausalLM(keras.Model):
             "rope_scaling_factor": self.rope_scaling_factor,
             "initializer_range": self.initializer_range,
             "attention_impl": self.attention_impl,
+            "qkv_bias": self.qkv_bias,
+            "attention_output_bias": self.attention_output_bias,
+            "feedforward_bias": self.feedforward_bias,
+            "head_dim": self.head_dim,
+            "rope_scaling": check_rope_scaling(self.rope_scaling),  # not a TrackedDict
         })
         return config
 

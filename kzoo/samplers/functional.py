@@ -15,6 +15,8 @@ kept = F.top_p_filter(F.top_k_filter(logits, 3), 0.7)   # keeps tokens 0 and 1
 ```
 """
 
+import math
+
 from keras import ops, random
 
 # Large but finite: -inf would turn `0 * -inf` into NaN in the probability maths of callers.
@@ -112,7 +114,8 @@ def top_k_filter(logits, k: int):
 def top_p_filter(logits, p: float):
     """Nucleus filter: keep the smallest set of most likely tokens whose probability reaches `p`.
 
-    The token that crosses `p` is kept, so at least one token always survives.
+    The token that crosses `p` is kept, so at least one token always survives; tokens tied
+    with the last kept one are kept too. `p = 1` keeps every token.
 
     Args:
         logits: float tensor. (batch, vocab).
@@ -126,11 +129,17 @@ def top_p_filter(logits, p: float):
     ```
     """
     logits = ops.cast(logits, "float32")
+    if p >= 1.0:  # the whole mass: no rounding may drop a token whose probability underflows
+        return logits
     vocab = ops.shape(logits)[-1]
     sorted_logits = ops.top_k(logits, k=vocab, sorted=True)[0]  # (batch, vocab) descending
     sorted_probs = ops.softmax(sorted_logits, axis=-1)
-    mass_before = ops.cumsum(sorted_probs, axis=-1) - sorted_probs  # mass of strictly better tokens
-    keep = mass_before < p  # (batch, vocab); position 0 is always kept
+    # "mass of the better tokens < p" is tested as "mass of this token and the worse ones > 1 - p":
+    # summed from the smallest up, the tail keeps its tiny terms, whereas a float32 cumsum from
+    # the top saturates near 1 and cuts tokens that the nucleus still needed.
+    tail_mass = ops.flip(ops.cumsum(ops.flip(sorted_probs, axis=-1), axis=-1), axis=-1)
+    first = ops.arange(vocab)[None, :] == 0  # the most likely token survives any rounding
+    keep = ops.logical_or(tail_mass > 1.0 - p, first)  # (batch, vocab)
     # The smallest kept logit is the cutoff; everything below it goes.
     cutoff = ops.min(ops.where(keep, sorted_logits, float("inf")), axis=-1, keepdims=True)
     return ops.where(logits < cutoff, NEG_INF, logits)
@@ -151,8 +160,10 @@ def min_p_filter(logits, min_p: float):
     ```
     """
     logits = ops.cast(logits, "float32")
+    if min_p <= 0.0:  # log(0) has no finite threshold; any floor would drop the far tail
+        return logits
     # p_i >= min_p * p_max  <=>  logit_i >= logit_max + log(min_p)
-    threshold = ops.max(logits, axis=-1, keepdims=True) + ops.log(ops.maximum(min_p, 1e-30))
+    threshold = ops.max(logits, axis=-1, keepdims=True) + math.log(min_p)
     return ops.where(logits < threshold, NEG_INF, logits)
 
 

@@ -1,4 +1,5 @@
-"""Tokenizers: character, byte and byte-level BPE, with one save/load format."""
+"""Tokenizers: character, byte and byte-level BPE, with one save/load format, and
+Hugging Face tokenizer folders (`from_hf`) with their chat templates."""
 
 from kzoo.tokenizers.base import (
     EOT_TOKEN,
@@ -12,14 +13,17 @@ from kzoo.tokenizers.base import (
 from kzoo.tokenizers.bpe import BPETokenizer
 from kzoo.tokenizers.byte import ByteTokenizer
 from kzoo.tokenizers.char import CharTokenizer
+from kzoo.tokenizers.hf import HFTokenizer, from_hf
 
 __all__ = [
     "EOT_TOKEN",
     "BPETokenizer",
     "ByteTokenizer",
     "CharTokenizer",
+    "HFTokenizer",
     "Tokenizer",
     "check_vocab",
+    "from_hf",
     "get",
     "list_tokenizers",
     "load_tokenizer",

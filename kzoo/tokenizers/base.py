@@ -29,6 +29,10 @@ CONFIG_FILE = "tokenizer.json"
 _REGISTRY: dict[str, type[Tokenizer]] = {}
 
 
+class TokenizerFileError(ValueError):
+    """A file of a saved tokenizer folder is missing or damaged (the message names it)."""
+
+
 def register(kind: str):
     """Class decorator adding a tokenizer class to the registry under `kind`."""
 
@@ -125,17 +129,37 @@ def train_tokenizer(kind: str, texts: list[str], **options) -> Tokenizer:
 
 
 def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
-    """Load a tokenizer saved with `Tokenizer.save` (reads JSON only, never executes code)."""
+    """Load a tokenizer saved with `Tokenizer.save` (reads JSON only, never executes code).
+
+    Raises:
+        ValueError: one line naming the damaged or missing file of the folder.
+    """
     directory = Path(directory)
     path = directory / CONFIG_FILE
     if not path.is_file():
         raise ValueError(f"{directory} holds no saved tokenizer: {path} is missing")
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(payload, dict) and "kind" not in payload and "model" in payload:
+            from kzoo.tokenizers.hf import from_hf  # a Hugging Face folder (HFTokenizer.save)
+
+            return from_hf(directory)
         kind, config = payload["kind"], payload["config"]
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{path} is not a kzoo tokenizer file: {error}") from None
-    tokenizer = get(kind)._from_saved(config, directory)
+    if not isinstance(kind, str) or kind not in _REGISTRY:
+        raise ValueError(f"{path}: unknown tokenizer kind {kind!r}; valid kinds: "
+                         f"{sorted(_REGISTRY)}")
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} does not describe a {kind} tokenizer: its config must be a "
+                         f"mapping, got {type(config).__name__}")
+    try:
+        tokenizer = get(kind)._from_saved(config, directory)
+    except TokenizerFileError:
+        raise  # names the damaged model file already
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        reason = " ".join(str(error).split())
+        raise ValueError(f"{path} does not describe a {kind} tokenizer: {reason}") from None
     if payload.get("vocab_size") not in (None, tokenizer.vocab_size):
         raise ValueError(
             f"{path} says vocab_size={payload['vocab_size']} but the tokenizer it describes "

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kzoo.tokenizers.base import EOT_TOKEN, Tokenizer, register
+from kzoo.tokenizers.base import EOT_TOKEN, Tokenizer, TokenizerFileError, register
 
 MODEL_FILE = "bpe.json"
 
@@ -93,7 +93,16 @@ class BPETokenizer(Tokenizer):
     def _from_saved(cls, config: dict, directory: Path) -> BPETokenizer:
         from tokenizers import Tokenizer as HFTokenizer
 
-        path = directory / Path(config.get("model_file", MODEL_FILE)).name
+        path = directory / Path(str(config.get("model_file", MODEL_FILE))).name
         if not path.is_file():
-            raise ValueError(f"BPE tokenizer file {path} is missing")
-        return cls(HFTokenizer.from_file(str(path)))
+            raise TokenizerFileError(f"{path} is missing (the BPE model file of {directory})")
+        try:
+            model = HFTokenizer.from_file(str(path))
+        except Exception as error:  # `tokenizers` raises a bare Exception on a bad file
+            reason = " ".join(str(error).split())[:200]
+            raise TokenizerFileError(f"{path} is not a readable BPE model file: {reason}"
+                                     ) from None
+        try:
+            return cls(model)
+        except ValueError as error:
+            raise TokenizerFileError(f"{path}: {error}") from None

@@ -26,6 +26,8 @@ class CharTokenizer(Tokenizer):
     """
 
     def __init__(self, chars: str):
+        if not isinstance(chars, str):
+            raise ValueError(f"CharTokenizer chars must be a string, got {type(chars).__name__}")
         if len(set(chars)) != len(chars):
             raise ValueError("CharTokenizer chars must be distinct")
         self.chars = chars

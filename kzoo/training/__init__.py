@@ -1,8 +1,8 @@
 """Training: configs and run folders, schedules, optimizers, callbacks, pre-training."""
 
-from kzoo.training.callbacks import NaNLossError, generate_text, restore_backup
+from kzoo.training.callbacks import NaNLossError, generate_text
+from kzoo.training.checkpoints import restore_checkpoint
 from kzoo.training.config import (
-    RunDir,
     apply_overrides,
     config_from_dict,
     config_to_dict,
@@ -14,6 +14,7 @@ from kzoo.training.dpo import DPOModel, NaNGuard, compute_reference_logps, froze
 from kzoo.training.optimizers import build_adamw, no_decay_variables
 from kzoo.training.pretrain import PretrainConfig, build_model, pretrain
 from kzoo.training.reward import RewardModel
+from kzoo.training.run_folder import RunDir, RunFolderError, open_run
 from kzoo.training.schedules import WarmupSchedule
 from kzoo.training.sft import compile_sft, response_nll
 
@@ -40,6 +41,8 @@ __all__ = [
     "load_config",
     "no_decay_variables",
     "pretrain",
-    "restore_backup",
+    "restore_checkpoint",
+    "RunFolderError",
+    "open_run",
     "save_config",
 ]

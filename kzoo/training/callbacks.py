@@ -1,15 +1,16 @@
-"""Training callbacks: atomic resumable backups, NaN guard, best model, metrics, samples, plots.
+"""Training callbacks: the divergence guard, verified backups, best model, metrics, samples.
 
-`AtomicBackup` writes `backup/step-NNNNNNN/` (weights with optimizer state, plus `state.json`)
-into a temporary folder, renames it into place and only then points `backup/LATEST` at it
-(temporary file + `os.replace`). A `kill -9` at any moment leaves `LATEST` naming a complete
-checkpoint, so a rerun loses at most one interval. `restore_backup` reads it back.
+Every callback that writes asks the `TrainingGuard` first: once the loss went NaN/inf or
+exploded while finite, nothing more is saved, so a diverged model never replaces a good
+checkpoint, `best.keras` or `model.keras`. Steps are global steps (the optimizer's iteration
+count, which the checkpoints restore), so a run resumed with another `eval_interval` or
+`steps_per_execution` continues at the exact step it stopped.
 
 Example:
 
 >>> import keras
->>> from kzoo.training.callbacks import StopOnNaN
->>> guard = StopOnNaN()
+>>> from kzoo.training.callbacks import TrainingGuard
+>>> guard = TrainingGuard(max_loss_factor=4.0)
 >>> isinstance(guard, keras.callbacks.Callback)
 True
 """
@@ -17,122 +18,146 @@ True
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 
 import keras
-import numpy as np
 
-LATEST = "LATEST"
+from kzoo.training import checkpoints
+from kzoo.training.run_folder import write_error
+
+LATEST = checkpoints.LATEST
 
 
 class NaNLossError(RuntimeError):
-    """Raised when training produced a non-finite loss."""
+    """Raised when training produced a non-finite loss, or a loss that exploded."""
 
 
-def _atomic_save_model(model: keras.Model, path: Path) -> None:
+def global_step(model) -> int:
+    """The number of optimizer updates applied so far (restored with a checkpoint)."""
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+
+
+def _finite(value) -> bool:
+    return value is not None and math.isfinite(float(value))
+
+
+def atomic_save_model(model: keras.Model, path: Path, clone: keras.Model | None = None) -> None:
     """Save an uncompiled copy of `model` (architecture + weights) to `path`, atomically.
 
     Uncompiled, so `import kzoo; keras.models.load_model(path)` works without the training
     package (optimizer and schedule classes) and the file stays small. Resuming uses the
-    backups, which do hold the optimizer state.
+    backups, which do hold the optimizer state. Pass a `clone` built once (`uncompiled_clone`)
+    to save often without rebuilding the model each time.
     """
-    clone = type(model).from_config(model.get_config())
+    path = Path(path)
+    clone = clone if clone is not None else uncompiled_clone(model)
     clone.set_weights(model.get_weights())
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    clone.save(tmp)
-    os.replace(tmp, path)
+    checkpoints.ensure_free_space(path.parent, int(checkpoints.variables_bytes(clone) * 1.05)
+                                  + (2 << 20), path.name)
+    try:
+        clone.save(tmp)
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, error) from None
 
 
-def restore_backup(model: keras.Model, backup_dir: str | os.PathLike) -> dict | None:
-    """Load the newest complete backup into `model` (and its optimizer); return its state.
-
-    Returns None when `backup_dir` holds no complete backup. The model must be compiled.
-    """
-    backup_dir = Path(backup_dir)
-    pointer = backup_dir / LATEST
-    if not pointer.is_file():
-        return None
-    folder = backup_dir / pointer.read_text(encoding="utf-8").strip()
-    weights, state_file = folder / "ckpt.weights.h5", folder / "state.json"
-    if not (weights.is_file() and state_file.is_file()):
-        raise ValueError(f"{pointer} names {folder}, which is incomplete; delete {backup_dir}")
-    if model.optimizer is not None and not model.optimizer.built:
-        model.optimizer.build(model.trainable_variables)  # optimizer slots must exist to load.
-    model.load_weights(weights)
-    return json.loads(state_file.read_text(encoding="utf-8"))
+_atomic_save_model = atomic_save_model  # the name older code imported
 
 
-class AtomicBackup(keras.callbacks.Callback):
-    """Save weights, optimizer state and `state` at every epoch end, atomically.
-
-    Args:
-        backup_dir: str | PathLike. folder for the checkpoints.
-        steps_per_epoch: int. train steps per Keras epoch (to record the global step).
-        state: dict. extra JSON-serializable state to store (updated by other callbacks,
-            e.g. the best validation loss).
-        keep: int. complete checkpoints to keep (>= 1).
-        enabled: bool. False on non-chief workers, which must not write.
-    """
-
-    def __init__(self, backup_dir, steps_per_epoch: int, state: dict | None = None,
-                 keep: int = 2, enabled: bool = True):
-        super().__init__()
-        self.backup_dir = Path(backup_dir)
-        self.steps_per_epoch = steps_per_epoch
-        self.state = state if state is not None else {}
-        self.keep = max(1, keep)
-        self.enabled = enabled
-
-    def on_epoch_end(self, epoch, logs=None):
-        loss = (logs or {}).get("loss")
-        if not self.enabled or loss is None or not math.isfinite(float(loss)):
-            return  # never checkpoint a diverged model.
-        step = (epoch + 1) * self.steps_per_epoch
-        name = f"step-{step:07d}"
-        self.backup_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.backup_dir / (name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        self.model.save_weights(tmp / "ckpt.weights.h5")
-        state = dict(self.state, epoch=epoch + 1, step=step)
-        (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
-        final = self.backup_dir / name
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        pointer_tmp = self.backup_dir / (LATEST + ".tmp")
-        pointer_tmp.write_text(name, encoding="utf-8")
-        os.replace(pointer_tmp, self.backup_dir / LATEST)
-        done = sorted(p for p in self.backup_dir.glob("step-*") if not p.name.endswith(".tmp"))
-        for old in done[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
+def uncompiled_clone(model: keras.Model) -> keras.Model:
+    """A new, built, uncompiled model of the same architecture (weights not copied)."""
+    return type(model).from_config(model.get_config())
 
 
-class StopOnNaN(keras.callbacks.Callback):
-    """Stop training at the first non-finite batch loss and remember where it happened.
+class TrainingGuard(keras.callbacks.Callback):
+    """Stop training when the loss is NaN/inf or explodes, and remember where and why.
+
+    The loss "explodes" when a batch loss exceeds `max_loss_factor` times the run's first
+    batch loss (`reference_loss`, kept across resumes). Other callbacks check `tripped`
+    before writing anything.
 
     Args:
-        steps_per_epoch: int. to turn (epoch, batch) into a global step in the message.
+        max_loss_factor: float | None. the explosion threshold; None checks NaN/inf only.
+        reference_loss: float | None. the starting loss to compare with (None: this run's
+            first batch loss).
     """
 
-    def __init__(self, steps_per_epoch: int = 1):
+    def __init__(self, max_loss_factor: float | None = None,
+                 reference_loss: float | None = None):
         super().__init__()
-        self.steps_per_epoch = steps_per_epoch
-        self.epoch = 0
-        self.nan_step = None
+        self.max_loss_factor = max_loss_factor
+        self.reference_loss = reference_loss
+        self.stopped_step = None
+        self.reason = None
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
+    @property
+    def tripped(self) -> bool:
+        return self.stopped_step is not None
+
+    @property
+    def nan_step(self):  # the older name
+        return self.stopped_step
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            self.nan_step = self.epoch * self.steps_per_epoch + batch + 1
-            self.model.stop_training = True
+        if loss is None or self.tripped:
+            return
+        loss = float(loss)
+        if not math.isfinite(loss):
+            self.reason = "the training loss became NaN/inf"
+        elif self.reference_loss is None:
+            self.reference_loss = loss
+            return
+        elif self.max_loss_factor and loss > self.max_loss_factor * self.reference_loss:
+            self.reason = (f"the training loss exploded to {loss:.4g}, above "
+                           f"{self.max_loss_factor:g} x the starting loss "
+                           f"{self.reference_loss:.4g} (train.max_loss_factor)")
+        else:
+            return
+        self.stopped_step = global_step(self.model)
+        self.model.stop_training = True
+
+
+StopOnNaN = TrainingGuard  # the older name
+
+
+class Backup(keras.callbacks.Callback):
+    """Save a verified checkpoint (`kzoo.training.checkpoints`) at every interval's end.
+
+    Args:
+        backup_dir: str | PathLike. the `backup/` folder.
+        state: dict. JSON-serializable state stored with it (best loss, reference loss); the
+            interval's logs are added under "logs".
+        guard: TrainingGuard | None. nothing is saved once it tripped.
+        keep: int. intact checkpoints to keep (>= 1).
+        enabled: bool. False on non-chief workers, which must not write.
+    """
+
+    def __init__(self, backup_dir, state: dict, guard: TrainingGuard | None = None,
+                 keep: int = 2, enabled: bool = True):
+        super().__init__()
+        self.backup_dir = Path(backup_dir)
+        self.state = state
+        self.guard = guard
+        self.keep = keep
+        self.enabled = enabled
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if not self.enabled or not _finite(logs.get("loss")):
+            return
+        if self.guard is not None and self.guard.tripped:
+            return  # never checkpoint a diverged model, never prune good ones for it.
+        if self.guard is not None and self.guard.reference_loss is not None:
+            self.state["reference_loss"] = self.guard.reference_loss
+        self.state["logs"] = {k: float(v) for k, v in logs.items() if _finite(v)}
+        checkpoints.save_checkpoint(self.model, self.backup_dir, global_step(self.model),
+                                    self.state, keep=self.keep)
 
 
 class SaveBest(keras.callbacks.Callback):
@@ -143,35 +168,42 @@ class SaveBest(keras.callbacks.Callback):
         state: dict. shared state; the best value is kept under `state["best"]` so it
             survives a resume.
         monitor: str. log key to minimize.
+        guard: TrainingGuard | None. nothing is saved once it tripped.
         enabled: bool. False on non-chief workers.
     """
 
-    def __init__(self, path, state: dict, monitor: str = "val_loss", enabled: bool = True):
+    def __init__(self, path, state: dict, monitor: str = "val_loss",
+                 guard: TrainingGuard | None = None, enabled: bool = True):
         super().__init__()
         self.path = Path(path)
         self.state = state
         self.monitor = monitor
+        self.guard = guard
         self.enabled = enabled
+        self._clone = None
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
-        if value is None or not math.isfinite(float(value)):
+        if not _finite(value) or (self.guard is not None and self.guard.tripped):
             return
         if float(value) < self.state.get("best", math.inf):
             self.state["best"] = float(value)
             if self.enabled:
-                _atomic_save_model(self.model, self.path)
+                if self._clone is None:
+                    self._clone = uncompiled_clone(self.model)
+                atomic_save_model(self.model, self.path, self._clone)
 
 
 class IntervalMetrics(keras.callbacks.Callback):
-    """Add `step`, `lr`, `val_perplexity` and training `tokens_per_s` to the epoch logs.
+    """Add `step`, `lr`, `val_perplexity`, `tokens_per_s` and `overhead_s` to the epoch logs.
 
-    Put it before CSVLogger/TensorBoard so they record the added keys. Throughput counts
-    train batches only (not validation) and skips each epoch's first batch, which may
-    include compilation.
+    Put it before the loggers so they record the added keys. Throughput counts train batches
+    only (not validation) and skips each epoch's first batch, which may include compilation.
+    `overhead_s` is the time spent outside training steps between the previous interval's
+    last step and this interval's first (validation, sample, saves); 0 for a run's first.
 
     Args:
-        steps_per_epoch: int. train steps per Keras epoch.
+        steps_per_epoch: int. train steps per Keras epoch (kept for older callers).
         tokens_per_step: int. global batch size x block size.
     """
 
@@ -181,14 +213,23 @@ class IntervalMetrics(keras.callbacks.Callback):
         self.tokens_per_step = tokens_per_step
         self.train_seconds = 0.0
         self.timed_steps = 0
+        self.overheads = []
         self._t = None
+        self._last_end = None
+        self._overhead = 0.0
 
     def on_train_batch_begin(self, batch, logs=None):
-        self._t = time.perf_counter() if batch > 0 else None
+        now = time.perf_counter()
+        if batch == 0:
+            self._overhead = now - self._last_end if self._last_end is not None else 0.0
+            if self._last_end is not None:
+                self.overheads.append(self._overhead)
+        self._t = now if batch > 0 else None
 
     def on_train_batch_end(self, batch, logs=None):
+        self._last_end = time.perf_counter()
         if self._t is not None:
-            self.train_seconds += time.perf_counter() - self._t
+            self.train_seconds += self._last_end - self._t
             self.timed_steps += 1
 
     def tokens_per_second(self) -> float:
@@ -197,17 +238,77 @@ class IntervalMetrics(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
-        logs["step"] = (epoch + 1) * self.steps_per_epoch
+        logs["step"] = global_step(self.model)
         opt = self.model.optimizer
         logs["lr"] = float(keras.ops.convert_to_numpy(opt.learning_rate))
         if "val_loss" in logs:
             logs["val_perplexity"] = float(math.exp(min(float(logs["val_loss"]), 50.0)))
         logs["tokens_per_s"] = self.tokens_per_second()
+        logs["overhead_s"] = self._overhead
+
+
+def _step_of(row: dict) -> float:
+    try:
+        return float(row.get("step") or 0)
+    except ValueError:  # a row cut short by a kill
+        return math.inf
+
+
+class MetricsLog(keras.callbacks.Callback):
+    """Append one row per interval to a CSV file, across several `fit` calls and resumes.
+
+    The columns are fixed by the file's first row; rows past `resume_step` (written before a
+    crash whose checkpoint was older) are dropped when the run resumes.
+
+    Args:
+        path: str | PathLike. the CSV file.
+        resume_step: int | None. the step the run resumes from; None starts a new file.
+    """
+
+    def __init__(self, path, resume_step: int | None = None):
+        super().__init__()
+        self.path = Path(path)
+        self.fields = None
+        if resume_step is None:
+            self.path.unlink(missing_ok=True)
+        elif self.path.is_file():
+            with self.path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                self.fields = reader.fieldnames
+                rows = [r for r in reader if _step_of(r) <= resume_step]
+            if self.fields:
+                self._write(rows, mode="w")
+            else:  # killed before the header was flushed
+                self.path.unlink()
+
+    def _write(self, rows, mode="a"):
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        target = tmp if mode == "w" else self.path
+        try:
+            with target.open(mode, newline="") as f:
+                writer = csv.DictWriter(f, self.fields, extrasaction="ignore")
+                if mode == "w" or f.tell() == 0:
+                    writer.writeheader()
+                writer.writerows(rows)
+            if mode == "w":
+                os.replace(tmp, self.path)
+        except OSError as error:
+            tmp.unlink(missing_ok=True)
+            raise write_error(self.path, error) from None
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {k: (v if isinstance(v, int | str) else float(v)) for k, v in (logs or {}).items()}
+        if self.fields is None:
+            self.fields = ["step"] + sorted(k for k in row if k != "step")
+        self._write([row])
 
 
 def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = 100,
                   temperature: float = 0.8, top_k: int | None = 40, seed: int = 0) -> str:
-    """Sample a continuation of `prompt` with the model's key/value cache.
+    """Sample a continuation of `prompt` with the compiled, KV-cached generator.
+
+    Compiled once per shape bucket, so a sample at every interval costs a few milliseconds
+    a token after the first.
 
     Args:
         model: kzoo CausalLM. the model.
@@ -218,28 +319,21 @@ def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = 100,
         top_k: int | None. sample among the k most likely tokens.
         seed: int. sampling seed.
     """
-    rng = np.random.default_rng(seed)
+    from kzoo import samplers
+
     ids = [int(i) for i in tokenizer.encode(prompt)] or [tokenizer.eot_id]
     ids = ids[-(model.max_sequence_length - 1):]
-    total = min(len(ids) + max_new_tokens, model.max_sequence_length)
-    cache = model.init_cache(1, total)
-    logits, cache = model.call_with_cache(np.array([ids], np.int32), cache, 0)
-    out = []
-    for position in range(len(ids), total):  # sample the token at `position`
-        last = np.asarray(keras.ops.convert_to_numpy(logits[0, -1]), np.float64)
-        if temperature <= 0:
-            token = int(np.argmax(last))
-        else:
-            last = last / temperature
-            if top_k:
-                last[last < np.sort(last)[-min(top_k, last.size)]] = -np.inf
-            probs = np.exp(last - last.max())
-            token = int(rng.choice(last.size, p=probs / probs.sum()))
-        out.append(token)
-        if position == total - 1:
-            break
-        logits, cache = model.call_with_cache(np.array([[token]], np.int32), cache, position)
-    return prompt + tokenizer.decode(out)
+    new = max(0, min(max_new_tokens, model.max_sequence_length - len(ids)))
+    if new == 0:
+        return prompt
+    if temperature <= 0:
+        sampler = "greedy"
+    elif top_k:
+        sampler = samplers.serialize(samplers.get("top_k", k=top_k, temperature=temperature))
+    else:
+        sampler = samplers.serialize(samplers.get("random", temperature=temperature))
+    result = model.generate([ids], max_new_tokens=new, sampler=sampler, seed=seed)
+    return prompt + tokenizer.decode(result.token_ids[0])
 
 
 class PrintSample(keras.callbacks.Callback):
@@ -251,26 +345,30 @@ class PrintSample(keras.callbacks.Callback):
         max_new_tokens: int. tokens to generate.
         temperature: float. sampling temperature.
         top_k: int | None. top-k filter.
+        guard: TrainingGuard | None. no sample once it tripped.
         enabled: bool. False on non-chief workers.
     """
 
     def __init__(self, tokenizer, prompt: str, max_new_tokens: int = 80,
-                 temperature: float = 0.8, top_k: int | None = 40, enabled: bool = True):
+                 temperature: float = 0.8, top_k: int | None = 40,
+                 guard: TrainingGuard | None = None, enabled: bool = True):
         super().__init__()
         self.tokenizer = tokenizer
         self.prompt = prompt
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.top_k = top_k
+        self.guard = guard
         self.enabled = enabled
 
     def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("loss")
-        if not self.enabled or loss is None or not math.isfinite(float(loss)):
+        if not self.enabled or not _finite(loss) or (self.guard and self.guard.tripped):
             return
+        step = global_step(self.model)
         text = generate_text(self.model, self.tokenizer, self.prompt, self.max_new_tokens,
-                             self.temperature, self.top_k, seed=epoch)
-        print(f"\n--- sample after epoch {epoch + 1} ---\n{text}\n---", flush=True)
+                             self.temperature, self.top_k, seed=step)
+        print(f"\n--- sample at step {step} ---\n{text}\n---", flush=True)
 
 
 def plot_metrics(csv_path, png_path) -> bool:

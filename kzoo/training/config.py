@@ -3,16 +3,24 @@
 A config schema is a tree of dataclasses. `load_config` reads YAML with a `yaml.SafeLoader`
 (never executes code), applies overrides, and checks every key and type against the schema:
 an unknown key names the file and the valid keys, a wrong type names the key and the type
-expected. Supported field types: `bool`, `int`, `float` (ints accepted), `str`, `X | None`,
-`Literal[...]`, `list[X]`, `dict[str, Any]` and nested dataclasses.
+expected, and a value its field refuses names the key and the value. Supported field types:
+`bool`, `int`, `float` (ints accepted), `str`, `X | None`, `Literal[...]`, `list[X]`,
+`dict[str, X]` and nested dataclasses. Every error is one line (a YAML syntax error gives the
+line and column), which the recipes print as `error: ...` before exiting with code 2.
+
+A field declares its value check with `checked(default, check)`: a name in `CHECKS`
+("positive": > 0 and finite, "non_negative", "finite", "fraction": in (0, 1), "probability":
+in [0, 1]) or a `Check` (`between(2, 50)`, `at_least(2)`). `load_config` and
+`config_from_dict` apply them (`check_values`), so every recipe's config gets them; None always
+passes, a list's items are checked one by one.
 
 Reuse from another recipe (e.g. preference tuning):
 
 ```python
 @dataclasses.dataclass
 class MyTrain:
-    steps: int = 100
-    beta: float = 0.1
+    steps: int = checked(100, "positive")
+    beta: float = checked(0.1, "positive")
 
 @dataclasses.dataclass
 class MyConfig:
@@ -37,6 +45,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
@@ -45,6 +54,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from kzoo._files import read_text
+from kzoo.training.run_folder import RunDir  # noqa: F401  (its home before run_folder)
 
 T = typing.TypeVar("T")
 
@@ -69,6 +81,131 @@ _Loader.add_implicit_resolver(
 
 def _yaml_load(text: str):
     return yaml.load(text, Loader=_Loader)  # a SafeLoader: builds plain data only
+
+
+def yaml_error_line(error: yaml.YAMLError) -> str:
+    """A YAML error as one line: `at line L, column C: what went wrong`.
+
+    Args:
+        error: yaml.YAMLError. what PyYAML raised (its own text spans several lines).
+    """
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    problem = getattr(error, "problem", None) or getattr(error, "context", None)
+    if problem is None:  # a ReaderError (a character YAML cannot hold) or another kind
+        problem = " ".join(str(error).split())
+    where = f"at line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(str(problem).split())
+
+
+def read_yaml(path: str | os.PathLike):
+    """Read YAML file `path` with the config loader (a SafeLoader: plain data, no code).
+
+    Raises:
+        ValueError: one line naming the file: missing, unreadable, not UTF-8, not valid YAML.
+    """
+    path = Path(path)
+    text = read_text(path, f"config file {path} does not exist")
+    try:
+        return _yaml_load(text)
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML {yaml_error_line(error)}") from None
+
+
+# ----------------------------------------------------------------------------- value checks
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """A rule for a config value, declared on its field (`checked(...)`).
+
+    Args:
+        requirement: str. what a good value is, as in "must be > 0".
+        predicate: callable. `predicate(value) -> bool`, True for a good value.
+        finite: bool. also refuse NaN and infinities (the message then says "and finite").
+    """
+
+    requirement: str
+    predicate: typing.Callable[[Any], bool]
+    finite: bool = False
+
+    def message(self, value) -> str | None:
+        """None for a good value, else "must be ..., got VALUE"."""
+        finite = not self.finite or not isinstance(value, float) or math.isfinite(value)
+        if finite and self.predicate(value):
+            return None
+        extra = " and finite" if self.finite and isinstance(value, float) else ""
+        return f"{self.requirement}{extra}, got {value!r}"
+
+
+def between(low, high, low_open: bool = False, high_open: bool = False) -> Check:
+    """A `Check` for low <= value <= high (`low_open`/`high_open`: strict at that end)."""
+    left, right = "(" if low_open else "[", ")" if high_open else "]"
+    return Check(f"must be in {left}{low}, {high}{right}",
+                 lambda v: (v > low if low_open else v >= low)
+                 and (v < high if high_open else v <= high))  # NaN fails both comparisons
+
+
+def at_least(low) -> Check:
+    """A `Check` for value >= low."""
+    return Check(f"must be >= {low}", lambda v: v >= low)  # NaN fails the comparison
+
+
+# The named checks a field can declare: `checked(1e-3, "positive")`.
+CHECKS: dict[str, Check] = {
+    "positive": Check("must be > 0", lambda v: v > 0, finite=True),
+    "non_negative": Check("must be >= 0", lambda v: v >= 0, finite=True),
+    "finite": Check("must be finite", lambda v: not isinstance(v, float) or math.isfinite(v)),
+    "fraction": between(0, 1, low_open=True, high_open=True),
+    "probability": between(0, 1),
+}
+
+
+def checked(default=dataclasses.MISSING, check: str | Check | None = None, *,
+            default_factory=dataclasses.MISSING):
+    """A dataclass field whose value `load_config` checks (None always passes; a list's items
+    are checked one by one).
+
+    Args:
+        default: the field's default.
+        check: str or Check. a name in `CHECKS` ("positive", "non_negative", "finite",
+            "fraction", "probability") or a `Check` such as `between(2, 50)`.
+        default_factory: callable. instead of `default`, for lists and dicts.
+
+    Example:
+    ```python
+    @dataclasses.dataclass
+    class Train:
+        learning_rate: float = checked(1e-3, "positive")
+        warmup_steps: int = checked(0, "non_negative")
+    ```
+    """
+    if isinstance(check, str) and check not in CHECKS:
+        raise ValueError(f"unknown check {check!r}; known checks: {', '.join(CHECKS)}")
+    if not isinstance(check, str | Check):
+        raise ValueError(f"`check` must be a name in CHECKS or a Check, got {check!r}")
+    return dataclasses.field(default=default, default_factory=default_factory,
+                             metadata={"check": check})
+
+
+def check_values(config, source: str = "<config>", prefix: str = "") -> None:
+    """Apply the checks declared on the fields of dataclass `config` (and its sections).
+
+    Raises:
+        ValueError: `SOURCE: key 'train.learning_rate' must be > 0 and finite, got -1.0`.
+    """
+    for field in dataclasses.fields(config):
+        value, key = getattr(config, field.name), prefix + field.name
+        if dataclasses.is_dataclass(value):
+            check_values(value, source, key + ".")
+            continue
+        check = field.metadata.get("check")
+        if check is None or value is None:
+            continue
+        check = CHECKS[check] if isinstance(check, str) else check
+        items = enumerate(value) if isinstance(value, list) else [(None, value)]
+        for i, item in items:
+            problem = None if item is None else check.message(item)
+            if problem:
+                where = key if i is None else f"{key}[{i}]"
+                raise ValueError(f"{source}: key {where!r} {problem}")
 
 
 def _type_name(tp) -> str:
@@ -116,7 +253,13 @@ def _convert(value: Any, tp, key: str, source: str):
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise _type_error(value, tp, key, source)
-        return dict(value)
+        key_type, item = typing.get_args(tp) or (Any, Any)
+        if key_type is str:
+            bad = next((k for k in value if not isinstance(k, str)), None)
+            if bad is not None:
+                raise ValueError(f"{source}: key {key!r} expects a mapping with str keys, "
+                                 f"got key {bad!r}")
+        return {k: _convert(v, item, f"{key}.{k}", source) for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -158,7 +301,9 @@ def config_from_dict(data: dict, schema: type[T], source: str = "<config>") -> T
         data = {}
     if not isinstance(data, dict):
         raise ValueError(f"{source}: the config must be a mapping, got {type(data).__name__}")
-    return _build(data, schema, source)
+    config = _build(data, schema, source)
+    check_values(config, source)
+    return config
 
 
 def apply_overrides(data: dict, overrides: list[str], source: str = "--set") -> dict:
@@ -176,7 +321,11 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "--set") -> 
             if not isinstance(child, dict):
                 raise ValueError(f"{source} {item!r}: {k!r} is not a section")
             node = child
-        node[keys[-1]] = _yaml_load(raw) if raw.strip() else ""
+        try:
+            node[keys[-1]] = _yaml_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as error:
+            raise ValueError(f"{source} {item!r}: not valid YAML {yaml_error_line(error)}"
+                             ) from None
     return data
 
 
@@ -189,15 +338,11 @@ def load_config(path: str | os.PathLike, schema: type[T], overrides: list[str] =
         overrides: list[str]. `dotted.key=value` strings; values are parsed as YAML.
 
     Raises:
-        ValueError: unreadable YAML, unknown keys or wrong types (naming file and key).
+        ValueError: one line naming the file, and the key or value: unreadable YAML, an
+            unknown key, a wrong type or a value its field's check refuses (`checked`).
     """
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"config file {path} does not exist")
-    try:
-        data = _yaml_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML: {error}") from None
+    data = read_yaml(path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -220,39 +365,3 @@ def save_config(config, path: str | os.PathLike, header: str | None = None) -> N
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
-
-
-class RunDir:
-    """The layout of one training run's folder (shared by all kzoo recipes).
-
-    ```
-    run_dir/
-      config.yaml        resolved config (after overrides)
-      tokenizer/         saved tokenizer (kzoo.tokenizers.load_tokenizer)
-      model.keras        final model;  best.keras: best validation loss
-      metrics.csv        per-interval loss, val_loss, val_perplexity, lr
-      loss.png           loss curves;  tensorboard/: TensorBoard logs
-      backup/            resumable checkpoints: LATEST names the newest complete one
-    ```
-
-    Args:
-        root: str | PathLike. the run folder.
-    """
-
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-        self.config = self.root / "config.yaml"
-        self.tokenizer = self.root / "tokenizer"
-        self.model = self.root / "model.keras"
-        self.best_model = self.root / "best.keras"
-        self.metrics = self.root / "metrics.csv"
-        self.loss_plot = self.root / "loss.png"
-        self.tensorboard = self.root / "tensorboard"
-        self.backup = self.root / "backup"
-
-    def has_checkpoint(self) -> bool:
-        """True when the folder holds a complete resumable checkpoint."""
-        return (self.backup / "LATEST").is_file()
-
-    def __repr__(self) -> str:
-        return f"RunDir({str(self.root)!r})"

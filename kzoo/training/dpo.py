@@ -27,6 +27,7 @@ dpo.compile(optimizer=keras.optimizers.AdamW(1e-4))
 from __future__ import annotations
 
 import math
+import os
 
 import keras
 import numpy as np
@@ -84,6 +85,19 @@ def pair_logps(model, token_ids, loss_mask, training=False, average=False):
     return tf.reshape(logps, (-1, 2))  # (pairs, 2)
 
 
+def response_lengths(loss_mask):
+    """How many tokens `sequence_logps` scores in each row: (..., L) mask -> (...) float32, >= 1.
+
+    Example:
+    ```python
+    from kzoo.training.dpo import response_lengths
+    response_lengths([[0.0, 1.0, 1.0]])   # [2.0]
+    ```
+    """
+    mask = tf.cast(loss_mask, tf.float32)[..., 1:]  # the first token is never a target
+    return tf.maximum(tf.reduce_sum(mask, axis=-1), 1.0)
+
+
 def frozen_copy(model):
     """A non-trainable copy of `model` with the same config and weights (the DPO reference).
 
@@ -131,7 +145,10 @@ class DPOModel(keras.Model):
         loss: str. a name from `kzoo.losses.list_losses()`.
         beta: float. KL strength; rewards are beta * (log pi - log pi_ref).
         label_smoothing: float. label-noise rate for the "conservative" and "robust" losses.
-        average_log_prob: bool. length-normalise sequence log-probs (often used with IPO).
+        average_log_prob: bool. length-normalise sequence log-probs (the logged logps and
+            rewards, and what a loss sees). A loss registered `length_normalized` (`ipo`)
+            always gets per-token mean log-ratios, whatever this says. Precomputed
+            "reference_logps" must use the same setting (`compute_reference_logps(average=)`).
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
     Example:
@@ -161,6 +178,8 @@ class DPOModel(keras.Model):
         self.beta = float(beta)
         self.label_smoothing = float(label_smoothing)
         self.average_log_prob = average_log_prob
+        # Summed log-ratios must be divided by the response lengths for such a loss.
+        self.normalize_logratios = loss_registry.length_normalized(loss) and not average_log_prob
         self.trackers = {name: keras.metrics.Mean(name=name) for name in METRIC_NAMES}
         self.built = True
 
@@ -192,9 +211,11 @@ class DPOModel(keras.Model):
                          training=False, average=self.average_log_prob)
         return tf.stop_gradient(ref)
 
-    def _pair_losses(self, policy_logps, reference_logps):
+    def _pair_losses(self, policy_logps, reference_logps, loss_mask):
         logratios = policy_logps - reference_logps  # (pairs, 2)
-        per_pair = self.loss_fn(logratios[:, 0], logratios[:, 1], self.beta,
+        # sum/n - sum_ref/n: the mean log-ratio, as if both log-probs had been averaged.
+        scored = logratios / response_lengths(loss_mask) if self.normalize_logratios else logratios
+        per_pair = self.loss_fn(scored[:, 0], scored[:, 1], self.beta,
                                 self.label_smoothing)  # (pairs,)
         return per_pair, self.beta * tf.stop_gradient(logratios)
 
@@ -221,7 +242,8 @@ class DPOModel(keras.Model):
         variables = self.policy.trainable_variables
         with tf.GradientTape() as tape:
             policy_logps = self(inputs, training=True)
-            per_pair, rewards = self._pair_losses(policy_logps, reference_logps)
+            per_pair, rewards = self._pair_losses(policy_logps, reference_logps,
+                                                  inputs["loss_mask"])
             # Sum over this replica's pairs / global batch: replicas' gradients then add up.
             loss = tf.nn.compute_average_loss(per_pair)
             scaled = self.optimizer.scale_loss(loss)
@@ -232,7 +254,8 @@ class DPOModel(keras.Model):
     def test_step(self, data):
         inputs, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         policy_logps = self(inputs, training=False)
-        per_pair, rewards = self._pair_losses(policy_logps, self._reference_logps(inputs))
+        per_pair, rewards = self._pair_losses(policy_logps, self._reference_logps(inputs),
+                                              inputs["loss_mask"])
         return self._update_metrics(per_pair, rewards, policy_logps)
 
     def get_config(self):
@@ -257,18 +280,23 @@ class DPOModel(keras.Model):
 
 
 class NaNGuard(keras.callbacks.Callback):
-    """Stop training when a logged value turns NaN or infinite, and keep the last good weights.
+    """Stop training when a logged value turns NaN or infinite, or the loss explodes, and
+    keep the last good weights.
 
-    After every finite step the weights of `model_to_guard` are kept in memory (every
-    `snapshot_every` steps); at a non-finite step training stops and those weights are restored.
-    With `checkpoint_path`, the guarded model's weights are written there at each finite epoch's
-    end, so a bad epoch never overwrites the last good checkpoint.
+    After every good step the weights of `model_to_guard` are kept in memory (every
+    `snapshot_every` steps); at a bad step training stops and those weights are restored.
+    The loss "explodes" when it exceeds `max_loss_factor` times its first value. With
+    `checkpoint_path`, the guarded model's good weights are written there (atomically) at
+    each good epoch's end and when training stops, so after a stop the file always holds the
+    last good weights, and a bad epoch never overwrites them.
 
     Args:
         model_to_guard: keras.Model. the model whose weights matter (the policy for DPO).
         keys: tuple[str]. log entries to watch; missing ones are ignored.
         checkpoint_path: str or None. a `.weights.h5` path for the last good weights.
         snapshot_every: int. steps between in-memory snapshots.
+        max_loss_factor: float or None. the explosion threshold on `logs["loss"]`, relative
+            to the first step's loss (when it is positive); None checks NaN/inf only.
 
     Example:
     ```python
@@ -278,16 +306,21 @@ class NaNGuard(keras.callbacks.Callback):
     """
 
     def __init__(self, model_to_guard, keys=("loss", "rewards/chosen", "rewards/rejected"),
-                 checkpoint_path: str | None = None, snapshot_every: int = 1):
+                 checkpoint_path: str | None = None, snapshot_every: int = 1,
+                 max_loss_factor: float | None = None):
         super().__init__()
         self.model_to_guard = model_to_guard
         self.keys = tuple(keys)
         self.checkpoint_path = checkpoint_path
         self.snapshot_every = snapshot_every
+        self.max_loss_factor = max_loss_factor
         self.stopped_at = None
+        self.reason = None
+        self.good_step = 0
         self._good = None
         self._epoch = 0
         self._step = 0
+        self._first_loss = None
 
     def on_train_begin(self, logs=None):
         self.stopped_at = None
@@ -296,20 +329,45 @@ class NaNGuard(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
-    def on_train_batch_end(self, batch, logs=None):
-        logs = logs or {}
+    def _problem(self, logs) -> str | None:
         bad = [k for k in self.keys if k in logs and not math.isfinite(float(logs[k]))]
         if bad:
+            return f"non-finite {', '.join(bad)}"
+        loss = logs.get("loss")
+        if loss is None or not self.max_loss_factor:
+            return None
+        loss = float(loss)
+        if self._first_loss is None:
+            self._first_loss = loss
+        elif self._first_loss > 0 and loss > self.max_loss_factor * self._first_loss:
+            return (f"loss {loss:.4g} exploded above {self.max_loss_factor:g} x its first "
+                    f"value {self._first_loss:.4g}")
+        return None
+
+    def on_train_batch_end(self, batch, logs=None):
+        problem = self._problem(logs or {})
+        if problem:
             self.stopped_at = (self._epoch, batch)
-            print(f"NaNGuard: {bad} not finite at epoch {self._epoch} step {batch}; "
+            self.reason = problem
+            print(f"NaNGuard: {problem} at epoch {self._epoch} step {batch}; "
                   "stopping and restoring the last good weights.")
             self.model_to_guard.set_weights(self._good)
             self.model.stop_training = True
+            self._write()
             return
         self._step += 1
         if self._step % self.snapshot_every == 0:
             self._good = self.model_to_guard.get_weights()
+            self.good_step = self._step
+
+    def _write(self):
+        if not self.checkpoint_path:
+            return
+        path = str(self.checkpoint_path)
+        tmp = path[: -len(".weights.h5")] + ".tmp.weights.h5"
+        self.model_to_guard.save_weights(tmp)
+        os.replace(tmp, path)
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.checkpoint_path and self.stopped_at is None:
-            self.model_to_guard.save_weights(self.checkpoint_path)
+        if self.stopped_at is None:
+            self._write()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Any
 
 import keras
 import numpy as np
@@ -35,6 +36,7 @@ import numpy as np
 from kzoo.data.preference import encode_pairs, preference_dataset
 from kzoo.models import CausalLM
 from kzoo.tokenizers import CharTokenizer
+from kzoo.training.config import between, checked
 from kzoo.training.dpo import DPOModel, compute_reference_logps
 from kzoo.training.sft import response_nll
 
@@ -69,27 +71,27 @@ class LoopConfig:
         seed: int. seeds the corpus, the split, the sampling and the initial weights.
     """
 
-    max_operand: int = 20
-    correct_fraction: float = 0.4
-    wrong_spread: int = 2
-    lines_per_problem: int = 24
-    held_out_fraction: float = 0.25
-    model: dict = dataclasses.field(default_factory=lambda: dict(
+    max_operand: int = checked(20, between(2, 50))
+    correct_fraction: float = checked(0.4, "probability")
+    wrong_spread: int = checked(2, "positive")
+    lines_per_problem: int = checked(24, "positive")
+    held_out_fraction: float = checked(0.25, "fraction")
+    model: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(
         num_layers=2, num_heads=4, hidden_dim=64, intermediate_dim=256, max_sequence_length=16))
-    pretrain_epochs: int = 16
-    pretrain_batch_size: int = 128
-    pretrain_learning_rate: float = 3e-3
-    samples_per_prompt: int = 16
-    pairs_per_prompt: int = 4
-    eval_samples_per_prompt: int = 32
+    pretrain_epochs: int = checked(16, "positive")
+    pretrain_batch_size: int = checked(128, "positive")
+    pretrain_learning_rate: float = checked(3e-3, "positive")
+    samples_per_prompt: int = checked(16, "positive")
+    pairs_per_prompt: int = checked(4, "positive")
+    eval_samples_per_prompt: int = checked(32, "positive")
     loss: str = "sigmoid"
-    beta: float = 2.0
-    rounds: int = 8
-    dpo_epochs: int = 2
-    dpo_batch_size: int = 32
-    dpo_learning_rate: float = 2.5e-4
+    beta: float = checked(2.0, "positive")
+    rounds: int = checked(8, "positive")
+    dpo_epochs: int = checked(2, "positive")
+    dpo_batch_size: int = checked(32, "positive")
+    dpo_learning_rate: float = checked(2.5e-4, "positive")
     control: bool = True
-    num_show: int = 4
+    num_show: int = checked(4, "non_negative")
     seed: int = 0
 
 

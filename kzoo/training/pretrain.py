@@ -30,11 +30,15 @@ import keras
 
 from kzoo.data import check_token_counts, eval_dataset, load_documents, split_tokens
 from kzoo.data import train_dataset as make_train_dataset
+from kzoo.data.pipeline import eval_windows
 from kzoo.tokenizers import check_vocab, load_tokenizer, train_tokenizer
 from kzoo.training import callbacks as cb
-from kzoo.training.config import RunDir, config_to_dict, load_config, save_config
+from kzoo.training.checkpoints import restore_checkpoint
+from kzoo.training.config import between, checked, save_config
 from kzoo.training.distribute import get_strategy, is_chief
 from kzoo.training.optimizers import build_adamw
+from kzoo.training.resume import check_plan, interval_plan, resume_point
+from kzoo.training.run_folder import RunDir, RunFolderError, open_run
 from kzoo.training.schedules import WarmupSchedule
 
 
@@ -43,7 +47,7 @@ class DataConfig:
     source: str = "pydocs"  # "pydocs", "pydocs+docstrings", "tfds:NAME" or a path/glob
     train_split: str = "train"  # TFDS split for training
     validation_split: str | None = None  # TFDS split for validation; None: a tail fraction
-    validation_fraction: float = 0.1  # share of the token stream kept for validation
+    validation_fraction: float = checked(0.1, "fraction")  # share of the stream kept for validation
     data_dir: str | None = None  # TFDS data_dir
     manual_dir: str | None = None  # TFDS manual_dir (offline copy of the raw files)
 
@@ -51,7 +55,7 @@ class DataConfig:
 @dataclasses.dataclass
 class TokenizerConfig:
     kind: Literal["char", "byte", "bpe"] = "bpe"
-    vocab_size: int | None = None  # bpe only
+    vocab_size: int | None = checked(None, "positive")  # bpe only
     path: str | None = None  # load a saved tokenizer folder instead of training one
 
 
@@ -64,35 +68,39 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
-    block_size: int = 128
-    batch_size: int = 16  # global, over all replicas and workers
-    steps: int = 500
-    eval_interval: int = 100  # steps per Keras epoch: validate, log, back up, sample
-    val_batches: int = 20
-    learning_rate: float = 1e-3
-    min_learning_rate: float = 1e-4
-    warmup_steps: int = 50
+    block_size: int = checked(128, "positive")
+    batch_size: int = checked(16, "positive")  # global, over all replicas and workers
+    steps: int = checked(500, "positive")
+    # steps between validations, log rows, backups and samples
+    eval_interval: int = checked(100, "positive")
+    val_batches: int = checked(20, "positive")
+    learning_rate: float = checked(1e-3, "positive")
+    min_learning_rate: float = checked(1e-4, "non_negative")
+    warmup_steps: int = checked(50, "non_negative")
     schedule: str = "cosine"
-    weight_decay: float = 0.1
-    beta_1: float = 0.9
-    beta_2: float = 0.99
-    epsilon: float = 1e-8
-    clip_norm: float | None = 1.0
+    weight_decay: float = checked(0.1, "non_negative")
+    beta_1: float = checked(0.9, between(0, 1, high_open=True))
+    beta_2: float = checked(0.99, between(0, 1, high_open=True))
+    epsilon: float = checked(1e-8, "positive")
+    clip_norm: float | None = checked(1.0, "positive")
     dtype: Literal["float32", "mixed_bfloat16"] = "float32"
     jit_compile: bool = True
-    steps_per_execution: int = 1
+    steps_per_execution: int = checked(1, "positive")
     distribution: Literal["none", "mirrored", "multi_worker"] = "none"
-    logical_cpus: int = 0  # split the CPU into N logical devices (tests, demos)
+    logical_cpus: int = checked(0, "non_negative")  # N logical CPU devices (tests, demos)
     verbose: int = 1  # Keras progress bar: 0 silent, 1 bar, 2 one line per epoch
     tensorboard: bool = True
+    keep_backups: int = checked(2, "positive")  # intact checkpoints kept in backup/
+    # stop, like a NaN, when a batch loss exceeds this multiple of the run's first loss
+    max_loss_factor: float | None = 4.0
 
 
 @dataclasses.dataclass
 class SampleConfig:
     prompt: str = ""
-    max_new_tokens: int = 100
-    temperature: float = 0.8
-    top_k: int | None = 40
+    max_new_tokens: int = checked(100, "non_negative")
+    temperature: float = checked(0.8, "non_negative")  # 0 means greedy (argmax)
+    top_k: int | None = checked(40, "positive")
     every_interval: bool = True  # also print a sample at each validation
 
 
@@ -100,6 +108,9 @@ class SampleConfig:
 class PretrainConfig:
     run_dir: str = "runs/pretrain"
     seed: int = 1337
+    # "auto": resume when the training settings are unchanged (refuse and name the changes
+    # otherwise); "override": resume under the new settings, recorded in resumes.jsonl
+    resume: Literal["auto", "override"] = "auto"
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -107,41 +118,14 @@ class PretrainConfig:
     sample: SampleConfig = dataclasses.field(default_factory=SampleConfig)
 
 
-# Sections that define what a checkpoint means; a resumed run must agree on them.
-_IDENTITY = ("data", "tokenizer", "model", "train.block_size", "train.dtype")
-
-
-def _identity(config_dict: dict) -> dict:
-    out = {}
-    for key in _IDENTITY:
-        node = config_dict
-        for part in key.split("."):
-            node = node.get(part, {}) if isinstance(node, dict) else None
-        out[key] = node
-    return out
-
-
-def _check_resumable(config: PretrainConfig, run: RunDir) -> None:
-    saved = load_config(run.config, PretrainConfig)
-    old, new = _identity(config_to_dict(saved)), _identity(config_to_dict(config))
-    changed = [k for k in _IDENTITY if old[k] != new[k]]
-    if changed:
-        raise ValueError(
-            f"{run.root} holds a checkpoint of a different run (changed: {', '.join(changed)}); "
-            "use another run_dir or restore those settings"
-        )
-
-
 def _validate(config: PretrainConfig) -> None:
     t = config.train
-    for name in ("block_size", "batch_size", "steps", "eval_interval", "val_batches"):
+    for name in ("block_size", "batch_size", "steps", "eval_interval", "val_batches",
+                 "steps_per_execution", "keep_backups"):
         if getattr(t, name) < 1:
             raise ValueError(f"train.{name} must be >= 1, got {getattr(t, name)}")
-    if t.steps % t.eval_interval:
-        raise ValueError(
-            f"train.steps ({t.steps}) must be a multiple of train.eval_interval "
-            f"({t.eval_interval}): one Keras epoch is one interval"
-        )
+    if t.max_loss_factor is not None and not t.max_loss_factor > 1:
+        raise ValueError(f"train.max_loss_factor must be > 1 or null, got {t.max_loss_factor}")
     if config.tokenizer.vocab_size is not None and config.tokenizer.kind != "bpe":
         raise ValueError("tokenizer.vocab_size applies to kind 'bpe' only")
 
@@ -173,10 +157,11 @@ def _load_tokens(config: PretrainConfig, run: RunDir, resume: bool):
 def build_model(config: PretrainConfig, vocab_size: int):
     """Build (or load) the model of `config.model` for a tokenizer with `vocab_size` ids."""
     from kzoo.models import CausalLM
+    from kzoo.models.loading import load_model_file
 
     m = config.model
-    if m.init_from:
-        model = keras.models.load_model(m.init_from, compile=False, safe_mode=True)
+    if m.init_from:  # safe mode; a broken file is one line naming it
+        model = load_model_file(m.init_from, compile=False, expect=CausalLM)
         check_vocab_size = model.vocab_size
         where = f"the model {m.init_from}"
     else:
@@ -229,20 +214,24 @@ def pretrain(config: PretrainConfig) -> dict:
     """Pre-train (or resume) the run described by `config`; return the final figures.
 
     Returns a dict with `run_dir`, `steps`, `loss`, `val_loss`, `val_perplexity`,
-    `tokens_per_s`, `resumed_from` and `sample`.
+    `tokens_per_s`, `resumed_from`, `wall_s` and `sample`.
 
     Raises:
-        ValueError: bad config or data (nothing is written to the run folder).
-        cb.NaNLossError: the loss became NaN/inf; the last good backup is kept.
+        ValueError: bad config or data, or a run folder this run must not use (nothing is
+            written to the run folder, and one this call created is removed).
+        cb.NaNLossError: the loss became NaN/inf or exploded; the last good backup is kept.
     """
-    t = config.train
     _validate(config)
-    strategy = get_strategy(t.distribution, t.logical_cpus)  # before any other TF op
+    strategy = get_strategy(config.train.distribution, config.train.logical_cpus)  # first TF op
     chief = is_chief()
-    run = RunDir(config.run_dir)
-    resume = run.has_checkpoint()
-    if resume:
-        _check_resumable(config, run)
+    with open_run(config.run_dir, "pretrain", enabled=chief, resumable=True) as run:
+        return _pretrain_in(run, config, strategy, chief)
+
+
+def _pretrain_in(run: RunDir, config: PretrainConfig, strategy, chief: bool) -> dict:
+    t = config.train
+    resume, changed, override = (resume_point(config, run) if chief
+                                 else (run.has_checkpoint(), {}, False))
     tokenizer, train_tokens, val_tokens = _load_tokens(config, run, resume)
     keras.utils.set_random_seed(config.seed)  # same initial weights for the same seed
 
@@ -251,13 +240,111 @@ def pretrain(config: PretrainConfig) -> dict:
         check_vocab(tokenizer, model.vocab_size)
         _compile(model, config)
         model.optimizer.build(model.trainable_variables)  # slots created under the strategy
-        state = (cb.restore_backup(model, run.backup) if resume else None) or {}
-    initial_epoch = state.get("epoch", 0)
-    steps_per_epoch, epochs = t.eval_interval, t.steps // t.eval_interval
+        state = (restore_checkpoint(model, run.backup) if resume else None) or {}
+    start = cb.global_step(model)
+    if resume and start != state.get("step"):
+        raise RunFolderError(f"{run.backup}: the checkpoint of step {state.get('step')} "
+                             f"holds optimizer step {start}; it is not a kzoo checkpoint")
+    if start > t.steps:
+        raise ValueError(f"{run.root} is at step {start}, past train.steps={t.steps}; "
+                         "raise train.steps (with --set resume=override) to continue")
+    plan = interval_plan(start, t.steps, t.eval_interval)
+    check_plan(plan, start, t.steps_per_execution)
+    if chief and not resume:
+        save_config(config, run.config, header="written by kzoo pretrain: resolved config")
+        shutil.rmtree(run.tokenizer, ignore_errors=True)  # a failed start's (this recipe's)
+        tokenizer.save(run.tokenizer)
+    elif chief and plan:
+        run.log_resume(start, changed, override=override)
+        if changed:  # config.yaml describes the model in the folder: now these settings
+            save_config(config, run.config, header="written by kzoo pretrain: resolved config")
+    if not plan:
+        print(f"{run.root} is already complete at step {start}; nothing to train", flush=True)
+        return _finish(run, config, model, tokenizer, state.get("logs", {}), chief,
+                       resumed_from=start, wall=0.0, tokens_per_s=None,
+                       write=chief and not run.model.is_file())
 
-    def train_fn(ctx=None):
-        return make_train_dataset(train_tokens, t.block_size, t.batch_size, config.seed,
-                                  start_step=initial_epoch * steps_per_epoch, input_context=ctx)
+    val_ds = _validation(strategy, config, val_tokens)
+    if _distributed(strategy, config):
+        _build_for_strategy(model, strategy, config, val_tokens)
+    state.setdefault("best", math.inf)
+    metrics = cb.IntervalMetrics(t.eval_interval, t.batch_size * t.block_size)
+    guard = cb.TrainingGuard(t.max_loss_factor, state.get("reference_loss"))
+    # Order matters: logs first, then the model files, the checkpoint last. A kill between
+    # them leaves rows and files ahead of the checkpoint, which the resume redoes exactly.
+    callbacks = [guard, metrics]
+    if chief:
+        callbacks.append(cb.MetricsLog(run.metrics, resume_step=start if resume else None))
+        if t.tensorboard and _has_tensorboard():
+            callbacks.append(keras.callbacks.TensorBoard(str(run.tensorboard), write_graph=False))
+    callbacks += [
+        cb.SaveBest(run.best_model, state, guard=guard, enabled=chief),
+        cb.Backup(run.backup, state, guard=guard, keep=t.keep_backups, enabled=chief),
+    ]
+    if chief and config.sample.every_interval:
+        s = config.sample
+        callbacks.append(cb.PrintSample(tokenizer, s.prompt, s.max_new_tokens, s.temperature,
+                                        s.top_k, guard=guard))
+    if start:
+        print(f"Resuming {run.root} from step {start}", flush=True)
+    began = time.perf_counter()
+    logs = {}
+    for epochs, length in plan:
+        train_ds = _training(strategy, config, train_tokens, cb.global_step(model))
+        history = model.fit(train_ds, epochs=epochs, steps_per_epoch=length,
+                            validation_data=val_ds, validation_steps=t.val_batches,
+                            callbacks=callbacks, shuffle=False, verbose=t.verbose)
+        logs = {k: v[-1] for k, v in history.history.items()} if history.history else logs
+        if guard.tripped:
+            break
+    wall = time.perf_counter() - began
+    if guard.tripped:
+        checkpoint = _latest_name(run)
+        raise cb.NaNLossError(
+            f"{guard.reason} at step {guard.stopped_step}; training stopped. "
+            + (f"The last good checkpoint {checkpoint} is kept; rerun to resume from it "
+               "(lower train.learning_rate first, with --set resume=override)."
+               if checkpoint else "No checkpoint was saved yet.")
+        )
+    return _finish(run, config, model, tokenizer, logs, chief, resumed_from=start, wall=wall,
+                   tokens_per_s=metrics.tokens_per_second(), write=chief)
+
+
+def _latest_name(run: RunDir):
+    from kzoo.training.checkpoints import list_checkpoints
+
+    found = list_checkpoints(run.backup)
+    return found[0] if found else None
+
+
+def _finish(run, config, model, tokenizer, logs, chief, resumed_from, wall, tokens_per_s,
+            write):
+    sample = ""
+    if write:
+        cb.atomic_save_model(model, run.model)
+        cb.plot_metrics(run.metrics, run.loss_plot)
+        run.mark("pretrain", "finished")
+    if chief:
+        s = config.sample
+        sample = cb.generate_text(model, tokenizer, s.prompt, s.max_new_tokens, s.temperature,
+                                  s.top_k, seed=config.seed)
+        print(f"\n=== sample from {run.model} ===\n{sample}\n", flush=True)
+    return {
+        "run_dir": str(run.root),
+        "steps": config.train.steps,
+        "resumed_from": resumed_from,
+        "loss": logs.get("loss"),
+        "val_loss": logs.get("val_loss"),
+        "val_perplexity": logs.get("val_perplexity"),
+        "tokens_per_s": tokens_per_s,
+        "wall_s": wall,
+        "sample": sample,
+    }
+
+
+def _validation(strategy, config: PretrainConfig, val_tokens):
+    """The validation windows: the same `val_batches` batches at every interval."""
+    t = config.train
 
     def val_fn(ctx=None):
         # Repeated: each validation takes exactly val_batches, so every one sees the same
@@ -265,89 +352,44 @@ def pretrain(config: PretrainConfig) -> dict:
         return eval_dataset(val_tokens, t.block_size, t.batch_size, t.val_batches,
                             config.seed + 1, input_context=ctx).repeat()
 
-    if strategy.num_replicas_in_sync > 1 or t.distribution != "none":
-        # Keras 3 `fit` under a strategy builds the model from a first batch averaged over
-        # replicas (int token ids turn into floats; under MultiWorkerMirroredStrategy the
-        # average fails). Build model, loss and metrics here from a plain batch, then skip
-        # that step.
-        x, y = next(iter(val_fn()))
-        with strategy.scope():
-            y_pred = model(x)
-            model.compute_loss(x=x, y=y, y_pred=y_pred)
-            model.compute_metrics(x, y, y_pred)
-        model._maybe_symbolic_build = lambda *args, **kwargs: None
-        if t.distribution == "multi_worker":
-            # Keras 3 averages each step's logs across workers with `reduce("MEAN", axis=0)`,
-            # which fails on scalars (tensorflow/tensorflow#72388): hand it vectors of one.
-            model.train_step = _logs_as_vectors(model.train_step)
-            model.test_step = _logs_as_vectors(model.test_step)
-        train_ds = strategy.distribute_datasets_from_function(train_fn)
-        val_ds = strategy.distribute_datasets_from_function(val_fn)
-    else:
-        train_ds, val_ds = train_fn(), val_fn()
+    if _distributed(strategy, config):
+        return strategy.distribute_datasets_from_function(val_fn)
+    # One device: Keras makes a new iterator for every validation; over in-memory windows
+    # that costs nothing, where the cached pipeline above took about a second to tear down
+    # each time (baby config, 200 batches).
+    return eval_windows(val_tokens, t.block_size, t.batch_size, t.val_batches, config.seed + 1)
 
-    created = False
-    if chief:
-        created = not run.root.exists()
-        run.root.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            save_config(config, run.config, header="written by kzoo pretrain: resolved config")
-            shutil.rmtree(run.tokenizer, ignore_errors=True)
-            tokenizer.save(run.tokenizer)
-    state.setdefault("best", math.inf)
-    metrics = cb.IntervalMetrics(steps_per_epoch, t.batch_size * t.block_size)
-    nan_guard = cb.StopOnNaN(steps_per_epoch)
-    callbacks = [
-        nan_guard,
-        metrics,
-        cb.SaveBest(run.best_model, state, enabled=chief),
-        cb.AtomicBackup(run.backup, steps_per_epoch, state, enabled=chief),
-    ]
-    if chief:
-        callbacks.append(keras.callbacks.CSVLogger(str(run.metrics), append=resume))
-        if t.tensorboard and _has_tensorboard():
-            callbacks.append(keras.callbacks.TensorBoard(str(run.tensorboard), write_graph=False))
-    if chief and config.sample.every_interval:
-        s = config.sample
-        callbacks.append(cb.PrintSample(tokenizer, s.prompt, s.max_new_tokens, s.temperature,
-                                        s.top_k))
-    if initial_epoch:
-        print(f"Resuming {run.root} from step {initial_epoch * steps_per_epoch}", flush=True)
-    start = time.perf_counter()
-    try:
-        history = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                            initial_epoch=initial_epoch, validation_data=val_ds,
-                            validation_steps=t.val_batches, callbacks=callbacks, shuffle=False,
-                            verbose=t.verbose)
-    except BaseException:
-        if created and not run.has_checkpoint():
-            shutil.rmtree(run.root, ignore_errors=True)  # nothing worth keeping yet
-        raise
-    wall = time.perf_counter() - start
-    if nan_guard.nan_step is not None:
-        latest = (run.backup / cb.LATEST).read_text().strip() if run.has_checkpoint() else None
-        raise cb.NaNLossError(
-            f"the training loss became NaN/inf at step {nan_guard.nan_step}; training stopped. "
-            + (f"The last good checkpoint {run.backup / latest} is kept; rerun to resume from it "
-               "(lower train.learning_rate first)." if latest else "No checkpoint was saved yet.")
-        )
-    logs = {k: v[-1] for k, v in history.history.items()} if history.history else {}
-    sample = ""
-    if chief:
-        cb._atomic_save_model(model, run.model)
-        cb.plot_metrics(run.metrics, run.loss_plot)
-        s = config.sample
-        sample = cb.generate_text(model, tokenizer, s.prompt, s.max_new_tokens, s.temperature,
-                                  s.top_k, seed=config.seed)
-        print(f"\n=== sample from {run.model} ===\n{sample}\n", flush=True)
-    return {
-        "run_dir": str(run.root),
-        "steps": t.steps,
-        "resumed_from": initial_epoch * steps_per_epoch,
-        "loss": logs.get("loss"),
-        "val_loss": logs.get("val_loss"),
-        "val_perplexity": logs.get("val_perplexity"),
-        "tokens_per_s": metrics.tokens_per_second(),
-        "wall_s": wall,
-        "sample": sample,
-    }
+
+def _training(strategy, config: PretrainConfig, train_tokens, start_step: int):
+    t = config.train
+
+    def train_fn(ctx=None):
+        return make_train_dataset(train_tokens, t.block_size, t.batch_size, config.seed,
+                                  start_step=start_step, input_context=ctx)
+
+    if not _distributed(strategy, config):
+        return train_fn()
+    return strategy.distribute_datasets_from_function(train_fn)
+
+
+def _build_for_strategy(model, strategy, config: PretrainConfig, val_tokens) -> None:
+    # Keras 3 `fit` under a strategy builds the model from a first batch averaged over
+    # replicas (int token ids turn into floats; under MultiWorkerMirroredStrategy the
+    # average fails). Build model, loss and metrics here from a plain batch, then skip
+    # that step.
+    t = config.train
+    x, y = next(iter(eval_dataset(val_tokens, t.block_size, t.batch_size, 1, config.seed + 1)))
+    with strategy.scope():
+        y_pred = model(x)
+        model.compute_loss(x=x, y=y, y_pred=y_pred)
+        model.compute_metrics(x, y, y_pred)
+    model._maybe_symbolic_build = lambda *args, **kwargs: None
+    if t.distribution == "multi_worker":
+        # Keras 3 averages each step's logs across workers with `reduce("MEAN", axis=0)`,
+        # which fails on scalars (tensorflow/tensorflow#72388): hand it vectors of one.
+        model.train_step = _logs_as_vectors(model.train_step)
+        model.test_step = _logs_as_vectors(model.test_step)
+
+
+def _distributed(strategy, config: PretrainConfig) -> bool:
+    return strategy.num_replicas_in_sync > 1 or config.train.distribution != "none"

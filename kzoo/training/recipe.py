@@ -18,6 +18,25 @@ import argparse
 import dataclasses
 import json
 import sys
+from typing import Any
+
+from kzoo.training.config import at_least, checked
+
+
+class DivergedError(RuntimeError):
+    """Training stopped on a non-finite or exploding loss (a recipe's exit code 3)."""
+
+
+def diverged(guard, saved: str) -> DivergedError:
+    """The error a fine-tuning recipe raises after `guard` (a `NaNGuard`) stopped it.
+
+    Args:
+        guard: kzoo.training.NaNGuard. the guard that stopped training.
+        saved: str. what the run kept, e.g. "the last good weights are in X".
+    """
+    epoch, step = guard.stopped_at
+    return DivergedError(f"training diverged ({guard.reason}) at epoch {epoch + 1}, step "
+                         f"{step + 1}; {saved}; lower train.learning_rate and rerun")
 
 
 @dataclasses.dataclass
@@ -26,9 +45,9 @@ class FineTuneData:
 
     path: str = "../shared/data/instruction-preference.json"  # .json/.jsonl or tfds:NAME
     template: str = "alpaca"
-    max_length: int = 256
-    max_prompt_length: int | None = None
-    validation_fraction: float = 0.1
+    max_length: int = checked(256, at_least(2))  # prompt + response + end-of-text
+    max_prompt_length: int | None = checked(None, "positive")
+    validation_fraction: float = checked(0.1, "fraction")
     split_seed: int = 0
     strict: bool = False
 
@@ -38,7 +57,7 @@ class FineTuneModel:
     """The `model:` section of the SFT, DPO and reward recipes."""
 
     preset: str = "gpt_baby"
-    args: dict = dataclasses.field(default_factory=dict)
+    args: dict[str, Any] = dataclasses.field(default_factory=dict)  # CausalLM overrides
     init_from: str | None = None  # a .keras model to start from (a pre-training or SFT run's)
     tokenizer: str = "byte"  # "byte", or a saved tokenizer folder (that run's)
 
@@ -51,7 +70,7 @@ def load_pairs(data: FineTuneData, model: FineTuneModel) -> tuple:
     gives them, `counts` the bad-pair accounting of `read_preference_records`.
     """
     from kzoo.data.instruction import split_records
-    from kzoo.data.preference import encode_pairs, read_preference_records
+    from kzoo.data.preference import check_encoded_pairs, encode_pairs, read_preference_records
     from kzoo.training.sft import load_tokenizer_and_model
 
     tokenizer, network = load_tokenizer_and_model(
@@ -62,6 +81,7 @@ def load_pairs(data: FineTuneData, model: FineTuneModel) -> tuple:
     train, val = (encode_pairs(rs, tokenizer, data.max_length, data.template,
                                data.max_prompt_length, data.strict)
                   for rs in (train_records, val_records))
+    check_encoded_pairs(train, val, data.path, data.max_length)  # naming the file and why
     return tokenizer, network, train, val, counts
 
 
@@ -83,8 +103,24 @@ def _summary(result: dict) -> str:
     return "result: " + json.dumps({k: v for k, v in result.items() if k != "history"})
 
 
+def error_line(error: BaseException) -> str:
+    """`error: MESSAGE` on one line, however many lines the message had (what the recipes
+    print on stderr before exiting with code 2 or 3).
+
+    Args:
+        error: BaseException. the error to report.
+
+    Example:
+    ```python
+    error_line(ValueError("c.yaml: bad\n  more"))   # 'error: c.yaml: bad more'
+    ```
+    """
+    text = " ".join(str(error).split()) or type(error).__name__
+    return f"error: {text}"
+
+
 def run_recipe(doc: str, config_class, run, argv=None, example: str = "train.epochs=1",
-               fatal: tuple = (), report=_summary) -> int:
+               fatal: tuple = (DivergedError,), report=_summary) -> int:
     """Parse the recipe command line, load and validate its config, run it; the exit code.
 
     Args:
@@ -98,7 +134,7 @@ def run_recipe(doc: str, config_class, run, argv=None, example: str = "train.epo
         report: callable. turns the result into the text printed at the end.
 
     Returns 0 on success, 2 on bad input (a `ValueError`: file, key or value named), 3 on a
-    `fatal` error.
+    `fatal` error; either error is one `error: ...` line on stderr (`error_line`).
     """
     from kzoo.training.config import load_config
 
@@ -110,10 +146,10 @@ def run_recipe(doc: str, config_class, run, argv=None, example: str = "train.epo
     try:
         result = run(load_config(args.config, config_class, overrides=args.set))
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(error_line(error), file=sys.stderr)
         return 2
     except fatal as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(error_line(error), file=sys.stderr)
         return 3
     print(report(result))
     return 0

@@ -91,11 +91,13 @@ def load_tokenizer_and_model(preset: str, args: dict, init: str | None, tokenize
     """
     import kzoo  # noqa: F401  (registers the kzoo classes for load_model)
     from kzoo.models import CausalLM
+    from kzoo.models.loading import load_model_file
     from kzoo.tokenizers import ByteTokenizer, check_vocab, load_tokenizer
 
     tok = ByteTokenizer() if tokenizer == "byte" else load_tokenizer(tokenizer)
     if init:
-        model = keras.models.load_model(init)  # safe_mode: never runs code from the file
+        # Keras safe mode: never runs code from the file; a broken file is one line naming it
+        model = load_model_file(init, expect=CausalLM)
     else:
         model = CausalLM.from_preset(preset, **{"vocab_size": tok.vocab_size,
                                                 "max_sequence_length": max_length, **args})

@@ -66,3 +66,16 @@ def test_bad_input(gpt, kwargs, message):
 def test_png_path_must_be_png(gpt, tmp_path):
     with pytest.raises(ValueError, match=".png"):
         next_word_distribution(gpt, [1, 2], k=2).to_png(tmp_path / "x.jpg")
+
+
+def test_truncate_keeps_the_end_of_a_long_prompt(gpt):
+    long = list(range(1, 40)) * 2  # 78 tokens, the context is 64
+    tail = next_word_distribution(gpt, long[-gpt.max_sequence_length:], k=5)
+    for dist in (next_word_distribution(gpt, long, k=5, truncate=True),
+                 gpt.next_word_distribution(long, k=5, truncate=True),
+                 temperature_sweep(gpt, long, temperatures=(1.0,), k=5, truncate=True)[0]):
+        assert dist.token_ids == tail.token_ids
+        np.testing.assert_allclose(dist.probs, tail.probs, rtol=1e-6)
+    for call in (lambda: gpt.next_word_distribution(long), lambda: temperature_sweep(gpt, long)):
+        with pytest.raises(ValueError, match="truncate=True"):
+            call()

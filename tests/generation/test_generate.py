@@ -15,8 +15,11 @@ GRAPH = {"jit_compile": False}
 
 @pytest.fixture(scope="module")
 def byte_model():
+    import keras
+
     from kzoo.models import CausalLM
 
+    keras.utils.set_random_seed(3)  # the same weights whichever tests ran before
     return CausalLM.from_preset("gpt_nano", vocab_size=257, max_sequence_length=32)
 
 
@@ -88,7 +91,12 @@ def test_stop_sequences_as_text(byte_model):
     tokenizer = ByteTokenizer()
     free = generate(byte_model, "Hello", 10, tokenizer=tokenizer, **GRAPH)
     text = free.texts[0]
-    stop = tokenizer.decode(free.token_ids[0][3:5])
+    # Two ASCII bytes: text that encodes back to the same ids (a lone byte of a UTF-8
+    # character decodes to U+FFFD, which does not).
+    ids = free.token_ids[0]
+    starts = [i for i in range(1, len(ids) - 1) if ids[i] < 128 and ids[i + 1] < 128]
+    assert starts, ids
+    stop = tokenizer.decode(ids[starts[0]:starts[0] + 2])
     result = generate(byte_model, "Hello", 10, tokenizer=tokenizer, stop_sequences=[stop],
                       **GRAPH)
     assert result.texts[0] == text[:text.index(stop)]
@@ -188,3 +196,30 @@ def test_bad_input_raises_clear_errors(gpt, kwargs, message):
 def test_generators_are_cached_per_sampler_config(gpt):
     assert get_generator(gpt, "greedy") is get_generator(gpt, "greedy")
     assert get_generator(gpt, "greedy") is not get_generator(gpt, "top_k")
+
+
+class CharTokenizer:
+    """One character per token id (chr/ord), so a stop string maps onto ids whatever the model
+    generates."""
+
+    def encode(self, text):
+        return [ord(c) for c in text]
+
+    def decode(self, ids):
+        return "".join(chr(i) for i in ids)
+
+
+def test_one_stop_string_is_one_stop_sequence(byte_model):
+    from kzoo.generation.inputs import stop_table
+
+    tokenizer = ByteTokenizer()
+    np.testing.assert_array_equal(stop_table(stop_sequences="x ", tokenizer=tokenizer),
+                                  stop_table(stop_sequences=["x "], tokenizer=tokenizer))
+    generator = Generator(byte_model, tokenizer=CharTokenizer(), **GRAPH)
+    free = generator.generate([5, 6, 7], 12).token_ids[0]
+    # The first generated token, then one the model never generates: as one sequence it never
+    # matches; read as one stop per character it would stop at the very first token.
+    stop = chr(free[0]) + chr(next(i for i in range(256) if i not in free))
+    result = generator.generate([5, 6, 7], 12, stop_sequences=stop)
+    assert (result.token_ids[0], result.finish_reasons) == (free, ["length"])
+    assert list(generator.stream([5, 6, 7], 12, stop_sequences=stop)) == free

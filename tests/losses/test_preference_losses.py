@@ -79,3 +79,9 @@ def test_register_refuses_a_taken_name():
 def test_bad_label_smoothing_is_a_value_error(name, smoothing):
     with pytest.raises(ValueError, match="label_smoothing"):
         losses.get(name)(CHOSEN, REJECTED, beta=0.5, label_smoothing=smoothing)
+
+
+def test_only_ipo_asks_for_length_normalised_logratios():
+    assert [n for n in losses.list_losses() if losses.length_normalized(n)] == ["ipo"]
+    with pytest.raises(ValueError, match="Valid names"):
+        losses.length_normalized("dpo2")

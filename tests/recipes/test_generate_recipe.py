@@ -94,3 +94,17 @@ def test_unknown_config_key(tmp_path, capsys):
     config.write_text("run_dir: x\ntemprature: 0.5\n")
     assert load_recipe().main(["--config", str(config)]) == 2
     assert "unknown key(s) ['temprature']" in capsys.readouterr().err
+
+
+def test_next_word_truncate_on_the_command_line(run_dir, capsys):
+    from kzoo.generation import next_word_distribution
+
+    long = "To be, or not to be, that is the question: " * 2  # 88 bytes, the context is 64
+    argv = [str(run_dir), "--prompt", long, "--next-word", "--k", "4"]
+    assert load_recipe().main(argv) == 2
+    assert "truncate=True" in capsys.readouterr().err
+    assert load_recipe().main([*argv, "--truncate"]) == 0
+    model, tokenizer = load_recipe().load_run(str(run_dir), "model.keras")
+    tail = tokenizer.decode(tokenizer.encode(long)[-model.max_sequence_length:])
+    expected = next_word_distribution(model, tail, k=4, tokenizer=tokenizer).bars()
+    assert capsys.readouterr().out == expected + "\n"

@@ -85,7 +85,8 @@ def test_nan_stops_and_keeps_the_last_good_checkpoint(finished, tmp_path):
     # Step 61 runs on good weights; its update overflows, so step 62 is the first NaN loss.
     with pytest.raises(NaNLossError, match=rf"NaN/inf at step {STEPS + 2}.*{name} is kept"):
         pretrain(tiny(run, f"train.steps={STEPS + INTERVAL}", f"train.eval_interval={INTERVAL}",
-                      "train.learning_rate=1e38", "train.warmup_steps=0", "train.clip_norm=null"))
+                      "train.learning_rate=1e38", "train.warmup_steps=0", "train.clip_norm=null",
+                      "train.max_loss_factor=null", "resume=override"))
     assert (run / "backup/LATEST").read_text() == name
     assert weights.read_bytes() == before
     assert not (run / "backup" / f"step-{STEPS + INTERVAL:07d}").exists()
@@ -98,7 +99,7 @@ def test_nan_stops_and_keeps_the_last_good_checkpoint(finished, tmp_path):
         (["model.args={vocab_size: 50, max_sequence_length: 32}"],
          r"tokenizer has \d+ ids but model.args.vocab_size has vocab_size=50"),
         (["train.batch_size=100000"], "fewer than one batch"),
-        (["train.steps=5"], "multiple of train.eval_interval"),
+        (["train.steps_per_execution=4"], "steps_per_execution=4 does not divide"),
         (["train.bogus=1"], "unknown key 'train.bogus'"),
         (["train.steps=ten"], "'train.steps' expects int"),
     ],
@@ -166,3 +167,178 @@ def test_kill_9_then_same_command_resumes_and_matches_uninterrupted(finished, tm
     assert resumed["resumed_from"] == saved
     # Deterministic data order + restored optimizer state: same result as never stopping.
     assert resumed["val_loss"] == pytest.approx(finished[1]["val_loss"], rel=1e-4, abs=1e-4)
+
+
+# ---------------------------------------------------------------- run folders you can trust
+def _steps(run):
+    return [int(r["step"]) for r in csv.DictReader((run / "metrics.csv").open())]
+
+
+def _snapshot(run):
+    """Every file of a run folder with its bytes (to show a refusal changed nothing)."""
+    return {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def _back_to_step_50(finished, tmp_path):
+    run = copy_of(finished, tmp_path)
+    shutil.rmtree(run / "backup" / f"step-{STEPS:07d}")
+    (run / "backup/LATEST").write_text(f"step-{STEPS - INTERVAL:07d}")
+    return run
+
+
+@pytest.mark.parametrize("change, new_rows", [
+    ("train.eval_interval=3", [51, 54, 57, 60]),
+    ("train.steps_per_execution=5", [60]),
+])
+def test_resume_continues_at_the_exact_saved_step(finished, tmp_path, change, new_rows):
+    run = _back_to_step_50(finished, tmp_path)
+    result = pretrain(tiny(run, f"train.steps={STEPS}", f"train.eval_interval={INTERVAL}",
+                           change))
+    assert result["resumed_from"] == STEPS - INTERVAL
+    assert _steps(run) == list(range(INTERVAL, STEPS, INTERVAL)) + new_rows
+    # The same 10 steps on the same data from the same state: the undisturbed result.
+    assert result["val_loss"] == pytest.approx(finished[1]["val_loss"], rel=1e-4, abs=1e-4)
+    (record,) = [json.loads(line) for line in (run / "resumes.jsonl").open()]
+    key, value = change.split("=")
+    assert record["from_step"] == STEPS - INTERVAL and not record["override"]
+    assert record["changed"][key][1] == int(value)
+
+
+def test_changed_training_settings_refuse_or_continue_under_override(finished, tmp_path):
+    run = _back_to_step_50(finished, tmp_path)
+    before = _snapshot(run)
+    args = [f"train.steps={STEPS}", f"train.eval_interval={INTERVAL}"]
+    with pytest.raises(ValueError, match=r"other settings \(train.batch_size: 4 -> 8; "
+                                         r"train.learning_rate: 0.002 -> 0.001\).*resume=override"):
+        pretrain(tiny(run, *args, "train.learning_rate=0.001", "train.batch_size=8"))
+    assert _snapshot(run) == before  # nothing written, nothing lost
+    result = pretrain(tiny(run, *args, "train.learning_rate=0.001", "resume=override"))
+    assert result["resumed_from"] == STEPS - INTERVAL
+    (record,) = [json.loads(line) for line in (run / "resumes.jsonl").open()]
+    assert record["override"] and record["changed"]["train.learning_rate"] == [0.002, 0.001]
+    # config.yaml describes the model in the folder: it was trained on under the new rate.
+    assert load_config(run / "config.yaml", PretrainConfig).train.learning_rate == 0.001
+
+
+def test_a_finished_run_without_its_backup_is_not_trained_over(finished, tmp_path):
+    run = copy_of(finished, tmp_path)
+    shutil.rmtree(run / "backup")
+    before = _snapshot(run)
+    with pytest.raises(ValueError, match="holds a trained model .* but no checkpoint"):
+        pretrain(tiny(run, f"train.steps={STEPS}", f"train.eval_interval={INTERVAL}"))
+    assert _snapshot(run) == before
+
+
+def test_a_folder_kzoo_did_not_make_is_refused_untouched(tmp_path):
+    folder = tmp_path / "mine"
+    (folder / "tokenizer").mkdir(parents=True)
+    (folder / "tokenizer/vocab.txt").write_text("mine")
+    (folder / "config.yaml").write_text("my: settings\n")
+    before = _snapshot(folder)
+    with pytest.raises(ValueError, match="not empty and is not a kzoo run folder"):
+        pretrain(tiny(folder))
+    assert _snapshot(folder) == before
+
+
+def test_dpo_into_a_pretraining_folder_is_refused(finished, tmp_path, capsys):
+    import importlib.util
+
+    run = copy_of(finished, tmp_path)
+    before = _snapshot(run)
+    spec = importlib.util.spec_from_file_location("dpo_recipe", ROOT / "recipes/dpo.py")
+    dpo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dpo)
+    code = dpo.main(["--config", str(ROOT / "recipes/configs/gpt/baby_instruction_dpo.yaml"),
+                     "--set", f"run_dir={run}"])
+    assert code == 2
+    assert "holds a kzoo pretrain run, not a dpo run" in capsys.readouterr().err
+    assert _snapshot(run) == before
+
+
+def test_a_damaged_newest_checkpoint_falls_back_and_ends_as_undisturbed(finished, tmp_path,
+                                                                        capsys):
+    run = copy_of(finished, tmp_path)
+    (run / "model.keras").unlink()  # as if killed during the final save
+    weights = run / "backup" / f"step-{STEPS:07d}" / "ckpt.weights.h5"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 3] ^= 0x01  # one flipped bit
+    weights.write_bytes(bytes(data))
+    result = pretrain(tiny(run, f"train.steps={STEPS}", f"train.eval_interval={INTERVAL}"))
+    err = capsys.readouterr().err
+    assert f"{weights} does not match its sha256" in err and "falling back" in err
+    assert result["resumed_from"] == STEPS - INTERVAL
+    assert result["val_loss"] == pytest.approx(finished[1]["val_loss"], rel=1e-4, abs=1e-4)
+    assert _steps(run) == list(range(INTERVAL, STEPS + 1, INTERVAL))
+
+
+def test_a_finite_explosion_stops_like_a_nan_and_saves_nothing(finished, tmp_path):
+    run = copy_of(finished, tmp_path)
+    kept = {p: _snapshot(run)[p] for p in _snapshot(run)
+            if p.parts[0] == "backup" or p.name.endswith(".keras")}
+    with pytest.raises(NaNLossError, match=r"exploded to .* above 1.5 x the starting loss"):
+        pretrain(tiny(run, f"train.steps={STEPS + 3 * INTERVAL}",
+                      f"train.eval_interval={INTERVAL}", "train.learning_rate=3.0",
+                      "train.warmup_steps=0", "train.clip_norm=null",
+                      "train.max_loss_factor=1.5", "resume=override"))
+    now = _snapshot(run)
+    assert {p: now.get(p) for p in kept} == kept  # checkpoints and models as they were
+    assert (run / "kzoo-run.json").is_file() and not (run / "run.lock").exists()
+
+
+def test_two_concurrent_starts_one_refuses_naming_the_other(tmp_path):
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+    run = tmp_path / "shared"
+    long = [*_command(run), "--set", "train.steps=100000"]
+    first = subprocess.Popen(long, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (run / "kzoo-run.json").is_file() and time.time() < deadline:
+            time.sleep(0.05)
+        second = subprocess.run(long, env=env, cwd=ROOT, capture_output=True, text=True,
+                                timeout=300)
+        assert first.poll() is None, "the first run ended before the second started"
+    finally:
+        first.kill()
+        first.wait()
+    assert second.returncode == 2
+    errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [errors[0]] and f"in use by another kzoo process (pid {first.pid}" in \
+        errors[0]
+    assert "Traceback" not in second.stderr
+
+
+def test_kill_9_anywhere_then_rerun_ends_as_undisturbed(finished, tmp_path):
+    """kill -9 three times while a checkpoint is being written and three times at random
+    moments, then the same command once more: the result of a run never disturbed."""
+    import random
+
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+    run, rng, outcomes = tmp_path / "killed", random.Random(7), []
+    backup = run / "backup"
+
+    def writing_checkpoint():
+        return backup.is_dir() and any(p.name.endswith(".tmp") for p in os.scandir(backup))
+
+    out = tmp_path / "result.json"
+    for attempt in range(7):
+        proc = subprocess.Popen([*_command(run), "--result-json", str(out)], env=env, cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if attempt < 3:  # mid-checkpoint
+            deadline = time.time() + 240
+            while proc.poll() is None and not writing_checkpoint() and time.time() < deadline:
+                time.sleep(0.001)
+            outcomes.append("mid-checkpoint" if proc.poll() is None else "ended")
+        elif attempt < 6:  # anywhere: start-up, data, compilation, training, saving
+            time.sleep(rng.uniform(1.0, 15.0))
+            outcomes.append("random" if proc.poll() is None else "ended")
+        else:
+            assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
+            break
+        proc.kill()
+        proc.wait()
+    assert outcomes[:3] == ["mid-checkpoint"] * 3, outcomes
+    result = json.loads(out.read_text())
+    assert result["val_loss"] == pytest.approx(finished[1]["val_loss"], rel=1e-4, abs=1e-4)
+    assert _steps(run) == list(range(INTERVAL, STEPS + 1, INTERVAL))  # each row once
+    assert not (run / "run.lock").exists()

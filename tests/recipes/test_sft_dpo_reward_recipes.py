@@ -84,7 +84,9 @@ def test_dpo_nan_stops_and_keeps_nothing_bad(sft_run, capsys):
         f"model.init_from={tmp / 'sft/model.keras'}", "train.learning_rate=1e30",
         "train.epochs=2")])
     assert code == 3
-    assert "non-finite" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "diverged" in err and f"are in {run_dir / 'policy.weights.h5'}" in err
+    assert (run_dir / "policy.weights.h5").is_file()  # what the message promises
     assert not (run_dir / "model.keras").exists()
     assert json.loads((run_dir / "metrics.json").read_text())["stopped_on_nan"] is not None
 

@@ -8,6 +8,8 @@ import pytest
 from kzoo.training.config import (
     RunDir,
     apply_overrides,
+    between,
+    checked,
     config_from_dict,
     load_config,
     save_config,
@@ -114,3 +116,135 @@ def test_run_dir_layout(tmp_path):
     run.backup.mkdir(parents=True)
     (run.backup / "LATEST").write_text("step-0000001")
     assert run.has_checkpoint()
+
+
+# ----------------------------------------------------------------- one-line errors, value checks
+def test_yaml_syntax_error_is_one_line_naming_file_and_position(tmp_path):
+    path = write(tmp_path, "inner:\n  steps: [1,\n  rate: 2\n")
+    with pytest.raises(ValueError) as info:
+        load_config(path, Outer)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: not valid YAML at line ") and "column" in message
+
+
+@pytest.mark.parametrize("item", ["inner.steps=[", "inner.steps={a: 1", "inner.steps='x",
+                                  "inner.steps=!!python/object/apply:os.system [ls]",
+                                  "inner.steps=\x00"])
+def test_unparsable_override_value_is_one_line_naming_the_override(tmp_path, item):
+    with pytest.raises(ValueError) as info:
+        load_config(write(tmp_path, "name: x\n"), Outer, [item])
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"--set {item!r}: not valid YAML")
+
+
+def test_config_that_is_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"name: caf\xe9\n")
+    with pytest.raises(ValueError, match=rf"{path}: not UTF-8 text .*byte 9"):
+        load_config(path, Outer)
+
+
+def test_dict_keys_must_be_strings(tmp_path):
+    @dataclasses.dataclass
+    class WithArgs:
+        args: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    with pytest.raises(ValueError, match=r"key 'args' expects a mapping with str keys, got key 1"):
+        load_config(write(tmp_path, "args: {1: 2}\n"), WithArgs)
+    with pytest.raises(ValueError, match=r"key 'args.a' expects int, got str 'x'"):
+        load_config(write(tmp_path, "args: {a: x}\n"), WithArgs)
+
+
+@dataclasses.dataclass
+class Checked:
+    rate: float = checked(1e-3, "positive")
+    warmup: int = checked(0, "non_negative")
+    clip: float | None = checked(None, "positive")
+    fraction: float = checked(0.1, "fraction")
+    temperatures: list[float] = checked(check="positive", default_factory=lambda: [1.0])
+    top: int = checked(5, between(1, 10))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("rate: -1", "key 'rate' must be > 0 and finite, got -1.0"),
+    ("rate: 0", "key 'rate' must be > 0 and finite, got 0.0"),
+    ("rate: .nan", "key 'rate' must be > 0 and finite, got nan"),
+    ("rate: .inf", "key 'rate' must be > 0 and finite, got inf"),
+    ("warmup: -1", "key 'warmup' must be >= 0, got -1"),
+    ("clip: 0", "key 'clip' must be > 0 and finite, got 0.0"),
+    ("fraction: 1", "key 'fraction' must be in (0, 1), got 1.0"),
+    ("temperatures: [1, -2]", "key 'temperatures[1]' must be > 0 and finite, got -2.0"),
+    ("top: 11", "key 'top' must be in [1, 10], got 11"),
+])
+def test_value_checks_name_file_key_and_value(tmp_path, text, message):
+    path = write(tmp_path, text + "\n")
+    with pytest.raises(ValueError) as info:
+        load_config(path, Checked)
+    assert str(info.value) == f"{path}: {message}"
+
+
+def test_value_checks_accept_good_values_and_none(tmp_path):
+    cfg = load_config(write(tmp_path, "rate: 2\nwarmup: 0\nclip: null\ntemperatures: [0.5]\n"),
+                      Checked)
+    assert (cfg.rate, cfg.warmup, cfg.clip, cfg.temperatures) == (2.0, 0, None, [0.5])
+    with pytest.raises(ValueError, match=r"with --set overrides: key 'rate' must be > 0"):
+        load_config(write(tmp_path, "rate: 2\n"), Checked, ["rate=-3"])
+
+
+def test_an_unknown_check_name_fails_at_class_definition():
+    with pytest.raises(ValueError, match="unknown check 'postive'; known checks: "):
+        checked(1.0, "postive")
+
+
+# Every recipe's nonsensical values, refused at load (the issue's list plus their siblings).
+RECIPE_BAD_VALUES = {
+    "pretrain": ["train.learning_rate=0", "train.learning_rate=-1", "train.learning_rate=.nan",
+                 "train.learning_rate=.inf", "train.warmup_steps=-1",
+                 "train.steps_per_execution=0", "train.batch_size=0", "train.steps=0",
+                 "sample.max_new_tokens=-1", "sample.temperature=-0.5",
+                 "sample.temperature=.nan", "train.min_learning_rate=-1e-4",
+                 "train.clip_norm=0", "data.validation_fraction=1.5", "train.beta_2=1"],
+    "sft": ["train.learning_rate=0", "train.learning_rate=-.inf", "train.batch_size=0",
+            "train.epochs=0", "data.max_length=0", "data.validation_fraction=0"],
+    "dpo": ["train.learning_rate=-1", "train.batch_size=0", "train.epochs=0",
+            "train.eval_interval=0", "dpo.beta=0", "dpo.label_smoothing=0.7"],
+    "reward": ["train.learning_rate=.nan", "train.batch_size=-2", "train.epochs=0"],
+    "feedback_loop": ["loop.pretrain_learning_rate=0", "loop.dpo_learning_rate=.inf",
+                      "loop.pretrain_epochs=0", "loop.dpo_epochs=0",
+                      "loop.pretrain_batch_size=0", "loop.dpo_batch_size=0", "loop.beta=-1",
+                      "loop.max_operand=51", "loop.correct_fraction=1.5"],
+}
+
+
+SCHEMAS = {"sft": "SFTConfig", "dpo": "DPOConfig", "reward": "RewardConfig",
+           "feedback_loop": "FeedbackConfig"}
+
+
+def _recipe_schema(name):
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    if name == "pretrain":
+        return root, PretrainConfig
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", root / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return root, getattr(module, SCHEMAS[name])
+
+
+@pytest.mark.parametrize("recipe, item", [(r, i) for r, items in RECIPE_BAD_VALUES.items()
+                                          for i in items])
+def test_every_recipe_refuses_nonsense_values_at_load(recipe, item):
+    import glob
+
+    root, schema = _recipe_schema(recipe)
+    header = f"# python recipes/{recipe}.py "
+    path = next(p for p in sorted(glob.glob(str(root / "recipes/configs/*/*.yaml")))
+                if open(p).readline().startswith(header))
+    load_config(path, schema)  # the shipped config itself is fine
+    key = item.split("=")[0]
+    with pytest.raises(ValueError, match=rf"with --set overrides: key '{key}' must be "):
+        load_config(path, schema, [item])

@@ -199,10 +199,11 @@ def test_nan_stops_training_and_keeps_the_last_good_weights(tmp_path):
     # Restored: the weights after the good step of this fit, all finite.
     assert all(np.isfinite(w).all() for w in policy.get_weights())
     assert any(not np.allclose(a, b) for a, b in zip(after_good, policy.get_weights()))
-    # The checkpoint on disk is still the last good epoch's.
+    # The checkpoint on disk holds those restored weights: the last good step's, as the
+    # recipe's message says (not the diverged ones, and newer than the last epoch's).
     loaded = tiny_model(5)
     loaded.load_weights(checkpoint)
-    for a, b in zip(after_good, loaded.get_weights()):
+    for a, b in zip(policy.get_weights(), loaded.get_weights()):
         np.testing.assert_array_equal(a, b)
 
 
@@ -215,3 +216,46 @@ def test_config_json_round_trip():
     assert restored.policy.get_config() == policy.get_config()
     assert restored.reference.trainable is False
     assert json.loads(json.dumps(restored.get_config())) == config
+
+
+def _token_logps(model, ids):
+    """float64 log p(token t+1 | tokens <= t), (rows, L - 1), by a NumPy log-softmax."""
+    logits = np.asarray(model(ids[:, :-1]), "float64")
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    return np.take_along_axis(logp, ids[:, 1:, None].astype("int64"), axis=-1)[..., 0]
+
+
+@pytest.mark.parametrize("average_log_prob", [False, True])
+def test_ipo_on_long_responses_is_trl_ipo_on_per_token_mean_logratios(average_log_prob):
+    """TRL's definition: losses = (logits - 1/(2 beta))^2 with logits the chosen minus the
+    rejected log-ratio, each averaged over its response tokens."""
+    long = dict(max_sequence_length=128)
+    policy, reference = tiny_model(0, **long), tiny_model(1, **long)
+    # Larger weights, sharper predictions: log-ratios of several nats per response.
+    policy.set_weights([3 * w for w in policy.get_weights()])
+    beta, pairs = 0.5, random_pairs(4, length=128, prompt=4)
+    pairs["loss_mask"][1, 1, 100:] = 0.0  # rejected responses of other lengths
+    pairs["loss_mask"][2, 0, 30:] = 0.0
+    dpo = DPOModel(policy, reference, loss="ipo", beta=beta, average_log_prob=average_log_prob)
+    dpo.compile(optimizer="sgd")
+    got = dpo.evaluate(preference_dataset(pairs, 4, shuffle=False), return_dict=True,
+                       verbose=0)["loss"]
+    # The recipe's other path: reference log-probs precomputed in the same convention.
+    precomputed = {**pairs, "reference_logps": compute_reference_logps(
+        reference, pairs, average=average_log_prob)}
+    dpo = DPOModel(policy, None, loss="ipo", beta=beta, average_log_prob=average_log_prob)
+    dpo.compile(optimizer="sgd")
+    got_precomputed = dpo.evaluate(preference_dataset(precomputed, 4, shuffle=False),
+                                   return_dict=True, verbose=0)["loss"]
+
+    ids = pairs["token_ids"].reshape(8, 128)
+    mask = pairs["loss_mask"].reshape(8, 128)[:, 1:]
+    logratio_sums = ((_token_logps(policy, ids) - _token_logps(reference, ids)) * mask).sum(-1)
+    mean_logratios = (logratio_sums / mask.sum(-1)).reshape(4, 2)
+    logits = mean_logratios[:, 0] - mean_logratios[:, 1]
+    expected = np.mean((logits - 1 / (2 * beta)) ** 2)
+    np.testing.assert_allclose([got, got_precomputed], [expected, expected], rtol=1e-4)
+    summed = logratio_sums.reshape(4, 2)
+    summed_loss = np.mean((summed[:, 0] - summed[:, 1] - 1 / (2 * beta)) ** 2)
+    assert summed_loss > 10 * expected  # the conventions are far apart on these responses

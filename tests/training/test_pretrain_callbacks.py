@@ -10,12 +10,12 @@ from kzoo.models import CausalLM
 from kzoo.tokenizers import ByteTokenizer
 from kzoo.training.callbacks import (
     LATEST,
-    AtomicBackup,
-    StopOnNaN,
+    Backup,
+    TrainingGuard,
     generate_text,
     plot_metrics,
-    restore_backup,
 )
+from kzoo.training.checkpoints import restore_checkpoint
 from kzoo.training.optimizers import AdamW, build_adamw
 
 
@@ -28,34 +28,44 @@ def tiny_model():
 def test_backup_keeps_the_newest_and_restores_weights_and_optimizer(tmp_path):
     model = tiny_model()
     x = np.random.default_rng(0).integers(0, 257, (2, 9))
-    model.fit(x[:, :-1], x[:, 1:], epochs=1, verbose=0)
-    backup = AtomicBackup(tmp_path, steps_per_epoch=5, state={"best": 1.5}, keep=2)
+    guard = TrainingGuard()
+    backup = Backup(tmp_path, state={"best": 1.5}, guard=guard, keep=2)
     backup.set_model(model)
-    for epoch in range(3):
-        backup.on_epoch_end(epoch, {"loss": 1.0})
-    assert (tmp_path / LATEST).read_text() == "step-0000015"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [LATEST, "step-0000010",
-                                                          "step-0000015"]
-    backup.on_epoch_end(3, {"loss": math.nan})  # a diverged model is never saved
-    assert (tmp_path / LATEST).read_text() == "step-0000015"
+    for _ in range(3):
+        model.fit(x[:, :-1], x[:, 1:], epochs=1, verbose=0)  # one step each
+        backup.on_epoch_end(0, {"loss": 1.0})
+    assert (tmp_path / LATEST).read_text() == "step-0000003"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LATEST, "step-0000002",
+                                                          "step-0000003"]
+    model.fit(x[:, :-1], x[:, 1:], epochs=1, verbose=0)
+    backup.on_epoch_end(0, {"loss": math.nan})  # a diverged model is never saved
+    assert (tmp_path / LATEST).read_text() == "step-0000003"
+    guard.stopped_step = 4
+    backup.on_epoch_end(0, {"loss": 1.0})  # nor one the guard stopped, with a finite mean
+    assert (tmp_path / LATEST).read_text() == "step-0000003"
 
     fresh = tiny_model()
-    state = restore_backup(fresh, tmp_path)
-    assert state == {"best": 1.5, "epoch": 3, "step": 15}
-    for a, b in zip(model.weights, fresh.weights):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
-    assert int(fresh.optimizer.iterations.numpy()) == int(model.optimizer.iterations.numpy())
-    assert restore_backup(fresh, tmp_path / "none") is None
+    state = restore_checkpoint(fresh, tmp_path)
+    assert state == {"best": 1.5, "logs": {"loss": 1.0}, "step": 3}
+    assert int(fresh.optimizer.iterations.numpy()) == 3
+    assert restore_checkpoint(fresh, tmp_path / "none") is None
 
 
-def test_stop_on_nan_records_the_step():
-    guard = StopOnNaN(steps_per_epoch=10)
-    guard.set_model(tiny_model())
-    guard.on_epoch_begin(2)
-    guard.on_train_batch_end(3, {"loss": 2.0})
-    assert guard.nan_step is None and not guard.model.stop_training
-    guard.on_train_batch_end(4, {"loss": float("nan")})
-    assert guard.nan_step == 25 and guard.model.stop_training
+def test_guard_stops_on_nan_and_on_a_finite_explosion():
+    model = tiny_model()
+    guard = TrainingGuard(max_loss_factor=4.0)
+    guard.set_model(model)
+    guard.on_train_batch_end(0, {"loss": 2.0})  # the reference
+    guard.on_train_batch_end(1, {"loss": 7.9})
+    assert not guard.tripped and not model.stop_training
+    guard.on_train_batch_end(2, {"loss": 8.1})
+    assert guard.tripped and model.stop_training and "exploded to 8.1" in guard.reason
+    nan = TrainingGuard(max_loss_factor=None)
+    nan.set_model(tiny_model())
+    nan.on_train_batch_end(0, {"loss": 1e30})
+    assert not nan.tripped  # no factor: finite values pass
+    nan.on_train_batch_end(1, {"loss": float("nan")})
+    assert nan.tripped and nan.stopped_step == 0 and "NaN" in nan.reason
 
 
 def test_generate_text_is_seeded_and_greedy_is_deterministic():

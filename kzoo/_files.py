@@ -1,0 +1,29 @@
+"""Reading a user's text file with one-line errors that name it."""
+
+from pathlib import Path
+
+
+def read_text(path, missing: str) -> str:
+    """The UTF-8 text of `path`.
+
+    Args:
+        path: str | PathLike. the file.
+        missing: str. the message when it does not exist (it should name the file).
+
+    Raises:
+        ValueError: missing, unreadable or not UTF-8, in one line naming the file.
+
+    >>> read_text("/nonexistent.yaml", "no such file")
+    Traceback (most recent call last):
+    ...
+    ValueError: no such file
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(missing)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    except OSError as error:
+        raise ValueError(f"{path}: cannot be read ({error.strerror})") from None

@@ -1,0 +1,236 @@
+"""Verified, resumable checkpoints: `backup/step-NNNNNNN/` with a manifest of checksums.
+
+Each checkpoint folder holds `ckpt.weights.h5` (model weights and optimizer state),
+`state.json` (global step, best validation loss, the last interval's logs) and
+`manifest.json` (size and sha256 of both). It is written into `step-NNNNNNN.tmp/`, renamed
+into place, and only then does `backup/LATEST` point at it (a temporary file and
+`os.replace`), so a `kill -9` at any moment leaves every named checkpoint complete. The last
+`keep` intact checkpoints stay. `restore_checkpoint` verifies the newest against its manifest
+and falls back, with a warning naming the damaged file, to the newest intact one.
+
+Before writing, the free space is checked against the checkpoint's size, so a full disk gives
+one clear error naming the folder and the bytes needed, and no half-written file.
+
+Example:
+
+```python
+from kzoo.training.checkpoints import list_checkpoints, save_checkpoint
+save_checkpoint(model, "runs/x/backup", step=100, state={"best": 1.9}, keep=2)
+list_checkpoints("runs/x/backup")       # [PosixPath('runs/x/backup/step-0000100')]
+```
+
+>>> checkpoint_name(250)
+'step-0000250'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from kzoo.training.run_folder import RunFolderError, write_error
+
+LATEST = "LATEST"
+WEIGHTS = "ckpt.weights.h5"
+STATE = "state.json"
+MANIFEST = "manifest.json"
+
+
+def checkpoint_name(step: int) -> str:
+    """The folder name of the checkpoint at global `step`."""
+    return f"step-{step:07d}"
+
+
+def list_checkpoints(backup_dir) -> list[Path]:
+    """Complete-looking checkpoint folders, newest (highest step) first."""
+    backup_dir = Path(backup_dir)
+    if not backup_dir.is_dir():
+        return []
+    found = [p for p in backup_dir.glob("step-*")
+             if p.is_dir() and not p.name.endswith(".tmp") and p.name[5:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[5:]), reverse=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def variables_bytes(model) -> int:
+    """Bytes of the model's and its optimizer's variables (what a checkpoint stores)."""
+    variables = list(model.weights)
+    if getattr(model, "optimizer", None) is not None:
+        variables += list(model.optimizer.variables)
+    total = 0
+    for v in variables:
+        size = 1
+        for dim in v.shape:
+            size *= int(dim)
+        total += size * _itemsize(v.dtype)
+    return total
+
+
+def _itemsize(dtype) -> int:
+    import numpy as np
+
+    try:
+        return np.dtype(str(dtype).replace("bfloat16", "float16")).itemsize
+    except TypeError:
+        return 4
+
+
+def ensure_free_space(folder: Path, needed: int, what: str) -> None:
+    """Raise `RunFolderError` unless `folder`'s file system has `needed` bytes free."""
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise RunFolderError(
+            f"not enough free space in {folder} to write {what}: it needs about "
+            f"{_mib(needed)}, {_mib(free)} is free; free space there and rerun to resume")
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def save_checkpoint(model, backup_dir, step: int, state: dict, keep: int = 2) -> Path:
+    """Write an intact checkpoint of `model` at global `step`, then prune to `keep`.
+
+    Args:
+        model: keras.Model. compiled; its weights and optimizer state are saved.
+        backup_dir: str | PathLike. the `backup/` folder.
+        step: int. the global step (optimizer iterations) the weights belong to.
+        state: dict. JSON-serializable extra state (best loss, last logs).
+        keep: int. intact checkpoints to keep (>= 1); older ones are removed.
+
+    Returns:
+        Path. the new checkpoint folder.
+
+    Raises:
+        RunFolderError: not enough free space (nothing half-written is left behind).
+    """
+    backup_dir = Path(backup_dir)
+    backup_dir.mkdir(parents=True, exist_ok=True)
+    name = checkpoint_name(step)
+    tmp, final = backup_dir / (name + ".tmp"), backup_dir / name
+    shutil.rmtree(tmp, ignore_errors=True)
+    # Weights plus the HDF5 file's own bookkeeping (about 1 KiB a variable).
+    ensure_free_space(backup_dir, int(variables_bytes(model) * 1.05) + (2 << 20),
+                      f"the checkpoint {name}")
+    try:
+        tmp.mkdir()
+        model.save_weights(tmp / WEIGHTS)
+        (tmp / STATE).write_text(json.dumps(dict(state, step=step)), encoding="utf-8")
+        files = {f: {"bytes": (tmp / f).stat().st_size, "sha256": _sha256(tmp / f)}
+                 for f in (WEIGHTS, STATE)}
+        (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1),
+                                    encoding="utf-8")
+        _fsync_tree(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        pointer = backup_dir / (LATEST + ".tmp")
+        pointer.write_text(name, encoding="utf-8")
+        os.replace(pointer, backup_dir / LATEST)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        (backup_dir / (LATEST + ".tmp")).unlink(missing_ok=True)
+        raise write_error(tmp, error) from None
+    for old in list_checkpoints(backup_dir)[max(1, keep):]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.iterdir():
+        with path.open("rb") as f:
+            os.fsync(f.fileno())
+
+
+def verify_checkpoint(folder: Path) -> str | None:
+    """Why checkpoint `folder` cannot be trusted (naming the file), or None when intact."""
+    if not folder.is_dir():
+        return f"{folder} is missing"
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        if (folder / WEIGHTS).is_file() and (folder / STATE).is_file():
+            return None  # written by an older kzoo, before manifests: nothing to check against
+        return f"{manifest_path} is missing"
+    try:
+        files = json.loads(manifest_path.read_text(encoding="utf-8"))["files"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+        return f"{manifest_path} is not a valid manifest ({error})"
+    for name, expected in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{path} is missing"
+        size = path.stat().st_size
+        if size != expected.get("bytes"):
+            return f"{path} has {size} bytes, the manifest says {expected.get('bytes')}"
+        if _sha256(path) != expected.get("sha256"):
+            return f"{path} does not match its sha256 in the manifest (damaged)"
+    return None
+
+
+def read_state(folder: Path) -> dict:
+    """The checkpoint's `state.json`; a one-line error naming the file when it is not valid."""
+    path = folder / STATE
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise RunFolderError(f"{path}: not a readable checkpoint state ({error})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise RunFolderError(f"{path}: no integer 'step' in the checkpoint state")
+    return state
+
+
+def restore_checkpoint(model, backup_dir) -> dict | None:
+    """Load the newest intact checkpoint into `model` (and its optimizer); return its state.
+
+    A damaged newest checkpoint (truncated, empty, bytes flipped, missing) is reported on
+    stderr, naming the file, and the next newest intact one is used.
+
+    Returns:
+        dict | None. the checkpoint's state (with its `step`), None when there is none.
+
+    Raises:
+        RunFolderError: checkpoints exist but none is intact.
+    """
+    backup_dir = Path(backup_dir)
+    # Highest step first: a folder is renamed into place only once complete, so one newer
+    # than LATEST (killed before the pointer moved) is as good.
+    candidates = list_checkpoints(backup_dir)
+    pointer = backup_dir / LATEST
+    if pointer.is_file():
+        named = backup_dir / pointer.read_text(encoding="utf-8", errors="replace").strip()
+        if named.name.startswith("step-") and named not in candidates:
+            candidates.append(named)  # reported as missing below
+            candidates.sort(key=lambda p: p.name, reverse=True)
+    if not candidates:
+        return None
+    if model.optimizer is not None and not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)  # optimizer slots must exist to load.
+    problems = []
+    for folder in candidates:
+        problem = verify_checkpoint(folder)
+        if problem is None:
+            try:
+                state = read_state(folder)
+                model.load_weights(folder / WEIGHTS)
+            except (RunFolderError, OSError, ValueError) as error:
+                problem = f"{folder / WEIGHTS} could not be loaded ({str(error)[:200]})"
+        if problem is None:
+            if problems:
+                print(f"warning: resuming from {folder}, the newest intact checkpoint",
+                      file=sys.stderr, flush=True)
+            return state
+        problems.append(problem)
+        print(f"warning: checkpoint {folder.name} is damaged: {problem}; falling back to "
+              "an older one", file=sys.stderr, flush=True)
+    raise RunFolderError(f"no intact checkpoint in {backup_dir} ({'; '.join(problems)}); "
+                         "the run cannot resume: start it again in a new run_dir")
