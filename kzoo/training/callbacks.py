@@ -58,12 +58,17 @@ def atomic_save_model(model: keras.Model, path: Path, clone: keras.Model | None 
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
     checkpoints.ensure_free_space(path.parent, int(checkpoints.variables_bytes(clone) * 1.05)
                                   + (2 << 20), path.name)
+    failure = None
     try:
         clone.save(tmp)
         os.replace(tmp, path)
     except OSError as error:
+        failure = write_error(path, error)
+        error.__traceback__ = None  # its frames hold the failed write's open files
+    if failure is not None:
+        checkpoints.release_failed_write()
         tmp.unlink(missing_ok=True)
-        raise write_error(path, error) from None
+        raise failure
 
 
 _atomic_save_model = atomic_save_model  # the name older code imported

@@ -25,6 +25,7 @@ list_checkpoints("runs/x/backup")       # [PosixPath('runs/x/backup/step-0000100
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -123,6 +124,7 @@ def save_checkpoint(model, backup_dir, step: int, state: dict, keep: int = 2) ->
     # Weights plus the HDF5 file's own bookkeeping (about 1 KiB a variable).
     ensure_free_space(backup_dir, int(variables_bytes(model) * 1.05) + (2 << 20),
                       f"the checkpoint {name}")
+    failure = None
     try:
         tmp.mkdir()
         model.save_weights(tmp / WEIGHTS)
@@ -138,12 +140,22 @@ def save_checkpoint(model, backup_dir, step: int, state: dict, keep: int = 2) ->
         pointer.write_text(name, encoding="utf-8")
         os.replace(pointer, backup_dir / LATEST)
     except OSError as error:
+        failure = write_error(tmp, error)
+        error.__traceback__ = None  # its frames hold the failed write's open h5py objects
+    if failure is not None:
+        release_failed_write()
         shutil.rmtree(tmp, ignore_errors=True)
         (backup_dir / (LATEST + ".tmp")).unlink(missing_ok=True)
-        raise write_error(tmp, error) from None
+        raise failure
     for old in list_checkpoints(backup_dir)[max(1, keep):]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def release_failed_write() -> None:
+    """Close the file objects a failed h5py write leaves open, now, while their file system
+    is still there: left to the interpreter's exit they crash it (seen on a full tmpfs)."""
+    gc.collect()
 
 
 def _fsync_tree(folder: Path) -> None:
