@@ -27,3 +27,25 @@ def read_text(path, missing: str) -> str:
         raise ValueError(f"{path}: not UTF-8 text (byte {error.start})") from None
     except OSError as error:
         raise ValueError(f"{path}: cannot be read ({error.strerror})") from None
+
+
+def read_json_object(path, error=ValueError) -> dict:
+    """The JSON object in file `path` (which must exist).
+
+    Args:
+        path: str | PathLike. the file.
+        error: type. the ValueError subclass to raise, naming the file.
+
+    Raises:
+        error: unreadable, not JSON, or not a JSON object, in one line naming the file.
+    """
+    import json
+
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as problem:
+        raise error(f"{path} is not readable JSON: {problem}") from None
+    if not isinstance(value, dict):
+        raise error(f"{path} must hold a JSON object")
+    return value

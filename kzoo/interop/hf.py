@@ -20,6 +20,7 @@ import json
 import os
 from pathlib import Path
 
+from kzoo._files import read_json_object
 from kzoo.interop.hf_config import hf_config_from_kzoo, kzoo_args_from_hf
 from kzoo.interop.hf_weights import SINGLE_FILE, Checkpoint, export_tensors, load_weights
 from kzoo.interop.safetensors_io import write_safetensors
@@ -38,13 +39,7 @@ def read_config(path: str | os.PathLike) -> dict:
     file = _folder(path) / "config.json"
     if not file.is_file():
         raise ValueError(f"{file} is missing: a Hugging Face model folder starts with it")
-    try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as error:
-        raise ValueError(f"{file} is not readable JSON: {error}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{file} must hold a JSON object")
-    return config
+    return read_json_object(file)
 
 
 def load_hf(path: str | os.PathLike, dtype=None, **overrides):

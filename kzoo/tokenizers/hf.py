@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kzoo._files import read_json_object
 from kzoo.tokenizers.base import EOT_TOKEN, Tokenizer, TokenizerFileError
 from kzoo.tokenizers.chat_template import DEFAULT_CHAT_TEMPLATE, render_chat_template
 
@@ -47,13 +48,7 @@ def _read_json(path: Path, required: bool = False) -> dict:
         if required:
             raise TokenizerFileError(f"{path} is missing")
         return {}
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as error:
-        raise TokenizerFileError(f"{path} is not readable JSON: {error}") from None
-    if not isinstance(value, dict):
-        raise TokenizerFileError(f"{path} must hold a JSON object")
-    return value
+    return read_json_object(path, TokenizerFileError)
 
 
 def _content(token):
