@@ -9,8 +9,11 @@ metrics.csv (one row per interval: step, training and held-out metrics) and metr
 (the same history, the held-out implicit-reward accuracy before and after, the split and the
 bad-pair counts). The
 reference is the starting model: either a frozen copy (`dpo.reference: copy`) or log-probs
-computed once before training (`dpo.reference: precomputed`, no second model in memory). A
-NaN loss or reward stops training and restores the last good weights (exit status 3).
+computed once before training (`dpo.reference: precomputed`, no second model in memory), or,
+with `lora.enabled`, the same network with its adapters skipped (`adapters_off`, the default
+then: no copy and no precomputed pass; model.keras holds the merged model, adapters.safetensors
+the adapters). A NaN loss or reward stops training and restores the last good weights
+(exit status 3).
 """
 
 import dataclasses
@@ -23,10 +26,12 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from kzoo.training.config import between, checked  # noqa: E402
+from kzoo.training.lora import LoRAConfig  # noqa: E402
 from kzoo.training.recipe import (  # noqa: E402
     DivergedError,
     FineTuneData,
     FineTuneModel,
+    MemoryOptions,
     diverged,
     load_pairs,
     pairs_result,
@@ -40,11 +45,13 @@ class PreferenceConfig:
     beta: float = checked(0.1, "positive")
     label_smoothing: float = checked(0.0, between(0, 0.5))  # each loss narrows it
     average_log_prob: bool = False
-    reference: str = "precomputed"  # or "copy"
+    # "auto": "adapters_off" with lora.enabled (the same network, adapters skipped), else
+    # "precomputed" (log-probs scored once before training); or "copy" (a frozen second model)
+    reference: str = "auto"
 
 
 @dataclasses.dataclass
-class TrainConfig:
+class TrainConfig(MemoryOptions):
     epochs: int = checked(2, "positive")
     batch_size: int = checked(8, "positive")
     learning_rate: float = checked(1e-4, "positive")
@@ -63,8 +70,10 @@ class DPOConfig:
     model: FineTuneModel = dataclasses.field(default_factory=FineTuneModel)
     dpo: PreferenceConfig = dataclasses.field(default_factory=PreferenceConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)
 
 
+REFERENCES = ("auto", "precomputed", "copy", "adapters_off")
 NaNStop = DivergedError  # the older name
 
 
@@ -73,9 +82,12 @@ def run(config: DPOConfig) -> dict:
     from kzoo.training import open_run
 
     losses.get(config.dpo.loss)  # fail before any work on an unknown loss name
-    if config.dpo.reference not in ("precomputed", "copy"):
-        raise ValueError(f"dpo.reference must be 'precomputed' or 'copy'. "
+    if config.dpo.reference not in REFERENCES:
+        raise ValueError(f"dpo.reference must be one of {list(REFERENCES)}. "
                          f"Received: {config.dpo.reference!r}")
+    if config.dpo.reference == "adapters_off" and not config.lora.enabled:
+        raise ValueError("dpo.reference: adapters_off needs lora.enabled: true (the reference "
+                         "is the network with its LoRA adapters skipped)")
     with open_run(config.run_dir, "dpo") as run_dir:
         return _run_in(run_dir, config)
 
@@ -86,21 +98,26 @@ def _run_in(run_dir, config: DPOConfig) -> dict:
     from kzoo.data.preference import preference_dataset
     from kzoo.training import save_config
     from kzoo.training.dpo import DPOModel, NaNGuard, compute_reference_logps, frozen_copy
+    from kzoo.training.recipe import prepare_tuning, save_tuned, tuning_optimizer
 
     keras.utils.set_random_seed(config.seed)
     data, pref = config.data, config.dpo
     tokenizer, policy, train, val, counts = load_pairs(data, config.model)
-    reference = None
-    if pref.reference == "copy":
-        reference = frozen_copy(policy)
-    else:  # at step 0 the policy is the reference: score the pairs once, keep no copy
+    mode = pref.reference
+    if mode == "auto":
+        mode = "adapters_off" if config.lora.enabled else "precomputed"
+    reference = frozen_copy(policy) if mode == "copy" else None
+    policy = prepare_tuning(policy, config.lora, config.train)
+    if mode == "adapters_off":
+        reference = "adapters_off"
+    elif mode == "precomputed":  # at step 0 the policy is the reference: score pairs once
         for arrays in (train, val):
             arrays["reference_logps"] = compute_reference_logps(
                 policy, arrays, batch_size=config.train.batch_size,
                 average=pref.average_log_prob)
     dpo = DPOModel(policy, reference, loss=pref.loss, beta=pref.beta,
                    label_smoothing=pref.label_smoothing, average_log_prob=pref.average_log_prob)
-    dpo.compile(optimizer=keras.optimizers.Adam(config.train.learning_rate),
+    dpo.compile(optimizer=tuning_optimizer(config.train, keras.optimizers.Adam),
                 jit_compile=config.train.jit_compile)
     val_ds = preference_dataset(val, config.train.batch_size, shuffle=False)
     before = dpo.evaluate(val_ds, verbose=0, return_dict=True)
@@ -127,7 +144,7 @@ def _run_in(run_dir, config: DPOConfig) -> dict:
     if guard.stopped_at is not None:
         raise diverged(guard, f"the last good weights (after {guard.good_step} good steps) "
                               f"are in {weights}")
-    policy.save(run_dir.model)
+    save_tuned(policy, run_dir.model, run_dir.root / "adapters.safetensors")
     run_dir.mark("dpo", "finished")
     return result
 

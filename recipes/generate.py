@@ -1,4 +1,4 @@
-"""Generate text from a trained run folder, streamed to the terminal, or show the next-word odds.
+"""Generate text from a run folder or a real model, streamed, or show the next-word odds.
 
     python recipes/generate.py --config recipes/configs/gpt/baby_shakespeare_char_generate.yaml
     python recipes/generate.py runs/gpt_nano_pydocs --prompt 'The "for" statement' \\
@@ -6,8 +6,11 @@
     python recipes/generate.py runs/gpt_nano_pydocs --prompt "def " --next-word --k 10 \\
         --temperatures 0.5 1 2 --png next_word.png
 
-The run folder (from recipes/pretrain.py) must hold model.keras (or --model-file) and
-tokenizer/. Models load with Keras' safe mode; nothing in the folder is executed.
+RUN_DIR is a kzoo run folder (model.keras, or --model-file, and tokenizer/), a Hugging Face
+folder (config.json, model.safetensors, tokenizer.json) or a keras-hub preset folder
+(save_to_preset); --tokenizer byte or a tokenizer folder replaces the one that came with it.
+Nothing in the folder is executed: .keras files load in Keras' safe mode, Hugging Face weights
+are safetensors only.
 """
 
 import argparse
@@ -30,6 +33,7 @@ class GenerateOptions:
 
     run_dir: str | None = None
     model_file: str = "model.keras"
+    tokenizer: str = "auto"  # the model's own; or "byte", or a saved tokenizer folder
     prompt: str = "\n"
     max_new_tokens: int = checked(200, "positive")  # the generator needs at least one
     seed: int | None = None
@@ -59,9 +63,11 @@ SAMPLER_KNOBS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty",
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", nargs="?", help="run folder with model.keras and tokenizer/")
+    parser.add_argument("run_dir", nargs="?", help="run folder (model.keras and tokenizer/), "
+                        "Hugging Face folder or keras-hub preset folder")
     parser.add_argument("--config", help="YAML file with any of the options below")
     parser.add_argument("--model-file", dest="model_file", help="model inside the run folder")
+    parser.add_argument("--tokenizer", help="auto (the model's own), byte, or a tokenizer folder")
     parser.add_argument("--prompt")
     parser.add_argument("--max-new-tokens", dest="max_new_tokens", type=int)
     parser.add_argument("--seed", type=int)
@@ -115,22 +121,23 @@ def resolve_options(args) -> dict:
     return options
 
 
-def load_run(run_dir: str, model_file: str):
-    from kzoo.models import CausalLM
-    from kzoo.models.loading import load_model_file
-    from kzoo.tokenizers import check_vocab, load_tokenizer
+def load_run(run_dir: str, model_file: str = "model.keras", tokenizer: str = "auto"):
+    """The model and tokenizer of RUN_DIR (any form `kzoo.models.sources` accepts).
 
-    root = Path(run_dir)
-    model_path, tokenizer_dir = root / model_file, root / "tokenizer"
-    if not root.is_dir():
-        raise ValueError(f"Run folder {root} does not exist")
-    if not model_path.is_file():
-        raise ValueError(f"{model_path} is missing: train first (recipes/pretrain.py) or "
-                         "pass --model-file best.keras")
-    tokenizer = load_tokenizer(tokenizer_dir)
-    model = load_model_file(model_path, expect=CausalLM)  # safe mode: no code from the file
-    check_vocab(tokenizer, model.vocab_size, where=str(model_path))
-    return model, tokenizer
+    Args:
+        run_dir: str. a run folder, a Hugging Face folder or a keras-hub preset folder.
+        model_file: str. the model inside a run folder.
+        tokenizer: str. "auto" (the one that came with the model), "byte" or a folder.
+
+    Example:
+    ```python
+    model, tokenizer = load_run("runs/gpt_nano_pydocs")
+    ```
+    """
+    from kzoo.models.sources import load_model_and_tokenizer
+
+    return load_model_and_tokenizer(run_dir, tokenizer, model_file, what="RUN_DIR",
+                                    where="--tokenizer")
 
 
 def build_sampler(options: dict):
@@ -148,7 +155,7 @@ def run(options: dict, out=None) -> dict:
 
     out = sys.stdout if out is None else out  # looked up now: sys.stdout may be replaced
 
-    model, tokenizer = load_run(options["run_dir"], options["model_file"])
+    model, tokenizer = load_run(options["run_dir"], options["model_file"], options["tokenizer"])
     prompt = str(options["prompt"])
     if options["next_word"]:
         dists = temperature_sweep(model, prompt, options["temperatures"], options["k"],
@@ -163,7 +170,7 @@ def run(options: dict, out=None) -> dict:
     generator = Generator(model, sampler, tokenizer=tokenizer)
     kwargs = dict(
         max_new_tokens=options["max_new_tokens"], seed=options.get("seed"),
-        stop_token_ids=[tokenizer.eot_id] if options["stop_at_eot"] else None,
+        stop_token_ids=tokenizer.stop_token_ids if options["stop_at_eot"] else None,
         stop_sequences=options.get("stop"), truncate=options["truncate"],
     )
     print(prompt, end="", file=out, flush=True)

@@ -18,10 +18,12 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from kzoo.training.config import checked  # noqa: E402
+from kzoo.training.lora import LoRAConfig  # noqa: E402
 from kzoo.training.recipe import (  # noqa: E402
     DivergedError,
     FineTuneData,
     FineTuneModel,
+    MemoryOptions,
     load_pairs,
     pairs_result,
     run_recipe,
@@ -29,7 +31,7 @@ from kzoo.training.recipe import (  # noqa: E402
 
 
 @dataclasses.dataclass
-class TrainConfig:
+class TrainConfig(MemoryOptions):
     epochs: int = checked(2, "positive")
     batch_size: int = checked(8, "positive")
     learning_rate: float = checked(1e-4, "positive")
@@ -45,6 +47,7 @@ class RewardConfig:
     data: FineTuneData = dataclasses.field(default_factory=FineTuneData)
     model: FineTuneModel = dataclasses.field(default_factory=FineTuneModel)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)
 
 
 def run(config: RewardConfig) -> dict:
@@ -58,14 +61,14 @@ def _run_in(run_dir, config: RewardConfig) -> dict:
     import keras
 
     from kzoo.training import NaNGuard, save_config
-    from kzoo.training.recipe import diverged
+    from kzoo.training.recipe import diverged, prepare_tuning, save_tuned, tuning_optimizer
     from kzoo.training.reward import RewardModel, reward_dataset
 
     keras.utils.set_random_seed(config.seed)
     data = config.data
     tokenizer, backbone, train, val, counts = load_pairs(data, config.model)
-    model = RewardModel(backbone)
-    model.compile(optimizer=keras.optimizers.AdamW(config.train.learning_rate),
+    model = RewardModel(prepare_tuning(backbone, config.lora, config.train))  # head trains too
+    model.compile(optimizer=tuning_optimizer(config.train),
                   jit_compile=config.train.jit_compile)
     val_ds = reward_dataset(val, config.train.batch_size, shuffle=False)
     before = model.evaluate(val_ds, verbose=0, return_dict=True)
@@ -81,7 +84,7 @@ def _run_in(run_dir, config: RewardConfig) -> dict:
                             "lower train.learning_rate. Nothing was saved.")
     save_config(config, run_dir.config, header="python recipes/reward.py --config <this file>")
     tokenizer.save(run_dir.tokenizer)
-    model.save(run_dir.model)
+    save_tuned(model, run_dir.model, run_dir.root / "adapters.safetensors")
     result = pairs_result(data, train, val, counts, before, after, history)
     (run_dir.root / "metrics.json").write_text(json.dumps(result, indent=1))
     run_dir.mark("reward", "finished")

@@ -4,8 +4,10 @@
     python recipes/sft.py --config CONFIG --set train.epochs=1 --set run_dir=runs/x
 
 The run folder holds config.yaml, tokenizer/, model.keras and metrics.json (train and held-out
-response loss per epoch, the split sizes). The held-out prompts are chosen by a seeded hash of
-the prompt (`kzoo.data.instruction.split_records`), so `recipes/dpo.py` with the same
+response loss per epoch, the split sizes). With `lora.enabled` only low-rank adapters train
+(`lora.quantize: int8` puts them on an int8 base); model.keras then holds the merged float
+model and adapters.safetensors the adapters alone. The held-out prompts are chosen by a seeded
+hash of the prompt (`kzoo.data.instruction.split_records`), so `recipes/dpo.py` with the same
 `validation_fraction` and `split_seed` holds out the same prompts.
 """
 
@@ -18,7 +20,13 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from kzoo.training.config import checked  # noqa: E402
-from kzoo.training.recipe import FineTuneData, FineTuneModel, run_recipe  # noqa: E402
+from kzoo.training.lora import LoRAConfig  # noqa: E402
+from kzoo.training.recipe import (  # noqa: E402
+    FineTuneData,
+    FineTuneModel,
+    MemoryOptions,
+    run_recipe,
+)
 
 
 @dataclasses.dataclass
@@ -27,7 +35,7 @@ class DataConfig(FineTuneData):
 
 
 @dataclasses.dataclass
-class TrainConfig:
+class TrainConfig(MemoryOptions):
     epochs: int = checked(3, "positive")
     batch_size: int = checked(16, "positive")
     learning_rate: float = checked(1e-3, "positive")
@@ -44,6 +52,7 @@ class SFTConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: FineTuneModel = dataclasses.field(default_factory=FineTuneModel)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)
 
 
 def run(config: SFTConfig) -> dict:
@@ -63,7 +72,7 @@ def _run_in(run_dir, config: SFTConfig) -> dict:
         split_records,
     )
     from kzoo.training import NaNGuard, save_config
-    from kzoo.training.recipe import diverged
+    from kzoo.training.recipe import diverged, prepare_tuning, save_tuned, tuning_optimizer
     from kzoo.training.sft import compile_sft, load_tokenizer_and_model, response_nll
 
     keras.utils.set_random_seed(config.seed)
@@ -77,8 +86,8 @@ def _run_in(run_dir, config: SFTConfig) -> dict:
     encode = lambda rs: encode_sft(rs, tokenizer, data.max_length, data.template,  # noqa: E731
                                    data.max_prompt_length, data.strict)
     train, val = encode(train_records), encode(val_records)
-    optimizer = keras.optimizers.AdamW(config.train.learning_rate,
-                                       weight_decay=config.train.weight_decay)
+    model = prepare_tuning(model, config.lora, config.train)
+    optimizer = tuning_optimizer(config.train, weight_decay=config.train.weight_decay)
     compile_sft(model, optimizer, jit_compile=config.train.jit_compile)
     before = response_nll(model, val)
     guard = NaNGuard(model, keys=("loss",), max_loss_factor=config.train.max_loss_factor)
@@ -92,7 +101,7 @@ def _run_in(run_dir, config: SFTConfig) -> dict:
         raise diverged(guard, "no model was saved")
     save_config(config, run_dir.config, header="python recipes/sft.py --config <this file>")
     tokenizer.save(run_dir.tokenizer)
-    model.save(run_dir.model)
+    save_tuned(model, run_dir.model, run_dir.root / "adapters.safetensors")
     result = {
         "split": {"train": len(train_records), "validation": len(val_records),
                   "validation_fraction": data.validation_fraction, "split_seed": data.split_seed,

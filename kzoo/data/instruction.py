@@ -17,14 +17,23 @@ arrays["token_ids"].shape, arrays["loss_mask"].shape   # (1, 128), (1, 128)
 
 from __future__ import annotations
 
-import json
 import string
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from kzoo._files import read_text
+from kzoo.data.conversation import (
+    encode_conversation,
+    fit_sequence,
+    is_conversational,
+    prompt_key,
+    sft_conversation,
+)
+from kzoo.data.records import check_text_fields, read_records
+
+# The former name, kept for callers that read JSON records through this module.
+read_json_records = read_records
 
 _ALPACA_HEAD = (
     "Below is an instruction that describes a task{extra}. "
@@ -42,6 +51,9 @@ TEMPLATES: dict[str, tuple[str, str]] = {
     "raw": ("{prompt}", "{prompt}"),
 }
 FIELDS = ("instruction", "input", "prompt")
+# `template="chat"`: string records become a user turn and an assistant turn, rendered with the
+# tokenizer's chat template (how a chat model is tuned on Alpaca-style data).
+CHAT = "chat"
 
 
 @dataclass(frozen=True)
@@ -99,65 +111,26 @@ def get_template(template: str | PromptTemplate) -> PromptTemplate:
         raise ValueError(f"`template` must be a name or a format string. Received: {template!r}")
     if template in TEMPLATES:
         return PromptTemplate(*TEMPLATES[template])
+    if template == CHAT:
+        raise ValueError("template 'chat' renders records with the tokenizer's chat template, "
+                         "not a PromptTemplate: pass it to encode_sft or encode_pairs")
     if "{" in template:
         return PromptTemplate(template, template)
     raise ValueError(
-        f"Unknown prompt template: {template!r}. Valid names: {sorted(TEMPLATES)}, or a format "
-        f"string with fields {list(FIELDS)}"
+        f"Unknown prompt template: {template!r}. Valid names: {sorted([*TEMPLATES, CHAT])}, "
+        f"or a format string with fields {list(FIELDS)}"
     )
 
 
-def read_json_records(path: str | Path) -> list[tuple[str, dict]]:
-    """Read a `.json` list of objects or a `.jsonl` file; returns (location, record) pairs.
-
-    The location ("file.json record 3" or "file.jsonl line 4") goes into every error message.
-    """
-    path = Path(path)
-    text = read_text(path, f"Data file {path} does not exist.")
-    if path.suffix == ".jsonl":
-        out = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                out.append((f"{path} line {number}", json.loads(line)))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path} line {number}: invalid JSON ({error.msg})") from None
-        return out
-    if path.suffix != ".json":
-        raise ValueError(f"{path}: expected a .json or .jsonl file, got suffix {path.suffix!r}")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(
-            f"{path} line {error.lineno} column {error.colno}: invalid JSON ({error.msg})"
-        ) from None
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
-    return [(f"{path} record {i}", record) for i, record in enumerate(data)]
-
-
-def check_text_fields(where: str, record, required: tuple[str, ...],
-                      optional: tuple[str, ...] = ()) -> None:
-    """Raise a ValueError naming `where` unless `record` is a dict with string fields."""
-    if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    missing = [k for k in required if k not in record]
-    if missing:
-        raise ValueError(f"{where}: missing field(s) {missing}; has {sorted(record)}")
-    for key in required + optional:
-        if key in record and not isinstance(record[key], str):
-            raise ValueError(
-                f"{where}: field {key!r} must be a string, got {type(record[key]).__name__}"
-            )
-
-
 def read_instruction_records(path: str | Path) -> list[dict]:
-    """Read SFT records: `instruction`/`input`/`output` or `prompt`/`completion`.
+    """Read SFT records from a `.json`, `.jsonl` or `.parquet` file.
 
-    Returns dicts with `instruction`, `input`, `output` (prompt/completion records become
-    `prompt` and `output`). A record with an empty output, or a file without records, raises
-    a ValueError naming it.
+    String records, `instruction`/`input`/`output` or `prompt`/`completion`, become dicts with
+    `instruction`, `input`, `output` (prompt/completion records: `prompt` and `output`).
+    Conversational records (`kzoo.data.conversation`), `{"messages": [...]}` or
+    `{"prompt": [...], "completion": [...]}`, keep that form with only `role` and `content` in
+    each message. A record with an empty response, a malformed conversation, or a file without
+    records raises a ValueError naming the file and record (line, row).
 
     Example:
     ```python
@@ -166,7 +139,13 @@ def read_instruction_records(path: str | Path) -> list[dict]:
     ```
     """
     records = []
-    for where, record in read_json_records(path):
+    for where, record in read_records(path):
+        if is_conversational(record):
+            messages, start = sft_conversation(where, record)
+            out = ({"messages": messages} if "messages" in record else
+                   {"prompt": messages[:start], "completion": messages[start:]})
+            records.append(out)
+            continue
         if isinstance(record, dict) and "prompt" in record:
             check_text_fields(where, record, ("prompt", "completion"))
             out = {"prompt": record["prompt"], "output": record["completion"]}
@@ -202,17 +181,42 @@ def build_sequence(prompt_ids: np.ndarray, response_ids: np.ndarray, eot_id: int
     return ids, mask
 
 
+def _sft_row(i: int, record: dict, tokenizer, template, max_length: int,
+             max_prompt_length: int | None):
+    """(token_ids, loss_mask, prompt_length) of one record; ids None when nothing fits."""
+    where = f"record {i}"
+    if is_conversational(record) or template == CHAT:
+        if is_conversational(record):
+            messages, start = sft_conversation(where, record)
+        else:
+            user = get_template("raw").format(record)
+            messages, start = [{"role": "user", "content": user},
+                               {"role": "assistant", "content": record["output"]}], 0
+        ids, mask = encode_conversation(messages, tokenizer, start, where)
+        return fit_sequence(ids, mask, max_length, max_prompt_length)
+    prompt_ids = np.asarray(tokenizer.encode(template.format(record)), np.int32)
+    built = build_sequence(prompt_ids, np.asarray(tokenizer.encode(record["output"])),
+                           tokenizer.eot_id, max_length, max_prompt_length)
+    return (*(built or (None, None)), len(prompt_ids))
+
+
 def encode_sft(records: list[dict], tokenizer, max_length: int,
                template: str | PromptTemplate = "alpaca", max_prompt_length: int | None = None,
                strict: bool = False) -> dict:
     """Tokenize SFT records into padded arrays with a response-only loss mask.
 
+    String records are formatted with `template`; conversational records (and string records
+    under `template="chat"`) are rendered with the tokenizer's chat template, learning every
+    assistant turn and the end-of-turn text the template writes after it
+    (`kzoo.data.conversation`), and get no extra end-of-text id: the template writes its own.
+
     Args:
         records: list[dict]. from `read_instruction_records`.
         tokenizer: a kzoo tokenizer (`encode`, `eot_id`).
         max_length: int. tokens per row, prompt and response together.
-        template: str or PromptTemplate. the prompt template (see `get_template`).
-        max_prompt_length: int or None. keep at most this many prompt tokens (their start).
+        template: str or PromptTemplate. the prompt template (see `get_template`), or "chat".
+        max_prompt_length: int or None. keep at most this many prompt tokens (their start);
+            for a conversation the prompt is everything before its first learned token.
         strict: bool. raise instead of skipping a record whose prompt leaves no room.
 
     Returns:
@@ -224,24 +228,26 @@ def encode_sft(records: list[dict], tokenizer, max_length: int,
     from kzoo.data.instruction import encode_sft
     from kzoo.tokenizers import ByteTokenizer
     encode_sft([{"instruction": "Hi", "output": "Yo"}], ByteTokenizer(), 64, template="plain")
+    chat = {"messages": [{"role": "user", "content": "Hi"},
+                         {"role": "assistant", "content": "Yo"}]}
+    encode_sft([chat], ByteTokenizer(), 64)["loss_mask"].sum()   # "Yo", end-of-text, "\n\n"
     ```
     """
-    template = get_template(template)
+    template = template if template == CHAT else get_template(template)
     rows, masks, skipped = [], [], 0
     for i, record in enumerate(records):
-        prompt_ids = np.asarray(tokenizer.encode(template.format(record)), np.int32)
-        built = build_sequence(prompt_ids, np.asarray(tokenizer.encode(record["output"])),
-                               tokenizer.eot_id, max_length, max_prompt_length)
-        if built is None:
+        ids, mask, prompt_length = _sft_row(i, record, tokenizer, template, max_length,
+                                            max_prompt_length)
+        if ids is None:
             if strict:
                 raise ValueError(
-                    f"record {i}: the prompt has {len(prompt_ids)} tokens, leaving no room for a "
+                    f"record {i}: the prompt has {prompt_length} tokens, leaving no room for a "
                     f"response in max_length={max_length}"
                 )
             skipped += 1
             continue
-        rows.append(built[0])
-        masks.append(built[1])
+        rows.append(ids)
+        masks.append(mask)
     token_ids = np.full((len(rows), max_length), tokenizer.eot_id, np.int32)
     loss_mask = np.zeros((len(rows), max_length), np.float32)
     for r, (ids, mask) in enumerate(zip(rows, masks)):
@@ -278,9 +284,11 @@ def sft_dataset(arrays: dict, batch_size: int, shuffle: bool = True, seed: int =
 def split_records(records: list[dict], validation_fraction: float, seed: int = 0):
     """Split records into (train, validation) by a seeded hash of the prompt text.
 
-    The split depends only on each record's prompt, so the SFT file and the preference file of
-    the same prompts split identically (no held-out prompt is seen in SFT), records dropped as
-    bad input do not shift it, and repeated prompts always land on the same side.
+    A conversation's prompt is every message before its last assistant turn (canonical JSON),
+    so `{"messages": [user, assistant]}` and `{"prompt": [user], "chosen": [...], ...}` split
+    alike. The split depends only on each record's prompt, so the SFT file and the preference
+    file of the same prompts split identically (no held-out prompt is seen in SFT), records
+    dropped as bad input do not shift it, and repeated prompts always land on the same side.
 
     Example:
     ```python
@@ -296,7 +304,9 @@ def split_records(records: list[dict], validation_fraction: float, seed: int = 0
         )
     train, val = [], []
     for record in records:
-        key = "\x00".join(record.get(k, "") for k in FIELDS)
+        key = prompt_key(record)
+        if key is None:
+            key = "\x00".join(record.get(k, "") for k in FIELDS)
         bucket = zlib.crc32(f"{seed}\x00{key}".encode()) % 100_000
         (val if bucket < validation_fraction * 100_000 else train).append(record)
     return train, val

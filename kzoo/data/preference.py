@@ -1,9 +1,12 @@
 """Preference pairs for DPO and reward models: reading, checking, encoding, batching.
 
-Accepted record forms (JSON list or JSONL, or a TFDS data set with `tfds:NAME`):
+Accepted record forms (JSON list, JSONL or Parquet, or a TFDS data set with `tfds:NAME`):
 
 - TRL's: `{"prompt": ..., "chosen": ..., "rejected": ...}`
 - Alpaca-style: `{"instruction": ..., "input": ..., "chosen": ..., "rejected": ...}`
+- TRL's conversational: `prompt`, `chosen`, `rejected` lists of messages, or only `chosen` and
+  `rejected` (their common message prefix is the prompt), rendered with the tokenizer's chat
+  template (`kzoo.data.conversation`); string records are too under `template="chat"`.
 
 Each pair becomes two rows, chosen then rejected, of `prompt + response + end-of-text`, right
 padded to `max_length`; a loss mask marks response tokens only. Truncation keeps the prompt's
@@ -28,18 +31,22 @@ from pathlib import Path
 
 import numpy as np
 
-from kzoo.data.instruction import (
-    PromptTemplate,
-    build_sequence,
-    check_text_fields,
-    get_template,
-    read_json_records,
+from kzoo.data.conversation import (
+    encode_conversation,
+    fit_sequence,
+    has_response,
+    is_conversational,
+    preference_conversation,
 )
+from kzoo.data.instruction import CHAT, PromptTemplate, build_sequence, get_template
+from kzoo.data.records import check_text_fields, read_records
 
 DEFAULT_FIELDS = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}
 
 
 def _normalize(where: str, record) -> dict:
+    if is_conversational(record):
+        return preference_conversation(where, record)
     if isinstance(record, dict) and "prompt" in record:
         check_text_fields(where, record, ("prompt", "chosen", "rejected"))
         return {k: record[k] for k in ("prompt", "chosen", "rejected")}
@@ -77,7 +84,7 @@ def read_preference_records(source: str | Path, strict: bool = False, split: str
     """Read and check preference pairs from a JSON/JSONL file or a TFDS data set.
 
     Args:
-        source: str or Path. a `.json` / `.jsonl` path, or `"tfds:NAME"`.
+        source: str or Path. a `.json` / `.jsonl` / `.parquet` path, or `"tfds:NAME"`.
         strict: bool. raise a ValueError on a pair whose chosen equals its rejected response
             or that has an empty response, instead of skipping and counting it.
         split: str. TFDS split (TFDS sources only).
@@ -85,7 +92,8 @@ def read_preference_records(source: str | Path, strict: bool = False, split: str
         fields: dict or None. TFDS feature names for "prompt", "chosen", "rejected".
 
     Returns:
-        `(records, counts)`: normalized dicts, and counts {"read", "kept", "identical", "empty"}.
+        `(records, counts)`: normalized dicts (conversations as `prompt`, `chosen`, `rejected`
+        message lists), and counts {"read", "kept", "identical", "empty"}.
 
     Raises:
         ValueError: naming the source and record: a malformed record, a bad pair under
@@ -101,12 +109,13 @@ def read_preference_records(source: str | Path, strict: bool = False, split: str
     if source.startswith("tfds:"):
         raw = _tfds_records(source[5:], split, data_dir, {**DEFAULT_FIELDS, **(fields or {})})
     else:
-        raw = read_json_records(source)
+        raw = read_records(source)
     records, counts = [], {"read": len(raw), "kept": 0, "identical": 0, "empty": 0}
     for where, record in raw:
         record = _normalize(where, record)
         problem = None
-        if not record["chosen"].strip() or not record["rejected"].strip():
+        if not all(has_response(r) if isinstance(r, list) else r.strip()
+                   for r in (record["chosen"], record["rejected"])):
             problem, key = "has an empty response", "empty"
         elif record["chosen"] == record["rejected"]:
             problem, key = "has chosen == rejected", "identical"
@@ -127,6 +136,33 @@ def read_preference_records(source: str | Path, strict: bool = False, split: str
     return records, counts
 
 
+def _pair_rows(i: int, record: dict, tokenizer, template, max_length: int,
+               max_prompt_length: int | None):
+    """([(ids, mask) chosen, (ids, mask) rejected] or None when no response fits, prompt
+    length in tokens) of one pair."""
+    if is_conversational(record) or template == CHAT:
+        if is_conversational(record):
+            record = preference_conversation(f"pair {i}", record)
+        else:
+            user = [{"role": "user", "content": get_template("raw").format(record)}]
+            record = {"prompt": user, **{k: [{"role": "assistant", "content": record[k]}]
+                                         for k in ("chosen", "rejected")}}
+        built, first = [], 0
+        for key in ("chosen", "rejected"):
+            ids, mask = encode_conversation(record["prompt"] + record[key], tokenizer,
+                                            len(record["prompt"]), f"pair {i}")
+            ids, mask, first = fit_sequence(ids, mask, max_length, max_prompt_length)
+            built.append(None if ids is None else (ids, mask))
+        return (None if None in built else built), first
+    prompt_ids = np.asarray(tokenizer.encode(template.format(record)), np.int32)
+    built = [
+        build_sequence(prompt_ids, np.asarray(tokenizer.encode(record[key]), np.int32),
+                       tokenizer.eot_id, max_length, max_prompt_length)
+        for key in ("chosen", "rejected")
+    ]
+    return (None if built[0] is None else built), len(prompt_ids)
+
+
 def encode_pairs(records: list[dict], tokenizer, max_length: int,
                  template: str | PromptTemplate = "alpaca", max_prompt_length: int | None = None,
                  strict: bool = False) -> dict:
@@ -136,7 +172,9 @@ def encode_pairs(records: list[dict], tokenizer, max_length: int,
         records: list[dict]. from `read_preference_records`.
         tokenizer: a kzoo tokenizer (`encode`, `eot_id`).
         max_length: int. tokens per row (prompt + response + end-of-text, then padding).
-        template: str or PromptTemplate. the prompt template (see `kzoo.data.instruction`).
+        template: str or PromptTemplate. the prompt template (see `kzoo.data.instruction`),
+            or "chat"; conversational pairs always use the tokenizer's chat template, the
+            response being everything the template writes after the generation prompt.
         max_prompt_length: int or None. keep only the first this-many prompt tokens.
         strict: bool. raise a ValueError for a prompt that leaves no room for a response,
             instead of skipping and counting it.
@@ -156,23 +194,19 @@ def encode_pairs(records: list[dict], tokenizer, max_length: int,
     """
     if max_length < 2:
         raise ValueError(f"`max_length` must be at least 2. Received: max_length={max_length}")
-    template = get_template(template)
+    template = template if template == CHAT else get_template(template)
     eot = tokenizer.eot_id
     token_ids = np.full((len(records), 2, max_length), eot, np.int32)
     loss_mask = np.zeros((len(records), 2, max_length), np.float32)
     lengths = np.zeros((len(records), 2), np.int32)
     kept = 0
     for i, record in enumerate(records):
-        prompt_ids = np.asarray(tokenizer.encode(template.format(record)), np.int32)
-        built = [
-            build_sequence(prompt_ids, np.asarray(tokenizer.encode(record[key]), np.int32), eot,
-                           max_length, max_prompt_length)
-            for key in ("chosen", "rejected")
-        ]
-        if built[0] is None:
+        built, prompt_length = _pair_rows(i, record, tokenizer, template, max_length,
+                                          max_prompt_length)
+        if built is None:
             if strict:
                 raise ValueError(
-                    f"pair {i}: the prompt has {len(prompt_ids)} tokens and leaves no room for a "
+                    f"pair {i}: the prompt has {prompt_length} tokens and leaves no room for a "
                     f"response in max_length={max_length} (set max_prompt_length or raise "
                     "max_length)"
                 )

@@ -20,12 +20,18 @@ from kzoo.generation.distribution import (
     temperature_sweep,
 )
 from kzoo.generation.generator import GenerationResult, Generator
+from kzoo.generation.quantization import (
+    GenerationWeights,
+    load_generation_weights,
+    quantize_for_generation,
+)
 
 # One Generator (and so one set of compiled programs) per model and sampler configuration.
 _GENERATORS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def get_generator(model, sampler="greedy", tokenizer=None, jit_compile=True) -> Generator:
+def get_generator(model, sampler="greedy", tokenizer=None, jit_compile=True,
+                  weights=None) -> Generator:
     """The cached `Generator` for `model` with this sampler, tokenizer and compile mode.
 
     Samplers given by name or config share programs across calls; a sampler instance gets its
@@ -37,15 +43,23 @@ def get_generator(model, sampler="greedy", tokenizer=None, jit_compile=True) -> 
         sampler_key = json.dumps(config, sort_keys=True, default=str)
     else:
         sampler_key = id(sampler)
-    key = (sampler_key, id(tokenizer), bool(jit_compile))
+    weights_key = weights if weights is None or isinstance(weights, str) else id(weights)
+    key = (sampler_key, id(tokenizer), bool(jit_compile), weights_key)
     per_model = _GENERATORS.setdefault(model, {})
+    # Adding or merging LoRA adapters, or quantizing, bumps the model's structure_version:
+    # programs traced before it hold the old variables.
+    version = getattr(model, "structure_version", 0)
+    if per_model.get("structure_version", version) != version:
+        per_model.clear()
+    per_model["structure_version"] = version
     if key not in per_model:
-        per_model[key] = Generator(model, sampler, tokenizer=tokenizer, jit_compile=jit_compile)
+        per_model[key] = Generator(model, sampler, tokenizer=tokenizer, jit_compile=jit_compile,
+                                   weights=weights)
     return per_model[key]
 
 
 def generate(model, prompts, max_new_tokens=64, sampler="greedy", tokenizer=None,
-             jit_compile=True, **kwargs) -> GenerationResult:
+             jit_compile=True, weights=None, **kwargs) -> GenerationResult:
     """Generate continuations with `model`; see `Generator.generate` for every argument.
 
     Example:
@@ -56,12 +70,12 @@ def generate(model, prompts, max_new_tokens=64, sampler="greedy", tokenizer=None
     generate(model, [[1, 2], [3, 4, 5]], max_new_tokens=4, sampler="top_k", seed=0).token_ids
     ```
     """
-    generator = get_generator(model, sampler, tokenizer, jit_compile)
+    generator = get_generator(model, sampler, tokenizer, jit_compile, weights)
     return generator.generate(prompts, max_new_tokens=max_new_tokens, **kwargs)
 
 
 def stream(model, prompt, max_new_tokens=64, sampler="greedy", tokenizer=None,
-           jit_compile=True, **kwargs):
+           jit_compile=True, weights=None, **kwargs):
     """Yield new tokens (or text pieces) of one prompt as produced; see `Generator.stream`.
 
     Example:
@@ -72,18 +86,21 @@ def stream(model, prompt, max_new_tokens=64, sampler="greedy", tokenizer=None,
     print(list(stream(model, [1, 2, 3], max_new_tokens=4)))
     ```
     """
-    generator = get_generator(model, sampler, tokenizer, jit_compile)
+    generator = get_generator(model, sampler, tokenizer, jit_compile, weights)
     return generator.stream(prompt, max_new_tokens=max_new_tokens, **kwargs)
 
 
 __all__ = [
     "GenerationResult",
+    "GenerationWeights",
     "Generator",
     "NextWordDistribution",
     "generate",
     "get_generator",
+    "load_generation_weights",
     "next_word_distribution",
     "plot_distributions",
+    "quantize_for_generation",
     "stream",
     "temperature_sweep",
 ]

@@ -1,9 +1,20 @@
 """The cached forward pass the decode loops call, behind one small interface.
 
-The loops only need `init_cache(batch, length)` and `call_with_cache(...)`; `ModelDecoder`
-adapts a model with kzoo `CausalLM`'s cache API to that, so a model with another cache API
-needs only another small decoder class.
+A compiled program first calls `prepared = decoder.prepare()` (tensors computed once per
+call, e.g. weights in another layout), then uses `decoder.bind(prepared)`, which has
+`init_cache(batch, length)` and `call_with_cache(...)` returning `(logits (B, T or 1, V),
+cache)`; the loops read only the last position's logits.
+
+- `ModelDecoder`: the model's own `call_with_cache` (the reference path).
+- `PreparedDecoder`: the same computation with every projection read from (out, in)
+  matrices (`kzoo.generation.quantization`): transposed from the live variables at the start
+  of each program, or a float32 / bfloat16 / int8 snapshot. It computes the head only for the
+  last position.
 """
+
+from keras import ops
+
+from kzoo.generation import quantization as q
 
 
 class ModelDecoder:
@@ -18,6 +29,12 @@ class ModelDecoder:
                 )
         self.model = model
 
+    def prepare(self):
+        return ()
+
+    def bind(self, prepared):
+        return self
+
     def init_cache(self, batch, length):
         return self.model.init_cache(batch, length)
 
@@ -25,3 +42,139 @@ class ModelDecoder:
         return self.model.call_with_cache(
             token_ids, cache, cache_index, padding_mask=padding_mask, position_ids=position_ids
         )
+
+
+def supports_prepared(model) -> bool:
+    """Whether `PreparedDecoder` can run `model`: a kzoo CausalLM with float kernels."""
+    needed = ("blocks", "token_embedding", "final_norm", "_embed", "_rope_positions")
+    return all(hasattr(model, a) for a in needed) and not q.is_keras_quantized(model)
+
+
+class PreparedDecoder(ModelDecoder):
+    """Decode a kzoo `CausalLM` with its projections in the (out, in) decode layout.
+
+    Args:
+        model: kzoo `CausalLM`.
+        weights: `GenerationWeights` or None. None: transpose the live float weights inside
+            every compiled program (always current, no extra memory between calls).
+
+    Example:
+    ```python
+    import numpy as np
+    from kzoo.generation.decoders import PreparedDecoder
+    from kzoo.models import CausalLM
+    decoder = PreparedDecoder(CausalLM.from_preset("gpt_nano"))
+    bound = decoder.bind(decoder.prepare())
+    cache = bound.init_cache(1, 8)
+    logits, cache = bound.call_with_cache(np.array([[5, 6]]), cache, 0, None, None)  # (1, 1, V)
+    ```
+    """
+
+    def __init__(self, model, weights=None):
+        super().__init__(model)
+        if not supports_prepared(model):
+            raise ValueError(
+                f"PreparedDecoder needs a kzoo CausalLM with float kernels; got "
+                f"{type(model).__name__}. Use ModelDecoder (weights='reference')."
+            )
+        if weights is not None:
+            _check_matches(weights, model)
+        self.weights = weights
+
+    def prepare(self):
+        if self.weights is not None:
+            return ()  # the snapshot's variables are read where they are used
+        prepared = {}
+        for name, (kernel, bias) in q.projections(self.model).items():
+            if kernel is None:  # tied head: the embedding (vocab, hidden) is (out, in)
+                entry = {"kernel": ops.convert_to_tensor(self.model.token_embedding.embeddings)}
+            else:
+                entry = {"kernel": ops.transpose(kernel)}  # (in, out) -> (out, in)
+            if bias is not None:
+                entry["bias"] = ops.convert_to_tensor(bias)
+            prepared[name] = entry
+        return prepared
+
+    def bind(self, prepared):
+        return _Bound(self.model, prepared if self.weights is None else self.weights.entries)
+
+
+def _check_matches(weights, model):
+    if not isinstance(weights, q.GenerationWeights):
+        raise ValueError(
+            "`weights` must be None, 'reference', one of "
+            f"{list(q.MODES)} or GenerationWeights. Received: {type(weights).__name__}"
+        )
+    for name, (out_in, _) in q._expected(model).items():
+        entry = weights.entries.get(name)
+        if entry is None or tuple(entry["kernel"].shape) != out_in:
+            got = None if entry is None else tuple(entry["kernel"].shape)
+            raise ValueError(
+                f"`weights` do not fit this model: {name!r} kernel is {got}, the model needs "
+                f"{out_in}. Quantize this model: quantize_for_generation(model, mode)."
+            )
+
+
+def prepared_logits(model, token_ids, weights=None):
+    """Logits (batch, seq, V) of every position through `PreparedDecoder` (for perplexity).
+
+    Args:
+        model: kzoo `CausalLM`.
+        token_ids: int array. (batch, seq), no padding.
+        weights: `GenerationWeights` or None (the live float weights).
+
+    Example:
+    ```python
+    import numpy as np
+    from kzoo.generation.decoders import prepared_logits
+    from kzoo.models import CausalLM
+    prepared_logits(CausalLM.from_preset("gpt_nano"), np.array([[1, 2, 3]]))  # (1, 3, V)
+    ```
+    """
+    decoder = PreparedDecoder(model, weights)
+    bound = decoder.bind(decoder.prepare())
+    batch, seq = token_ids.shape
+    cache = bound.init_cache(batch, seq)
+    logits, _ = bound.call_with_cache(token_ids, cache, 0, None, None, last_only=False)
+    return logits
+
+
+class _Bound:
+    """`init_cache` / `call_with_cache` over one set of (out, in) projection entries."""
+
+    def __init__(self, model, entries):
+        self.model = model
+        self.entries = entries
+
+    def init_cache(self, batch, length):
+        return self.model.init_cache(batch, length)
+
+    def _dense(self, x, name):
+        batch, seq = ops.shape(x)[0], ops.shape(x)[1]
+        y = q.project(ops.reshape(x, (batch * seq, ops.shape(x)[2])), self.entries[name])
+        return ops.reshape(y, (batch, seq, ops.shape(y)[1]))  # (batch, seq, out)
+
+    def call_with_cache(self, token_ids, cache, cache_index, padding_mask, position_ids,
+                        last_only=True):
+        model = self.model
+        x = model._embed(token_ids, position_ids, cache_index, False)  # (batch, T, hidden)
+        rope_positions = model._rope_positions(position_ids)
+        caches = []
+        for i, (block, layer_cache) in enumerate(zip(model.blocks, cache)):
+            qkv = self._dense(block.attention_norm(x), f"block_{i}/qkv")
+            out, layer_cache = block.attention.decode_attention(
+                qkv, tuple(layer_cache), cache_index, padding_mask, rope_positions
+            )
+            x = x + self._dense(out, f"block_{i}/attention_output")
+            ffn = block.feedforward
+            h = self._dense(block.feedforward_norm(x), f"block_{i}/up")
+            if ffn.gated:
+                gate, up = ops.split(h, 2, axis=-1)  # each (batch, T, intermediate)
+                h = ffn._activation_fn(gate, up)
+            else:
+                h = ffn._activation_fn(h)
+            x = x + self._dense(h, f"block_{i}/down")
+            caches.append(layer_cache)
+        # The loops read only the last position: the head runs on it alone, (batch, 1, V).
+        x = model.final_norm(x[:, -1:, :] if last_only else x)
+        return ops.cast(self._dense(x, "head"), "float32"), tuple(caches)

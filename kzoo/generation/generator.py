@@ -9,8 +9,8 @@ from keras import ops
 
 from kzoo import samplers as samplers_lib
 from kzoo.generation import inputs as inputs_lib
-from kzoo.generation import loops
-from kzoo.generation.decoders import ModelDecoder
+from kzoo.generation import loops, quantization
+from kzoo.generation.decoders import ModelDecoder, PreparedDecoder, supports_prepared
 
 
 @dataclass
@@ -63,6 +63,12 @@ class Generator:
             decoded texts.
         jit_compile: bool. compile with XLA (True) or plain `tf.function` graphs (False).
         pad_id: int. id written into pad slots and after a row stops (never attended to).
+        weights: None, str or `GenerationWeights`. how the projections are read while
+            decoding: None (default) transposes the live float weights to the (out, in) layout
+            once per call (the fastest float32 layout for XLA on CPU; the reference path for a
+            model quantized with Keras' `model.quantize`); "reference" runs the model's own
+            `call_with_cache`; "float32", "bfloat16" or "int8" snapshot the weights now with
+            `quantize_for_generation`; or a `GenerationWeights` made earlier.
 
     Example:
     ```python
@@ -75,9 +81,10 @@ class Generator:
     ```
     """
 
-    def __init__(self, model, sampler="greedy", tokenizer=None, jit_compile=True, pad_id=0):
+    def __init__(self, model, sampler="greedy", tokenizer=None, jit_compile=True, pad_id=0,
+                 weights=None):
         self.model = model
-        self.decoder = ModelDecoder(model)
+        self.decoder = _decoder(model, weights)
         self.sampler = samplers_lib.get(sampler)
         self.tokenizer = tokenizer
         self.jit_compile = bool(jit_compile)
@@ -143,7 +150,8 @@ class Generator:
         key = (*batch.token_ids.shape, batch.new_slots, *table.shape)
 
         def program(token_ids, lengths, limit, stops):
-            return loop(self.decoder, self.sampler, token_ids, lengths, limit, stops,
+            decoder = self.decoder.bind(self.decoder.prepare())
+            return loop(decoder, self.sampler, token_ids, lengths, limit, stops,
                         batch.new_slots, self.pad_id)
 
         fn = self._compiled("beam" if self.is_beam else "sample", key, program)
@@ -196,26 +204,30 @@ class Generator:
         stops = [row[row != inputs_lib.NO_TOKEN].tolist() for row in table]
         stops = [s for s in stops if s]
         _reset_seed(self.sampler, seed)
-        decoder, sampler, vocab = self.decoder, self.sampler, self.model.vocab_size
+        sampler, vocab = self.sampler, self.model.vocab_size
         prompt_slots, new_slots = batch.token_ids.shape[1], batch.new_slots
 
         def first(token_ids, lengths):
+            # Weights prepared here come back out and are fed to every step unchanged.
+            prepared = self.decoder.prepare()
+            decoder = self.decoder.bind(prepared)
             logits, cache, mask = loops.prefill(decoder, token_ids, lengths, new_slots)
             counts = (loops.prompt_counts(token_ids, lengths, vocab) if loops.uses_counts(sampler)
                       else ops.zeros((1,)))
             token, logp, cache, counts = loops.pick_with_logprob(sampler, logits, cache,
                                                                  counts, vocab)
-            return token, logp, cache, mask, counts
+            return token, logp, cache, mask, counts, prepared
 
-        def step(token, cache, index, mask, positions, counts):
-            return loops.decode_step(decoder, sampler, token, cache, index, mask, positions,
-                                     counts)
+        def step(prepared, token, cache, index, mask, positions, counts):
+            return loops.decode_step(self.decoder.bind(prepared), sampler, token, cache, index,
+                                     mask, positions, counts)
 
         shape_key = (1, prompt_slots, new_slots)
         first_fn = self._compiled("stream_prefill", shape_key, first)
         step_fn = self._compiled("stream_step", shape_key, step)
         lengths = tf.constant(batch.lengths)
-        token, _, cache, mask, counts = first_fn(tf.constant(batch.token_ids), lengths)
+        token, _, cache, mask, counts, prepared = first_fn(tf.constant(batch.token_ids),
+                                                           lengths)
         generated, emitted, shown = [], 0, ""
         for i in range(max_new_tokens):
             generated.append(int(token[0]))
@@ -235,7 +247,7 @@ class Generator:
                 emitted = safe
             if i + 1 < max_new_tokens:
                 token, _, cache, counts = step_fn(
-                    token, cache, tf.constant(prompt_slots + i, tf.int32), mask,
+                    prepared, token, cache, tf.constant(prompt_slots + i, tf.int32), mask,
                     lengths + i, counts,
                 )
         if is_text:  # flush held-back text, including an incomplete final character
@@ -252,6 +264,20 @@ class Generator:
             return shown, ""
         piece = text[len(shown):] if text.startswith(shown) else text
         return text, piece
+
+
+def _decoder(model, weights):
+    """The decoder for `Generator(model, weights=...)`."""
+    if isinstance(weights, str) and weights == "reference":
+        return ModelDecoder(model)
+    if weights is None:
+        return PreparedDecoder(model) if supports_prepared(model) else ModelDecoder(model)
+    if isinstance(weights, str):
+        if weights not in quantization.MODES:
+            raise ValueError(f"Unknown `weights`: {weights!r}. Valid values: None, "
+                             f"'reference', {list(quantization.MODES)} or GenerationWeights.")
+        weights = quantization.quantize_for_generation(model, weights)
+    return PreparedDecoder(model, weights)
 
 
 def _pending_stop_prefix(generated, stops) -> int:

@@ -5,6 +5,7 @@ from kzoo.layers.attention import CausalSelfAttention
 from kzoo.layers.embedding import PositionEmbedding, TokenEmbedding
 from kzoo.layers.feedforward import FeedForward
 from kzoo.layers.normalization import RMSNorm, get_norm, list_norms
+from kzoo.layers.projection import Projection
 from kzoo.layers.rotary import apply_rotary, rotary_cos_sin
 from kzoo.layers.transformer_block import TransformerBlock
 
@@ -12,6 +13,7 @@ __all__ = [
     "CausalSelfAttention",
     "FeedForward",
     "PositionEmbedding",
+    "Projection",
     "RMSNorm",
     "TokenEmbedding",
     "TransformerBlock",

@@ -58,9 +58,11 @@ def fresh_initializer(initializer):
 
 
 def built_dense(units: int, input_dim: int, initializer, use_bias: bool, dtype, name: str):
-    """A built `keras.layers.Dense` whose kernel is its own draw of `initializer`."""
-    layer = keras.layers.Dense(units, use_bias=use_bias,
-                               kernel_initializer=fresh_initializer(initializer), dtype=dtype,
-                               name=name)
+    """A built `Projection` (a `keras.layers.Dense` with factored LoRA) whose kernel is its own
+    draw of `initializer`."""
+    from kzoo.layers.projection import Projection
+
+    layer = Projection(units, use_bias=use_bias,
+                       kernel_initializer=fresh_initializer(initializer), dtype=dtype, name=name)
     layer.build((None, None, input_dim))
     return layer

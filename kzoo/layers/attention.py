@@ -188,6 +188,64 @@ class CausalSelfAttention(keras.layers.Layer):
         out = self.output_dense(out)
         return out if cache is None else (out, cache)
 
+    def decode_attention(self, qkv, cache, cache_index, padding_mask=None, position_ids=None):
+        """Attention of already projected tokens against the cache, for fast decoders.
+
+        The part of `call` between the two projections, on the cached path and without
+        dropout, so a decoder that keeps its projection weights in another layout or dtype
+        (`kzoo.generation.quantization`) shares every other step with the layer.
+
+        Args:
+            qkv: float tensor. (batch, seq, (num_heads + 2 * num_kv_heads) * head_dim), the
+                output of `query_key_value`.
+            cache: pair of tensors. `(keys, values)`, each (batch, num_kv_heads, max_length,
+                head_dim).
+            cache_index: int or scalar int tensor. the cache slot of the first token.
+            padding_mask: optional tensor. (batch, max_length) over cache slots.
+            position_ids: optional int tensor. (batch, seq) RoPE positions.
+
+        Returns `(out, cache)`: out (batch, seq, num_heads * head_dim), before
+        `output_dense`.
+
+        Example:
+        ```python
+        import numpy as np
+        from kzoo.layers import CausalSelfAttention
+        attn = CausalSelfAttention(hidden_dim=8, num_heads=2)
+        cache = (np.zeros((1, 2, 4, 4), "float32"),) * 2
+        x = np.ones((1, 1, 8), "float32")
+        out, cache = attn.decode_attention(attn.query_key_value(x), cache, 0)  # (1, 1, 8)
+        ```
+        """
+        batch, seq = ops.shape(qkv)[0], ops.shape(qkv)[1]
+        n, k, h = self.num_heads, self.num_kv_heads, self.head_dim
+        query, key, value = ops.split(qkv, [n * h, (n + k) * h], axis=-1)
+        query = ops.reshape(query, (batch, seq, n, h))  # (batch, seq, heads, head_dim)
+        key = ops.reshape(key, (batch, seq, k, h))  # (batch, seq, kv_heads, head_dim)
+        value = ops.reshape(value, (batch, seq, k, h))
+        if self.use_rope:
+            if position_ids is None:
+                position_ids = (ops.arange(seq) + cache_index)[None, :]
+            cos, sin = rotary_cos_sin(
+                position_ids, h, self.rope_max_wavelength, self.rope_scaling_factor,
+                dtype=self.compute_dtype, rope_scaling=self.rope_scaling,
+            )
+            query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
+        keys, values = cache
+        origin = [0, 0, cache_index, 0]
+        keys = ops.slice_update(keys, origin, ops.cast(ops.transpose(key, (0, 2, 1, 3)),
+                                                       keys.dtype))
+        values = ops.slice_update(values, origin, ops.cast(ops.transpose(value, (0, 2, 1, 3)),
+                                                           values.dtype))
+        num_keys = ops.shape(keys)[2]
+        mask = (ops.arange(seq) + cache_index)[:, None] >= ops.arange(num_keys)[None, :]
+        mask = mask[None]  # (1, seq, keys)
+        if padding_mask is not None:
+            mask = ops.logical_and(mask, ops.cast(padding_mask, "bool")[:, None, :])
+        out = self._einsum_attention(query, ops.cast(keys, self.compute_dtype),
+                                     ops.cast(values, self.compute_dtype), mask, False)
+        return ops.reshape(out, (batch, seq, n * h)), (keys, values)
+
     def _einsum_attention(self, query, key, value, mask, training):
         batch, seq = ops.shape(query)[0], ops.shape(query)[1]
         k, h = self.num_kv_heads, self.head_dim

@@ -1,12 +1,15 @@
-"""Losses for preference fine-tuning: the DPO-family registry and the reward model's loss.
+"""Losses for preference fine-tuning: the DPO-family registry, the reward model's loss and the
+KTO-family losses for unpaired thumbs up / down feedback (`kzoo.losses.kto`).
 
 Example:
 ```python
 from kzoo import losses
 losses.list_losses()   # ['conservative', 'hinge', 'ipo', 'robust', 'sigmoid']
+losses.list_unpaired_losses()   # ['apo_zero_unpaired', 'kto']
 ```
 """
 
+from kzoo.losses.kto import get_unpaired, kto_kl, kto_loss, list_unpaired_losses
 from kzoo.losses.preference import (
     get,
     hinge_loss,
@@ -22,10 +25,14 @@ from kzoo.losses.reward import BradleyTerryLoss, pairwise_accuracy
 __all__ = [
     "BradleyTerryLoss",
     "get",
+    "get_unpaired",
     "hinge_loss",
     "ipo_loss",
+    "kto_kl",
+    "kto_loss",
     "length_normalized",
     "list_losses",
+    "list_unpaired_losses",
     "pairwise_accuracy",
     "register",
     "robust_loss",

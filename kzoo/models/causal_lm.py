@@ -11,6 +11,7 @@ from kzoo.layers._checks import fraction, one_of, positive_int
 from kzoo.layers.activations import is_gated
 from kzoo.layers.rotary import check_rope_scaling
 from kzoo.models._token_checks import check_vocabulary
+from kzoo.models.lora import LoRAMixin
 from kzoo.models.mixins import GenerationMixin, InteropMixin
 from kzoo.models.presets import get_preset
 
@@ -25,7 +26,7 @@ def _default_intermediate_dim(hidden_dim: int, activation: str) -> int:
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class CausalLM(InteropMixin, GenerationMixin, keras.Model):
+class CausalLM(LoRAMixin, InteropMixin, GenerationMixin, keras.Model):
     """A causal language model: token ids in, next-token logits out.
 
     Built from flat arguments, so a configuration is a plain dict (see `from_preset`). The GPT
@@ -63,6 +64,8 @@ class CausalLM(InteropMixin, GenerationMixin, keras.Model):
         initializer_range: float. stddev of the normal initializers; projections into the
             residual stream use `initializer_range / sqrt(2 * num_layers)` (GPT-2).
         attention_impl: str. "auto", "einsum" or "fused" (see `CausalSelfAttention`).
+        remat: bool. recompute each block's forward pass in the backward pass (activation
+            checkpointing) when training: less memory, one more forward. Needs dropout 0.
         **kwargs: passed on to `keras.Model` (`name`, `dtype` such as "mixed_bfloat16").
 
     Example:
@@ -83,7 +86,7 @@ class CausalLM(InteropMixin, GenerationMixin, keras.Model):
                  initializer_range: float = 0.02, attention_impl: str = "auto",
                  qkv_bias: bool | None = None, attention_output_bias: bool | None = None,
                  feedforward_bias: bool | None = None, head_dim: int | None = None,
-                 rope_scaling: dict | None = None, **kwargs):
+                 rope_scaling: dict | None = None, remat: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = positive_int("vocab_size", vocab_size)
         self.num_layers = positive_int("num_layers", num_layers)
@@ -106,6 +109,7 @@ class CausalLM(InteropMixin, GenerationMixin, keras.Model):
         self.rope_scaling_factor = rope_scaling_factor
         self.initializer_range = initializer_range
         self.attention_impl = attention_impl
+        self.remat = remat
 
         init = keras.initializers.RandomNormal(stddev=initializer_range)
         residual_init = keras.initializers.RandomNormal(
@@ -255,9 +259,11 @@ class CausalLM(InteropMixin, GenerationMixin, keras.Model):
         x = self._embed(token_ids, position_ids, 0, training)
         rope_positions = self._rope_positions(position_ids)
         for block in self.blocks:
-            x = block(
-                x, padding_mask=padding_mask, position_ids=rope_positions, training=training
-            )
+            def run(h, block=block):
+                return block(h, padding_mask=padding_mask, position_ids=rope_positions,
+                             training=training)
+            # Remat keeps only each block's input for the backward pass, recomputing the rest.
+            x = keras.remat(run)(x) if self.remat and training else run(x)
         return self.final_norm(x)
 
     def logits(self, hidden_states):
@@ -274,6 +280,19 @@ class CausalLM(InteropMixin, GenerationMixin, keras.Model):
 
     def call(self, inputs, training=None):
         return self.logits(self.hidden_states(inputs, training=training))
+
+    @property
+    def remat(self) -> bool:
+        """Activation checkpointing of the blocks when training; settable before compile."""
+        return self._remat
+
+    @remat.setter
+    def remat(self, value: bool):
+        if value and self.dropout:
+            # The recomputation would draw new dropout masks: gradients of another forward.
+            raise ValueError(f"`remat=True` needs dropout=0.0 (the backward pass reruns each "
+                             f"block with fresh dropout masks). Received: dropout={self.dropout}")
+        self._remat = bool(value)
 
     # ----------------------------------------------------------------------------- caching
     def init_cache(self, batch_size: int, max_length: int | None = None):
@@ -381,6 +400,7 @@ class CausalLM(InteropMixin, GenerationMixin, keras.Model):
             "rope_scaling_factor": self.rope_scaling_factor,
             "initializer_range": self.initializer_range,
             "attention_impl": self.attention_impl,
+            "remat": self.remat,
             "qkv_bias": self.qkv_bias,
             "attention_output_bias": self.attention_output_bias,
             "feedforward_bias": self.feedforward_bias,

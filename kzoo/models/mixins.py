@@ -51,6 +51,29 @@ class InteropMixin:
 class GenerationMixin:
     """`generate`, `stream` and `next_word_distribution` for `CausalLM`."""
 
+    def quantize_for_generation(self, mode: str = "int8"):
+        """A snapshot of the weights for fast decoding: "int8", "bfloat16" or "float32";
+        pass it as `generate(..., weights=...)` (see `kzoo.generation.quantize_for_generation`).
+
+        Example:
+        ```python
+        from kzoo.models import CausalLM
+        model = CausalLM.from_preset("gpt_nano")
+        int8 = model.quantize_for_generation("int8")
+        model.generate([[1, 2, 3]], max_new_tokens=4, weights=int8).token_ids
+        ```
+        """
+        from kzoo.generation import quantize_for_generation
+
+        return quantize_for_generation(self, mode)
+
+    def quantize(self, mode, *args, **kwargs):
+        """Keras' `Model.quantize`; generators traced before it are dropped (see
+        `kzoo.generation.get_generator`), since their programs hold the float kernels."""
+        result = super().quantize(mode, *args, **kwargs)
+        self.structure_version = getattr(self, "structure_version", 0) + 1
+        return result
+
     def generate(self, prompts, max_new_tokens: int = 64, sampler="greedy", tokenizer=None,
                  **kwargs):
         """Continue `prompts` (token id lists, or texts with a tokenizer) with the KV cache.

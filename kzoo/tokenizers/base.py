@@ -73,6 +73,13 @@ class Tokenizer:
     def eot_id(self) -> int:
         raise NotImplementedError
 
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """The ids that end a generated reply: the end-of-text id here; a Hugging Face
+        tokenizer's are the model's end tokens (`eos_token_ids`, e.g. `<|im_end|>` and
+        `<|endoftext|>`)."""
+        return [self.eot_id]
+
     @classmethod
     def train(cls, texts: list[str], **options) -> Tokenizer:
         raise NotImplementedError
@@ -169,9 +176,25 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
 
 
 def check_vocab(tokenizer: Tokenizer, model_vocab_size: int, where: str = "the model") -> None:
-    """Raise a ValueError when `tokenizer` does not fit a model with `model_vocab_size` ids."""
-    if tokenizer.vocab_size != model_vocab_size:
+    """Raise a ValueError when `tokenizer` has ids past the embedding rows of a model.
+
+    A model may have more rows than the tokenizer has ids: real checkpoints pad their
+    vocabulary (Qwen2, SmolLM) to a multiple of 64 or 128, and the extra rows are never
+    indexed. A tokenizer with more ids than rows would index past the embeddings.
+
+    Args:
+        tokenizer: Tokenizer. the tokenizer.
+        model_vocab_size: int. the model's number of embedding rows.
+        where: str. the model, as the message names it (a file, say).
+
+    Example:
+
+    >>> from kzoo.tokenizers import ByteTokenizer
+    >>> check_vocab(ByteTokenizer(), 320)   # 257 ids, 320 rows: fine
+    """
+    if tokenizer.vocab_size > model_vocab_size:
         raise ValueError(
             f"tokenizer ({tokenizer.kind}, vocab_size={tokenizer.vocab_size}) does not match "
-            f"{where} (vocab_size={model_vocab_size})"
+            f"{where} (vocab_size={model_vocab_size}): its ids would index past the model's "
+            f"{model_vocab_size} embedding rows; use the model's own tokenizer"
         )

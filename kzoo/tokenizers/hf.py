@@ -134,6 +134,10 @@ class HFTokenizer(Tokenizer):
                              f"{CONFIG_FILE}, no eos_token_id in generation_config.json)")
         return eos if eos is not None else self.eos_token_ids[0]
 
+    @property
+    def stop_token_ids(self) -> list[int]:
+        return self.eos_token_ids or [self.eot_id]
+
     # ------------------------------------------------------------------ text <-> ids
     def encode(self, text: str, add_special_tokens: bool = True) -> np.ndarray:
         """The int32 ids of `text`; like transformers, the post-processor's tokens (a Llama

@@ -11,6 +11,8 @@ from kzoo.training.config import (
 )
 from kzoo.training.distribute import get_strategy, is_chief
 from kzoo.training.dpo import DPOModel, NaNGuard, compute_reference_logps, frozen_copy
+from kzoo.training.kto import KTOModel, compute_unpaired_reference_logps, implied_reward_accuracy
+from kzoo.training.lora import LoRAConfig, apply_lora_config
 from kzoo.training.optimizers import build_adamw, no_decay_variables
 from kzoo.training.pretrain import PretrainConfig, build_model, pretrain
 from kzoo.training.reward import RewardModel
@@ -20,16 +22,21 @@ from kzoo.training.sft import compile_sft, response_nll
 
 __all__ = [
     "DPOModel",
+    "KTOModel",
+    "LoRAConfig",
     "NaNGuard",
     "RewardModel",
     "compile_sft",
     "compute_reference_logps",
+    "compute_unpaired_reference_logps",
+    "implied_reward_accuracy",
     "frozen_copy",
     "response_nll",
     "NaNLossError",
     "PretrainConfig",
     "RunDir",
     "WarmupSchedule",
+    "apply_lora_config",
     "apply_overrides",
     "build_adamw",
     "build_model",

@@ -1,5 +1,7 @@
 """Direct preference optimisation: a Keras model whose `train_step` trains a policy against a
 frozen reference (or precomputed reference log-probs), in the manner of Gemma's DPO wrapper.
+A LoRA policy needs neither: `reference="adapters_off"` runs the same network with its adapters
+skipped (TRL's trick with PEFT), in the same compiled step, with no second copy of the weights.
 
 The batch holds pairs: "token_ids" (pairs, 2, L) with the chosen row at [:, 0] and the rejected
 row at [:, 1], and "loss_mask" (pairs, 2, L) marking response tokens (see
@@ -34,7 +36,9 @@ import numpy as np
 import tensorflow as tf
 
 from kzoo import losses as loss_registry
+from kzoo.models.lora import lora_disabled, lora_spec
 
+ADAPTERS_OFF = "adapters_off"
 METRIC_NAMES = (
     "loss", "rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/margin",
     "logps/chosen", "logps/rejected",
@@ -140,8 +144,11 @@ class DPOModel(keras.Model):
 
     Args:
         policy: CausalLM. the model being tuned (its weights are the only trainable ones).
-        reference: CausalLM or None. the frozen reference (see `frozen_copy`); None means every
-            batch carries "reference_logps" (pairs, 2) from `compute_reference_logps`.
+        reference: CausalLM, None or "adapters_off". the frozen reference (see `frozen_copy`);
+            None means every batch carries "reference_logps" (pairs, 2) from
+            `compute_reference_logps`; "adapters_off" (a policy with LoRA adapters) means the
+            policy with its adapters skipped. Such a DPOModel is not restored from a `.keras`
+            file (Keras saves merged kernels): keep the adapters with `save_lora`.
         loss: str. a name from `kzoo.losses.list_losses()`.
         beta: float. KL strength; rewards are beta * (log pi - log pi_ref).
         label_smoothing: float. label-noise rate for the "conservative" and "robust" losses.
@@ -172,7 +179,14 @@ class DPOModel(keras.Model):
         self.loss_fn(np.zeros(1, "float32"), np.zeros(1, "float32"), beta, label_smoothing)
         self.policy = policy
         self.reference = reference
-        if reference is not None:
+        if isinstance(reference, str):
+            if reference != ADAPTERS_OFF:
+                raise ValueError(f"Unknown `reference`: {reference!r}. Valid: a model, None or "
+                                 f"{ADAPTERS_OFF!r}")
+            if lora_spec(policy) is None:
+                raise ValueError(f"reference={ADAPTERS_OFF!r} needs a policy with LoRA "
+                                 "adapters; call policy.enable_lora(rank) first")
+        elif reference is not None:
             reference.trainable = False
         self.loss_name = loss
         self.beta = float(beta)
@@ -207,8 +221,14 @@ class DPOModel(keras.Model):
                     f"{sorted(inputs)}"
                 )
             return tf.cast(inputs["reference_logps"], tf.float32)
-        ref = pair_logps(self.reference, inputs["token_ids"], inputs["loss_mask"],
-                         training=False, average=self.average_log_prob)
+        if isinstance(self.reference, str):  # ADAPTERS_OFF, checked in __init__
+            # Python flags read while tracing: the step's graph holds both passes.
+            with lora_disabled(self.policy):
+                ref = pair_logps(self.policy, inputs["token_ids"], inputs["loss_mask"],
+                                 training=False, average=self.average_log_prob)
+        else:
+            ref = pair_logps(self.reference, inputs["token_ids"], inputs["loss_mask"],
+                             training=False, average=self.average_log_prob)
         return tf.stop_gradient(ref)
 
     def _pair_losses(self, policy_logps, reference_logps, loss_mask):
@@ -240,7 +260,9 @@ class DPOModel(keras.Model):
         inputs, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         reference_logps = self._reference_logps(inputs)
         variables = self.policy.trainable_variables
-        with tf.GradientTape() as tape:
+        # The reference pass finishes before the policy pass starts, so their activations are
+        # never held at once (TensorFlow would otherwise interleave the independent passes).
+        with tf.GradientTape() as tape, tf.control_dependencies([reference_logps]):
             policy_logps = self(inputs, training=True)
             per_pair, rewards = self._pair_losses(policy_logps, reference_logps,
                                                   inputs["loss_mask"])
@@ -262,7 +284,8 @@ class DPOModel(keras.Model):
         return {
             **super().get_config(),
             "policy": keras.saving.serialize_keras_object(self.policy),
-            "reference": None if self.reference is None
+            "reference": self.reference if self.reference is None
+            or isinstance(self.reference, str)
             else keras.saving.serialize_keras_object(self.reference),
             "loss": self.loss_name,
             "beta": self.beta,
@@ -274,7 +297,7 @@ class DPOModel(keras.Model):
     def from_config(cls, config):
         config = dict(config)
         config["policy"] = keras.saving.deserialize_keras_object(config["policy"])
-        if config.get("reference") is not None:
+        if config.get("reference") not in (None, ADAPTERS_OFF):
             config["reference"] = keras.saving.deserialize_keras_object(config["reference"])
         return cls(**config)
 

@@ -58,8 +58,88 @@ class FineTuneModel:
 
     preset: str = "gpt_baby"
     args: dict[str, Any] = dataclasses.field(default_factory=dict)  # CausalLM overrides
-    init_from: str | None = None  # a .keras model to start from (a pre-training or SFT run's)
-    tokenizer: str = "byte"  # "byte", or a saved tokenizer folder (that run's)
+    # The model to start from: a .keras file, a kzoo run folder (its model.keras and
+    # tokenizer/), a Hugging Face folder or a keras-hub preset folder (kzoo.models.sources).
+    init_from: str | None = None
+    # "auto": the tokenizer that came with init_from ("byte" without one); "byte"; or a saved
+    # tokenizer folder (kzoo's or a Hugging Face layout).
+    tokenizer: str = "auto"
+
+
+@dataclasses.dataclass
+class MemoryOptions:
+    """The memory levers of the SFT, DPO and reward recipes' `train:` section (mixed in).
+
+    `gradient_accumulation_steps`: the optimizer sums the gradients of this many batches and
+    updates once (Keras' own accumulation): the memory of one batch, the step of a larger one.
+    `remat`: recompute each transformer block's forward pass in the backward pass instead of
+    keeping its activations (needs dropout 0).
+    """
+
+    gradient_accumulation_steps: int = checked(1, "positive")
+    remat: bool = False
+
+
+def prepare_tuning(model, lora, train: MemoryOptions):
+    """Apply a recipe's `lora:` section and `train.remat` to the model it tunes; returns it.
+
+    Args:
+        model: CausalLM. the model (a reward model's backbone) to tune.
+        lora: kzoo.training.lora.LoRAConfig. adapters (and an int8 base) when `enabled`.
+        train: MemoryOptions. the recipe's `train:` section.
+
+    Example:
+    ```python
+    policy = prepare_tuning(policy, config.lora, config.train)
+    ```
+    """
+    from kzoo.training.lora import apply_lora_config
+
+    model.remat = train.remat
+    return apply_lora_config(model, lora)
+
+
+def tuning_optimizer(train, optimizer=None, **kwargs):
+    """The optimizer of a tuning recipe: `optimizer` (default AdamW) at
+    `train.learning_rate`, accumulating `train.gradient_accumulation_steps` batches.
+
+    Example:
+    ```python
+    opt = tuning_optimizer(config.train, weight_decay=0.0)
+    ```
+    """
+    import keras
+
+    steps = train.gradient_accumulation_steps
+    return (optimizer or keras.optimizers.AdamW)(
+        train.learning_rate, gradient_accumulation_steps=steps if steps > 1 else None, **kwargs)
+
+
+def save_tuned(model, path, adapters_path=None):
+    """Save a tuned model as a plain `.keras` file any later step loads: LoRA adapters folded
+    into the kernels (an int8 base dequantized to float), and the adapters on their own at
+    `adapters_path` (a small safetensors file) when the model has them.
+
+    Args:
+        model: CausalLM or RewardModel. the tuned model.
+        path: str | Path. the `.keras` file.
+        adapters_path: str | Path or None. where the adapters go.
+    """
+    from kzoo.models.lora import lora_spec
+    from kzoo.training.reward import RewardModel
+
+    backbone = model.backbone if isinstance(model, RewardModel) else model
+    if lora_spec(backbone) is None:
+        model.save(path)
+        return
+    if adapters_path is not None:
+        backbone.save_lora(adapters_path)
+    merged = backbone.merged_copy()
+    if isinstance(model, RewardModel):
+        plain = RewardModel(merged)
+        plain.head.set_weights(model.head.get_weights())
+        merged = plain
+    merged.save(path)
 
 
 def load_pairs(data: FineTuneData, model: FineTuneModel) -> tuple:

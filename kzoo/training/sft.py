@@ -80,28 +80,30 @@ def load_tokenizer_and_model(preset: str, args: dict, init: str | None, tokenize
     Args:
         preset: str. `CausalLM` preset used when `init` is None.
         args: dict. preset overrides (vocab size and length default to the tokenizer's/data's).
-        init: str or None. a `.keras` model to start from (loaded in Keras safe mode).
-        tokenizer: str. "byte", or a folder holding a saved kzoo tokenizer.
+        init: str or None. the model to start from: a `.keras` file, a kzoo run folder, a
+            Hugging Face folder or a keras-hub preset folder (`kzoo.models.sources`; no code
+            from any of them runs).
+        tokenizer: str. "auto" (the one that came with `init`; "byte" without one), "byte",
+            or a saved tokenizer folder (kzoo's or a Hugging Face layout).
         max_length: int. the data's row length; the model needs `max_length - 1` positions.
 
     Example:
     ```python
-    tok, model = load_tokenizer_and_model("gpt_nano", {}, None, "byte", 128)
+    tok, model = load_tokenizer_and_model("gpt_nano", {}, None, "auto", 128)
     ```
     """
     import kzoo  # noqa: F401  (registers the kzoo classes for load_model)
     from kzoo.models import CausalLM
-    from kzoo.models.loading import load_model_file
-    from kzoo.tokenizers import ByteTokenizer, check_vocab, load_tokenizer
+    from kzoo.models.sources import load_model_and_tokenizer, resolve_tokenizer
+    from kzoo.tokenizers import check_vocab
 
-    tok = ByteTokenizer() if tokenizer == "byte" else load_tokenizer(tokenizer)
     if init:
-        # Keras safe mode: never runs code from the file; a broken file is one line naming it
-        model = load_model_file(init, expect=CausalLM)
+        model, tok = load_model_and_tokenizer(init, tokenizer, compile=True)
     else:
+        tok = resolve_tokenizer(tokenizer, None)
         model = CausalLM.from_preset(preset, **{"vocab_size": tok.vocab_size,
                                                 "max_sequence_length": max_length, **args})
-    check_vocab(tok, model.vocab_size)
+        check_vocab(tok, model.vocab_size)
     if model.max_sequence_length < max_length - 1:
         raise ValueError(
             f"max_length={max_length} needs a model with at least {max_length - 1} positions; "

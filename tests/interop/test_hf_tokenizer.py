@@ -93,6 +93,26 @@ def test_end_tokens_come_from_the_tokenizer_and_generation_config(pair):
     assert ours.eot_id == theirs.eos_token_id == 1
     assert ours.eos_token_ids == [1, 404]  # generation_config's, in order, each once
     assert ours.bos_token_id == 0 and ours.pad_token_id == 2
+    assert ours.stop_token_ids == [1, 404]  # what generation stops at
+
+
+def test_generation_stops_at_any_of_the_models_end_tokens(pair):
+    from kzoo.models import CausalLM
+    from kzoo.tokenizers import ByteTokenizer
+
+    ours, _ = pair
+    assert ByteTokenizer().stop_token_ids == [ByteTokenizer().eot_id]
+    rows = max(ours.vocab_size, *ours.stop_token_ids) + 1  # room for every end id
+    model = CausalLM.from_preset("gpt_nano", vocab_size=rows, max_sequence_length=32)
+    free = model.generate([[5, 6, 7]], max_new_tokens=8, stop_token_ids=[]).token_ids[0]
+    # Make the fourth greedy token an end token of the folder: generation stops before it.
+    ours.eos_token_ids.append(int(free[3]))
+    try:
+        out = model.generate([[5, 6, 7]], max_new_tokens=8, stop_token_ids=ours.stop_token_ids)
+    finally:
+        ours.eos_token_ids.pop()
+    first = next(i for i, t in enumerate(free) if t in [*ours.stop_token_ids, free[3]])
+    assert out.token_ids[0] == free[:first] and out.finish_reasons == ["stop"]
 
 
 @pytest.mark.parametrize("template", [None, FANCY, DEFAULT_CHAT_TEMPLATE],

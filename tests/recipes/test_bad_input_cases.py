@@ -2,7 +2,6 @@
 `error: ...` line on stderr naming the file, and no run folder left behind."""
 
 import functools
-import importlib.util
 import json
 import zipfile
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 
 from kzoo.models import CausalLM
 from kzoo.tokenizers import ByteTokenizer
+from tests.helpers import load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "recipes/configs/gpt"
@@ -22,10 +22,7 @@ PAIRS = [{"prompt": f"say {i}", "chosen": f"{i}", "rejected": f"{i + 1}"} for i 
 
 @functools.cache
 def recipe(name):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe(name)
 
 
 def sets(*items):

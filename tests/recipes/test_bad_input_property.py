@@ -8,7 +8,6 @@ never reaches training. The recipes' `main(argv)` run in-process: no subprocess 
 
 import contextlib
 import functools
-import importlib.util
 import io
 import math
 import tempfile
@@ -21,6 +20,7 @@ from hypothesis import strategies as st
 
 import kzoo.training  # noqa: F401  (imported once here: no import-time warnings in examples)
 from kzoo.training.config import _yaml_load
+from tests.helpers import load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = {
@@ -62,10 +62,7 @@ MALFORMED_SETS = ["a.b", "=1", "train.steps=[", ".=1", "train.=1", ".train=1", "
 
 @functools.cache
 def recipe(name):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe(name)
 
 
 # Valid and tiny: a bad value that slipped past the loader would train for a moment (exit 0, a

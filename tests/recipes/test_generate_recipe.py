@@ -1,6 +1,5 @@
 """recipes/generate.py on a hand-made run folder: streaming output, next-word mode, errors."""
 
-import importlib.util
 import io
 from pathlib import Path
 
@@ -10,15 +9,13 @@ from kzoo.generation import Generator
 from kzoo.models import CausalLM
 from kzoo.samplers import TopPSampler
 from kzoo.tokenizers import ByteTokenizer
+from tests.helpers import load_module
 
 RECIPE = Path(__file__).parents[2] / "recipes" / "generate.py"
 
 
 def load_recipe():
-    spec = importlib.util.spec_from_file_location("generate_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(RECIPE, "generate_recipe")
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,11 @@
 """The SFT -> DPO and reward recipes end to end on a slice of the real instruction data."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "recipes/configs/gpt"
@@ -14,10 +15,7 @@ TINY_MODEL = ["model.preset=gpt_nano", "model.args={num_layers: 1}", "data.templ
 
 
 def _recipe(name):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe(name)
 
 
 def _slice(src: Path, dst: Path, n: int = 48) -> Path:

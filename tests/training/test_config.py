@@ -223,16 +223,14 @@ SCHEMAS = {"sft": "SFTConfig", "dpo": "DPOConfig", "reward": "RewardConfig",
 
 
 def _recipe_schema(name):
-    import importlib.util
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
     if name == "pretrain":
         return root, PretrainConfig
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", root / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return root, getattr(module, SCHEMAS[name])
+    from tests.helpers import load_recipe
+
+    return root, getattr(load_recipe(name), SCHEMAS[name])
 
 
 @pytest.mark.parametrize("recipe, item", [(r, i) for r, items in RECIPE_BAD_VALUES.items()

@@ -1,0 +1,27 @@
+"""Helpers the test files share (importable as `tests.helpers`: pytest puts the checkout on
+`sys.path`, see `pythonpath` in pyproject.toml)."""
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_module(path, name: str | None = None):
+    """Import the Python file at `path` as a fresh module (recipes are scripts, not a package).
+
+    Example:
+    ```python
+    sft = load_module(ROOT / "recipes/sft.py")
+    ```
+    """
+    path = Path(path)
+    spec = importlib.util.spec_from_file_location(name or f"recipe_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_recipe(name: str):
+    """The recipe script `recipes/<name>.py` as a fresh module."""
+    return load_module(ROOT / "recipes" / f"{name}.py")

@@ -1,0 +1,164 @@
+"""kzoo's KTO-family losses against TRL's `KTOTrainer._compute_loss` (trl==1.16.0, which has no
+standalone `kto_loss`): the trainer's own loss code runs on a stand-in `self` and a stand-in
+model whose per-token log-probs are the random sequence log-probs under test, with precomputed
+reference log-probs, so everything between the log-probs and the loss is TRL's."""
+
+import collections
+import math
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kzoo import losses
+from kzoo.losses.kto import apo_zero_unpaired, kto_unweighted, uses_kl, weight_advice
+
+torch = pytest.importorskip("torch")
+kto_trainer = pytest.importorskip("trl.trainer.kto_trainer")
+
+
+class _Accelerator:
+    device = torch.device("cpu")
+
+    def gather_for_metrics(self, x):  # one process
+        return x
+
+    def unwrap_model(self, model):
+        return model
+
+
+def _stand_in_model(table):
+    """A model whose row r scores one token with log-prob table[input_ids[r, 0]]."""
+
+    def model(input_ids=None, **_):
+        logps = table[input_ids[:, 0]][:, None]  # (rows, 1): the one scored position
+        zeros = torch.zeros_like(logps)
+        return types.SimpleNamespace(log_probs=logps, entropy=zeros, mean_logits=zeros)
+
+    model.training = True
+    return model
+
+
+def trl_kto(policy, reference, policy_kl, reference_kl, labels, beta, desirable_weight,
+            undesirable_weight, loss_type):
+    """(loss, d loss / d policy log-probs, TRL's logged metrics)."""
+    n = len(labels)
+    table = torch.tensor(np.concatenate([policy, policy_kl]), dtype=torch.float64,
+                         requires_grad=True)
+    model = _stand_in_model(table)
+    trainer = types.SimpleNamespace(
+        model=model, accelerator=_Accelerator(), aux_loss_enabled=False,
+        precompute_ref_logps=True, calculate_KL=loss_type != "apo_zero_unpaired",
+        loss_type=loss_type, beta=beta, desirable_weight=desirable_weight,
+        undesirable_weight=undesirable_weight, _metrics={"train": collections.defaultdict(list)},
+        _total_train_tokens=0, _tp_size=1)
+    trainer._compute_kl_logps = types.MethodType(kto_trainer.KTOTrainer._compute_kl_logps,
+                                                 trainer)
+    ids = torch.arange(n)[:, None].repeat(1, 2)  # (n, 2): row r reads table[r]
+    ones = torch.ones_like(ids)
+    batch = {"input_ids": ids, "attention_mask": ones, "completion_mask": ones,
+             "KL_input_ids": ids + n, "KL_attention_mask": ones, "KL_completion_mask": ones,
+             "label": torch.tensor(labels),
+             "ref_logps": torch.tensor(reference, dtype=torch.float64),
+             "ref_KL_logps": torch.tensor(reference_kl, dtype=torch.float64)}
+    loss = kto_trainer.KTOTrainer._compute_loss(trainer, model, batch, False)
+    loss.backward()
+    return loss.item(), table.grad.numpy(), dict(trainer._metrics["train"])
+
+
+def kzoo_kto(policy, reference, policy_kl, reference_kl, labels, beta, desirable_weight,
+             undesirable_weight, loss_type):
+    policy = tf.Variable(policy, dtype=tf.float32)
+    policy_kl = tf.Variable(policy_kl, dtype=tf.float32)
+    with tf.GradientTape(persistent=True) as tape:
+        kl = losses.kto_kl(policy_kl, reference_kl)
+        per_row = losses.kto_loss(policy - reference, labels, kl, beta, desirable_weight,
+                                  undesirable_weight, loss_type)
+        loss = tf.reduce_mean(per_row)
+    return (float(loss), tape.gradient(loss, policy).numpy(), tape.gradient(loss, policy_kl),
+            float(kl))
+
+
+def _case(seed, n, kl_shift, labels=None):
+    rng = np.random.default_rng(seed)
+    draw = lambda: rng.normal(-20.0, 4.0, n)  # noqa: E731  summed log-probs of a completion
+    reference_kl = draw()
+    labels = list(rng.random(n) < 0.5) if labels is None else labels
+    return draw(), draw(), reference_kl + kl_shift + rng.normal(0, 1, n), reference_kl, labels
+
+
+@pytest.mark.parametrize("loss_type", ["kto", "apo_zero_unpaired"])
+@pytest.mark.parametrize("seed, n, kl_shift, beta, weights", [
+    (0, 8, 0.7, 0.1, (1.0, 1.0)),      # KL point above 0
+    (1, 16, -2.0, 0.5, (1.0, 1.33)),   # mean KL log-ratio below 0: clamped to 0
+    (2, 5, 3.0, 2.0, (0.75, 1.0)),
+    (3, 32, 0.6, 0.05, (2.0, 0.5)),
+])
+def test_kto_loss_matches_trl(loss_type, seed, n, kl_shift, beta, weights):
+    case = _case(seed, n, kl_shift)
+    args = (*case, beta, *weights, loss_type)
+    loss, grad, metrics = trl_kto(*args)
+    ours, our_grad, kl_grad, kl = kzoo_kto(*args)
+    assert ours == pytest.approx(loss, abs=1e-6)
+    np.testing.assert_allclose(our_grad, grad[:n], atol=1e-6)
+    if loss_type == "kto":
+        assert kl == pytest.approx(metrics["kl"][0], abs=1e-5)
+        assert (kl == 0.0) == (kl_shift < 0)  # the clamp
+    # No gradient reaches the KL rows, in TRL (no_grad) or in kzoo (stop_gradient).
+    assert not grad[n:].any()
+    assert kl_grad is None or not np.asarray(kl_grad).any()
+    rewards = beta * (case[0] - case[1])
+    up = np.asarray(case[4])
+    assert np.mean(rewards[up]) == pytest.approx(metrics["rewards/chosen"][0], abs=1e-9)
+
+
+@pytest.mark.parametrize("label", [True, False])
+def test_one_sided_batch_matches_trl(label):
+    case = _case(4, 6, 0.5, labels=[label] * 6)
+    args = (*case, 0.1, 1.0, 1.0, "kto")
+    loss, grad, _ = trl_kto(*args)
+    ours, our_grad, _, _ = kzoo_kto(*args)
+    assert ours == pytest.approx(loss, abs=1e-6)
+    np.testing.assert_allclose(our_grad, grad[:6], atol=1e-6)
+
+
+def test_values_by_hand():
+    s = lambda x: 1.0 / (1.0 + math.exp(-x))  # noqa: E731
+    got = np.asarray(losses.kto_loss([1.0, 1.0], [True, False], 0.25, beta=2.0,
+                                     undesirable_weight=3.0))
+    np.testing.assert_allclose(got, [1 - s(2 * 0.75), 3 * (1 - s(2 * -0.75))], rtol=1e-6)
+    np.testing.assert_allclose(apo_zero_unpaired([1.0, 1.0], [True, False], beta=2.0),
+                               [1 - s(2.0), s(2.0)], rtol=1e-6)
+    np.testing.assert_allclose(kto_unweighted([0.0], [True], 0.0), [0.5])
+    assert float(losses.kto_kl([-1.0, -3.0], [-2.0, -1.0])) == 0.0  # mean -0.5, clamped
+    assert float(losses.kto_kl([-1.0, -2.0], [-2.0, -2.5])) == pytest.approx(0.75)
+
+
+def test_registry():
+    assert losses.list_unpaired_losses() == ["apo_zero_unpaired", "kto"]
+    assert losses.get_unpaired("kto") is kto_unweighted
+    assert uses_kl("kto") and not uses_kl("apo_zero_unpaired")
+    assert "kto" not in losses.list_losses()  # paired and unpaired losses stay apart
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"loss_type": "kto2"}, r"Unknown unpaired \(KTO\) loss: 'kto2'. Valid names: "
+                            r"\['apo_zero_unpaired', 'kto'\]"),
+    ({"beta": 0.0}, "`beta` must be a positive number. Received: beta=0.0"),
+    ({"desirable_weight": -1.0}, "desirable_weight=-1.0"),
+    ({"undesirable_weight": True}, "undesirable_weight=True"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        losses.kto_loss([0.0], [True], 0.0, **kwargs)
+
+
+def test_weight_advice():
+    assert weight_advice(100, 100) is None
+    assert weight_advice(100, 120, desirable_weight=1.33) is None  # 1.33*100/120 in [1, 4/3]
+    message = weight_advice(100, 300)
+    assert "desirable_weight in [3, 4]" in message and "undesirable_weight in [0.25, 0.333]" \
+        in message
+    assert "no undesirable examples" in weight_advice(5, 0)
+    assert "no desirable examples" in weight_advice(0, 5)
