@@ -25,3 +25,16 @@ def load_module(path, name: str | None = None):
 def load_recipe(name: str):
     """The recipe script `recipes/<name>.py` as a fresh module."""
     return load_module(ROOT / "recipes" / f"{name}.py")
+
+
+def sets(*items):
+    """`--set` arguments for a recipe's command line: `sets("a=1", "b=2")`."""
+    return [a for item in items for a in ("--set", item)]
+
+
+def one_error_line(capsys) -> str:
+    """Assert the recipe wrote exactly one `error: ...` line on stderr (no traceback); return it."""
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]

@@ -134,7 +134,7 @@ class CausalSelfAttention(keras.layers.Layer):
     def call(self, x, padding_mask=None, position_ids=None, cache=None, cache_index=None,
              training=None):
         batch, seq = ops.shape(x)[0], ops.shape(x)[1]
-        n, k, h = self.num_heads, self.num_kv_heads, self.head_dim
+        n, h = self.num_heads, self.head_dim
         if cache is not None:
             if cache_index is None:
                 raise ValueError("`cache_index` is required when `cache` is given.")
@@ -146,19 +146,7 @@ class CausalSelfAttention(keras.layers.Layer):
         start = 0 if cache is None else cache_index
 
         qkv = self.query_key_value(x)  # (batch, seq, (n + 2k) * h)
-        query, key, value = ops.split(qkv, [n * h, (n + k) * h], axis=-1)
-        query = ops.reshape(query, (batch, seq, n, h))  # (batch, seq, heads, head_dim)
-        key = ops.reshape(key, (batch, seq, k, h))  # (batch, seq, kv_heads, head_dim)
-        value = ops.reshape(value, (batch, seq, k, h))
-
-        if self.use_rope:
-            if position_ids is None:
-                position_ids = (ops.arange(seq) + start)[None, :]
-            cos, sin = rotary_cos_sin(
-                position_ids, h, self.rope_max_wavelength, self.rope_scaling_factor,
-                dtype=self.compute_dtype, rope_scaling=self.rope_scaling,
-            )
-            query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
+        query, key, value = self._split_heads(qkv, start, position_ids)
 
         key = ops.transpose(key, (0, 2, 1, 3))  # (batch, kv_heads, seq, head_dim)
         value = ops.transpose(value, (0, 2, 1, 3))
@@ -187,6 +175,26 @@ class CausalSelfAttention(keras.layers.Layer):
         out = ops.reshape(out, (batch, seq, n * h))  # (batch, seq, hidden)
         out = self.output_dense(out)
         return out if cache is None else (out, cache)
+
+    def _split_heads(self, qkv, start, position_ids):
+        """Fused q/k/v (batch, seq, (n + 2k) * h) -> query (batch, seq, heads, head_dim), key and
+        value (batch, seq, kv_heads, head_dim), RoPE applied at positions `start + arange(seq)`
+        (or `position_ids`)."""
+        batch, seq = ops.shape(qkv)[0], ops.shape(qkv)[1]
+        n, k, h = self.num_heads, self.num_kv_heads, self.head_dim
+        query, key, value = ops.split(qkv, [n * h, (n + k) * h], axis=-1)
+        query = ops.reshape(query, (batch, seq, n, h))  # (batch, seq, heads, head_dim)
+        key = ops.reshape(key, (batch, seq, k, h))  # (batch, seq, kv_heads, head_dim)
+        value = ops.reshape(value, (batch, seq, k, h))
+        if self.use_rope:
+            if position_ids is None:
+                position_ids = (ops.arange(seq) + start)[None, :]
+            cos, sin = rotary_cos_sin(
+                position_ids, h, self.rope_max_wavelength, self.rope_scaling_factor,
+                dtype=self.compute_dtype, rope_scaling=self.rope_scaling,
+            )
+            query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
+        return query, key, value
 
     def decode_attention(self, qkv, cache, cache_index, padding_mask=None, position_ids=None):
         """Attention of already projected tokens against the cache, for fast decoders.
@@ -218,19 +226,8 @@ class CausalSelfAttention(keras.layers.Layer):
         ```
         """
         batch, seq = ops.shape(qkv)[0], ops.shape(qkv)[1]
-        n, k, h = self.num_heads, self.num_kv_heads, self.head_dim
-        query, key, value = ops.split(qkv, [n * h, (n + k) * h], axis=-1)
-        query = ops.reshape(query, (batch, seq, n, h))  # (batch, seq, heads, head_dim)
-        key = ops.reshape(key, (batch, seq, k, h))  # (batch, seq, kv_heads, head_dim)
-        value = ops.reshape(value, (batch, seq, k, h))
-        if self.use_rope:
-            if position_ids is None:
-                position_ids = (ops.arange(seq) + cache_index)[None, :]
-            cos, sin = rotary_cos_sin(
-                position_ids, h, self.rope_max_wavelength, self.rope_scaling_factor,
-                dtype=self.compute_dtype, rope_scaling=self.rope_scaling,
-            )
-            query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
+        n, h = self.num_heads, self.head_dim
+        query, key, value = self._split_heads(qkv, cache_index, position_ids)
         keys, values = cache
         origin = [0, 0, cache_index, 0]
         keys = ops.slice_update(keys, origin, ops.cast(ops.transpose(key, (0, 2, 1, 3)),

@@ -10,7 +10,7 @@ import pytest
 
 from kzoo.models import CausalLM
 from kzoo.tokenizers import ByteTokenizer
-from tests.helpers import load_recipe
+from tests.helpers import load_recipe, one_error_line, sets
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "recipes/configs/gpt"
@@ -25,15 +25,6 @@ def recipe(name):
     return load_recipe(name)
 
 
-def sets(*items):
-    return [a for item in items for a in ("--set", item)]
-
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

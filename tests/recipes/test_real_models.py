@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import load_module
+from tests.helpers import load_module, one_error_line, sets
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -41,15 +41,6 @@ def recipe(name):
     return _module(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
 
 
-def sets(*items):
-    return [a for item in items for a in ("--set", item)]
-
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    return lines[0]
 
 
 def _sentence(i):
