@@ -28,8 +28,8 @@ def main() -> None:
     import keras
     import numpy as np
 
+    from kzoo.alignment.dpo import DPOModel, compute_reference_logps, frozen_copy
     from kzoo.models import CausalLM
-    from kzoo.training.dpo import DPOModel, compute_reference_logps, frozen_copy
 
     rng = np.random.default_rng(0)
     vocab, rows, length = 257, 2 * args.pairs, args.seq

@@ -46,9 +46,9 @@ def _data(folder: Path, max_length: int):
 def _sft_start(data, opts):
     import keras
 
+    from kzoo.alignment.sft import compile_sft
     from kzoo.data.instruction import sft_dataset
     from kzoo.models import CausalLM
-    from kzoo.training.sft import compile_sft
 
     keras.utils.set_random_seed(0)
     model = CausalLM.from_preset(opts.preset, vocab_size=257,
@@ -80,9 +80,9 @@ def _train(model, dataset, steps: int) -> float:
 def run_dpo(weights, data, opts) -> dict:
     import keras
 
+    from kzoo.alignment.dpo import DPOModel, compute_reference_logps
+    from kzoo.alignment.kto import implied_reward_accuracy
     from kzoo.data.preference import preference_dataset
-    from kzoo.training.dpo import DPOModel, compute_reference_logps
-    from kzoo.training.kto import implied_reward_accuracy
 
     keras.utils.set_random_seed(0)
     policy = _policy(weights, opts)
@@ -103,13 +103,13 @@ def run_dpo(weights, data, opts) -> dict:
 def run_kto(weights, data, opts) -> dict:
     import keras
 
-    from kzoo.data.unpaired import unpaired_dataset, with_kl_rows
-    from kzoo.training.dpo import compute_reference_logps
-    from kzoo.training.kto import (
+    from kzoo.alignment.dpo import compute_reference_logps
+    from kzoo.alignment.kto import (
         KTOModel,
         compute_unpaired_reference_logps,
         implied_reward_accuracy,
     )
+    from kzoo.data.unpaired import unpaired_dataset, with_kl_rows
 
     keras.utils.set_random_seed(0)
     policy = _policy(weights, opts)

@@ -73,9 +73,9 @@ def child_sft_start(opts) -> dict:
     """The shared starting point: SFT of a fresh model, saved as a .keras file."""
     import keras
 
+    from kzoo.alignment.sft import compile_sft
     from kzoo.data.instruction import sft_dataset
     from kzoo.models import CausalLM
-    from kzoo.training.sft import compile_sft
 
     keras.utils.set_random_seed(0)
     train, _ = _sft_arrays(opts["data"], opts["max_length"])
@@ -91,10 +91,10 @@ def child_dpo(opts) -> dict:
     import keras
     import numpy as np
 
+    from kzoo.alignment.dpo import DPOModel, compute_reference_logps
     from kzoo.data.preference import preference_dataset
     from kzoo.models import CausalLM
     from kzoo.models.loading import load_model_file
-    from kzoo.training.dpo import DPOModel, compute_reference_logps
 
     keras.utils.set_random_seed(0)
     train, val = _pairs(opts["data"], opts["max_length"])
@@ -134,11 +134,11 @@ def child_dpo(opts) -> dict:
 def child_sft_lora(opts) -> dict:
     import keras
 
+    from kzoo.alignment.sft import compile_sft, response_nll
     from kzoo.data.instruction import sft_dataset
     from kzoo.models import CausalLM
     from kzoo.models.loading import load_model_file
     from kzoo.training.lora import LoRAConfig, apply_lora_config
-    from kzoo.training.sft import compile_sft, response_nll
 
     keras.utils.set_random_seed(0)
     train, val = _sft_arrays(opts["data"], opts["max_length"])

@@ -95,9 +95,10 @@ def run(config: DPOConfig) -> dict:
 def _run_in(run_dir, config: DPOConfig) -> dict:
     import keras
 
+    from kzoo.alignment.dpo import DPOModel, compute_reference_logps, frozen_copy
     from kzoo.data.preference import preference_dataset
     from kzoo.training import save_config
-    from kzoo.training.dpo import DPOModel, NaNGuard, compute_reference_logps, frozen_copy
+    from kzoo.training.guard import NaNGuard
     from kzoo.training.recipe import prepare_tuning, save_tuned, tuning_optimizer
 
     keras.utils.set_random_seed(config.seed)

@@ -8,7 +8,7 @@ completions sampled at temperature 1 are rated by an exact checker (is it the co
 the ratings become chosen/rejected pairs for DPO; the rate of correct answers on held-out
 prompts is reported before and after, with the KL to the reference, the validation loss, the
 held-out implicit-reward accuracy and a control run with shuffled preferences. See
-`kzoo.training.feedback_loop` for the details. The run folder gets config.yaml, report.json
+`kzoo.alignment.feedback_loop` for the details. The run folder gets config.yaml, report.json
 and report.md.
 """
 
@@ -20,7 +20,7 @@ import sys
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from kzoo.training.feedback_loop import LoopConfig  # noqa: E402
+from kzoo.alignment.feedback_loop import LoopConfig  # noqa: E402
 from kzoo.training.recipe import run_recipe  # noqa: E402
 
 
@@ -61,8 +61,8 @@ def markdown(report: dict) -> str:
 
 
 def run(config: FeedbackConfig) -> dict:
+    from kzoo.alignment.feedback_loop import run_feedback_loop
     from kzoo.training import open_run, save_config
-    from kzoo.training.feedback_loop import run_feedback_loop
 
     with open_run(config.run_dir, "feedback_loop") as run:
         save_config(config, run.config,

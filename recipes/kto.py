@@ -148,7 +148,7 @@ def _encode(config: KTOConfig, tokenizer, train, val, val_pairs):
 
 
 def _held_out(model, val_ds, policy, reference, pairs, beta, batch_size) -> dict:
-    from kzoo.training.kto import implied_reward_accuracy
+    from kzoo.alignment.kto import implied_reward_accuracy
 
     result = {k: float(v) for k, v in model.evaluate(val_ds, verbose=0,
                                                      return_dict=True).items()}
@@ -161,13 +161,14 @@ def _held_out(model, val_ds, policy, reference, pairs, beta, batch_size) -> dict
 def _run_in(run_dir, config: KTOConfig) -> dict:
     import keras
 
+    from kzoo.alignment.dpo import compute_reference_logps, frozen_copy
+    from kzoo.alignment.kto import KTOModel, compute_unpaired_reference_logps
+    from kzoo.alignment.sft import load_tokenizer_and_model
     from kzoo.data.unpaired import unpaired_dataset
     from kzoo.losses.kto import weight_advice
     from kzoo.training import save_config
-    from kzoo.training.dpo import NaNGuard, compute_reference_logps, frozen_copy
-    from kzoo.training.kto import KTOModel, compute_unpaired_reference_logps
+    from kzoo.training.guard import NaNGuard
     from kzoo.training.recipe import prepare_tuning, save_tuned, tuning_optimizer
-    from kzoo.training.sft import load_tokenizer_and_model
 
     keras.utils.set_random_seed(config.seed)
     data, kto, train_cfg = config.data, config.kto, config.train

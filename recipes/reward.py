@@ -60,9 +60,9 @@ def run(config: RewardConfig) -> dict:
 def _run_in(run_dir, config: RewardConfig) -> dict:
     import keras
 
+    from kzoo.alignment.reward import RewardModel, reward_dataset
     from kzoo.training import NaNGuard, save_config
     from kzoo.training.recipe import diverged, prepare_tuning, save_tuned, tuning_optimizer
-    from kzoo.training.reward import RewardModel, reward_dataset
 
     keras.utils.set_random_seed(config.seed)
     data = config.data

@@ -65,6 +65,7 @@ def run(config: SFTConfig) -> dict:
 def _run_in(run_dir, config: SFTConfig) -> dict:
     import keras
 
+    from kzoo.alignment.sft import compile_sft, load_tokenizer_and_model, response_nll
     from kzoo.data.instruction import (
         encode_sft,
         read_instruction_records,
@@ -73,7 +74,6 @@ def _run_in(run_dir, config: SFTConfig) -> dict:
     )
     from kzoo.training import NaNGuard, save_config
     from kzoo.training.recipe import diverged, prepare_tuning, save_tuned, tuning_optimizer
-    from kzoo.training.sft import compile_sft, load_tokenizer_and_model, response_nll
 
     keras.utils.set_random_seed(config.seed)
     data = config.data

@@ -20,7 +20,7 @@ float32 whatever the inputs' dtype, so that the loss is exact under mixed precis
 
 A loss registered with `length_normalized=True` (`ipo`) is defined on per-token mean log-ratios
 (each response's log-ratio divided by its number of tokens), as in the IPO paper and TRL;
-`length_normalized(name)` says so, and `kzoo.training.dpo.DPOModel` then feeds it those whatever
+`length_normalized(name)` says so, and `kzoo.alignment.dpo.DPOModel` then feeds it those whatever
 its `average_log_prob`. The others take the log-ratios as given (summed, by default).
 
 Example:

@@ -1,4 +1,8 @@
-"""Training: configs and run folders, schedules, optimizers, callbacks, pre-training."""
+"""Training: the run machinery every recipe shares (configs, run folders, checkpoints, resume,
+callbacks and guards, schedules, optimizers, distribution) and pre-training.
+
+The alignment algorithms built on it (SFT, DPO, reward, KTO, GRPO, RLOO) are in `kzoo.alignment`.
+"""
 
 from kzoo.training.callbacks import NaNLossError, generate_text
 from kzoo.training.checkpoints import restore_checkpoint
@@ -10,28 +14,16 @@ from kzoo.training.config import (
     save_config,
 )
 from kzoo.training.distribute import get_strategy, is_chief
-from kzoo.training.dpo import DPOModel, NaNGuard, compute_reference_logps, frozen_copy
-from kzoo.training.kto import KTOModel, compute_unpaired_reference_logps, implied_reward_accuracy
+from kzoo.training.guard import NaNGuard
 from kzoo.training.lora import LoRAConfig, apply_lora_config
 from kzoo.training.optimizers import build_adamw, no_decay_variables
 from kzoo.training.pretrain import PretrainConfig, build_model, pretrain
-from kzoo.training.reward import RewardModel
 from kzoo.training.run_folder import RunDir, RunFolderError, open_run
 from kzoo.training.schedules import WarmupSchedule
-from kzoo.training.sft import compile_sft, response_nll
 
 __all__ = [
-    "DPOModel",
-    "KTOModel",
     "LoRAConfig",
     "NaNGuard",
-    "RewardModel",
-    "compile_sft",
-    "compute_reference_logps",
-    "compute_unpaired_reference_logps",
-    "implied_reward_accuracy",
-    "frozen_copy",
-    "response_nll",
     "NaNLossError",
     "PretrainConfig",
     "RunDir",

@@ -125,8 +125,8 @@ def save_tuned(model, path, adapters_path=None):
         path: str | Path. the `.keras` file.
         adapters_path: str | Path or None. where the adapters go.
     """
+    from kzoo.alignment.reward import RewardModel
     from kzoo.models.lora import lora_spec
-    from kzoo.training.reward import RewardModel
 
     backbone = model.backbone if isinstance(model, RewardModel) else model
     if lora_spec(backbone) is None:
@@ -149,9 +149,9 @@ def load_pairs(data: FineTuneData, model: FineTuneModel) -> tuple:
     Returns `(tokenizer, model, train, val, counts)`: `train` and `val` as `encode_pairs`
     gives them, `counts` the bad-pair accounting of `read_preference_records`.
     """
+    from kzoo.alignment.sft import load_tokenizer_and_model
     from kzoo.data.instruction import split_records
     from kzoo.data.preference import check_encoded_pairs, encode_pairs, read_preference_records
-    from kzoo.training.sft import load_tokenizer_and_model
 
     tokenizer, network = load_tokenizer_and_model(
         model.preset, model.args, model.init_from, model.tokenizer, data.max_length)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from kzoo import losses
-from kzoo.training.dpo import DPOModel
+from kzoo.alignment.dpo import DPOModel
 
 RNG = np.random.default_rng(0)
 CHOSEN = RNG.normal(size=16).astype("float32") * 3

@@ -207,7 +207,7 @@ def test_load_weights_on_a_lora_model_is_refused(tmp_path):
 
 
 def test_reward_model_backbone_lora_keeps_the_head_trainable():
-    from kzoo.training.reward import RewardModel
+    from kzoo.alignment.reward import RewardModel
 
     rm = RewardModel(nano())
     apply_lora_config(rm.backbone, LoRAConfig(enabled=True, rank=2))

@@ -76,6 +76,6 @@ def test_missing_wrong_suffix_and_wrong_class(good, tmp_path):
     with pytest.raises(ValueError, match=r"m.h5: expected a .keras model file"):
         load_model_file(tmp_path / "m.h5")
     with pytest.raises(ValueError, match=r"holds a CausalLM, not a RewardModel"):
-        from kzoo.training.reward import RewardModel
+        from kzoo.alignment.reward import RewardModel
 
         load_model_file(good, expect=RewardModel)

@@ -103,7 +103,7 @@ def test_reward_recipe(sft_run):
     import keras
 
     import kzoo  # noqa: F401
-    from kzoo.training.reward import RewardModel
+    from kzoo.alignment.reward import RewardModel
 
     loaded = keras.models.load_model(run_dir / "model.keras")
     assert isinstance(loaded, RewardModel)

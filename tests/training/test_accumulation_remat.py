@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from kzoo.alignment.sft import response_loss_fn
 from kzoo.models import CausalLM
 from kzoo.training.optimizers import AdamW
-from kzoo.training.sft import response_loss_fn
 
 TINY = dict(vocab_size=32, num_layers=2, num_heads=2, hidden_dim=16, max_sequence_length=16)
 

@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kzoo.data.preference import preference_dataset
-from kzoo.models import CausalLM
-from kzoo.training.dpo import (
+from kzoo.alignment.dpo import (
     METRIC_NAMES,
     DPOModel,
-    NaNGuard,
     compute_reference_logps,
     frozen_copy,
     pair_logps,
     sequence_logps,
 )
+from kzoo.data.preference import preference_dataset
+from kzoo.models import CausalLM
+from kzoo.training.guard import NaNGuard
 
 TINY = dict(vocab_size=16, num_layers=1, num_heads=2, hidden_dim=16, max_sequence_length=16)
 

@@ -24,7 +24,7 @@ split_cpu(2)
 import keras, numpy as np, tensorflow as tf
 from kzoo.data.preference import preference_dataset
 from kzoo.models import CausalLM
-from kzoo.training.dpo import DPOModel
+from kzoo.alignment.dpo import DPOModel
 
 rng = np.random.default_rng(0)
 n, length = 8, 12

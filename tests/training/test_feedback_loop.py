@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from kzoo.training import feedback_loop as fl
+from kzoo.alignment import feedback_loop as fl
 
 
 def test_rater_is_exact():

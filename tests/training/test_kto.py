@@ -10,15 +10,15 @@ import pytest
 import tensorflow as tf
 
 from kzoo import losses
-from kzoo.data.preference import preference_dataset
-from kzoo.data.unpaired import unpaired_dataset
-from kzoo.models import CausalLM
-from kzoo.training.dpo import DPOModel, compute_reference_logps, frozen_copy, sequence_logps
-from kzoo.training.kto import (
+from kzoo.alignment.dpo import DPOModel, compute_reference_logps, frozen_copy, sequence_logps
+from kzoo.alignment.kto import (
     KTOModel,
     compute_unpaired_reference_logps,
     implied_reward_accuracy,
 )
+from kzoo.data.preference import preference_dataset
+from kzoo.data.unpaired import unpaired_dataset
+from kzoo.models import CausalLM
 
 TINY = dict(vocab_size=16, num_layers=1, num_heads=2, hidden_dim=16, max_sequence_length=16)
 L = 10

@@ -6,10 +6,10 @@ import keras
 import numpy as np
 import pytest
 
+from kzoo.alignment.dpo import ADAPTERS_OFF, DPOModel, frozen_copy, pair_logps
 from kzoo.data.preference import preference_dataset
 from kzoo.models import CausalLM
 from kzoo.models.lora import adapter_weights
-from kzoo.training.dpo import ADAPTERS_OFF, DPOModel, frozen_copy, pair_logps
 
 TINY = dict(vocab_size=16, num_layers=2, num_heads=2, hidden_dim=16, max_sequence_length=16)
 

@@ -3,10 +3,10 @@ import json
 import keras
 import numpy as np
 
+from kzoo.alignment.reward import RewardModel, reward_dataset
 from kzoo.data.preference import encode_pairs
 from kzoo.models import CausalLM
 from kzoo.tokenizers import ByteTokenizer
-from kzoo.training.reward import RewardModel, reward_dataset
 
 TOK = ByteTokenizer()
 

@@ -1,10 +1,10 @@
 import keras
 import numpy as np
 
+from kzoo.alignment.sft import compile_sft, response_nll
 from kzoo.data.instruction import encode_sft, sft_dataset
 from kzoo.models import CausalLM
 from kzoo.tokenizers import ByteTokenizer
-from kzoo.training.sft import compile_sft, response_nll
 
 TOK = ByteTokenizer()
 

@@ -9,7 +9,7 @@ Example:
 import keras
 from kzoo.data.preference import encode_pairs
 from kzoo.models import CausalLM
-from kzoo.training.reward import RewardModel, reward_dataset
+from kzoo.alignment.reward import RewardModel, reward_dataset
 backbone = CausalLM.from_preset("gpt_nano", vocab_size=257)
 rm = RewardModel(backbone)
 rm.compile(optimizer=keras.optimizers.AdamW(1e-4))
@@ -40,7 +40,7 @@ class RewardModel(keras.Model):
     ```python
     import numpy as np
     from kzoo.models import CausalLM
-    from kzoo.training.reward import RewardModel
+    from kzoo.alignment.reward import RewardModel
     rm = RewardModel(CausalLM.from_preset("gpt_nano"))
     rm.score(np.array([[1, 2, 3]]), np.array([3]))   # (1,) float32
     ```

@@ -11,7 +11,7 @@ import keras
 from kzoo.data.instruction import encode_sft, read_instruction_records, sft_dataset
 from kzoo.models import CausalLM
 from kzoo.tokenizers import ByteTokenizer
-from kzoo.training.sft import compile_sft
+from kzoo.alignment.sft import compile_sft
 records = read_instruction_records("../shared/data/instruction-data.json")
 arrays = encode_sft(records, ByteTokenizer(), max_length=256)
 model = CausalLM.from_preset("gpt_nano", vocab_size=257, max_sequence_length=256)
@@ -58,7 +58,7 @@ def response_nll(model, arrays: dict, batch_size: int = 32) -> float:
     response_nll(model, arrays)   # e.g. 1.73 nats per token
     ```
     """
-    from kzoo.training.dpo import sequence_logps
+    from kzoo.alignment.dpo import sequence_logps
 
     length = arrays["token_ids"].shape[-1]
     ids = arrays["token_ids"].reshape(-1, length)  # (rows, L): pairs flattened to rows

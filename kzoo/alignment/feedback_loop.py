@@ -18,7 +18,7 @@ figures are measured on held-out prompts that DPO never saw:
 
 Example:
 ```python
-from kzoo.training.feedback_loop import LoopConfig, run_feedback_loop
+from kzoo.alignment.feedback_loop import LoopConfig, run_feedback_loop
 report = run_feedback_loop(LoopConfig(pretrain_epochs=1, dpo_epochs=1))
 report["after"]["rate"] - report["before"]["rate"]
 ```
@@ -33,12 +33,12 @@ from typing import Any
 import keras
 import numpy as np
 
+from kzoo.alignment.dpo import DPOModel, compute_reference_logps
+from kzoo.alignment.sft import response_nll
 from kzoo.data.preference import encode_pairs, preference_dataset
 from kzoo.models import CausalLM
 from kzoo.tokenizers import CharTokenizer
 from kzoo.training.config import between, checked
-from kzoo.training.dpo import DPOModel, compute_reference_logps
-from kzoo.training.sft import response_nll
 
 ALPHABET = "0123456789+="
 
@@ -243,7 +243,7 @@ def run_feedback_loop(config: LoopConfig, log=print) -> dict:
 
     Example:
     ```python
-    from kzoo.training.feedback_loop import LoopConfig, run_feedback_loop
+    from kzoo.alignment.feedback_loop import LoopConfig, run_feedback_loop
     report = run_feedback_loop(LoopConfig())
     ```
     """

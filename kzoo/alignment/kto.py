@@ -18,8 +18,8 @@ Example:
 ```python
 import keras
 from kzoo.models import CausalLM
-from kzoo.training.dpo import frozen_copy
-from kzoo.training.kto import KTOModel
+from kzoo.alignment.dpo import frozen_copy
+from kzoo.alignment.kto import KTOModel
 policy = CausalLM.from_preset("gpt_nano", vocab_size=257)
 kto = KTOModel(policy, reference=frozen_copy(policy), beta=0.1)
 kto.compile(optimizer=keras.optimizers.Adam(1e-4))
@@ -33,9 +33,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kzoo.alignment.dpo import ADAPTERS_OFF, pair_logps, sequence_logps
 from kzoo.losses import kto as kto_losses
 from kzoo.models.lora import lora_disabled, lora_spec
-from kzoo.training.dpo import ADAPTERS_OFF, pair_logps, sequence_logps
 
 METRIC_NAMES = ("loss", "rewards/chosen", "rewards/rejected", "kl", "logps/chosen",
                 "logps/rejected")
@@ -81,7 +81,7 @@ def implied_reward_accuracy(policy, reference, pairs: dict, beta: float,
     Args:
         policy: CausalLM. the tuned model.
         reference: CausalLM, "adapters_off" or None (then `pairs["reference_logps"]` (N, 2)
-            from `kzoo.training.dpo.compute_reference_logps`).
+            from `kzoo.alignment.dpo.compute_reference_logps`).
         pairs: dict. from `kzoo.data.preference.encode_pairs`.
         beta: float. the reward scale.
         batch_size: int. pairs per forward pass.
@@ -147,7 +147,7 @@ class KTOModel(keras.Model):
     Example:
     ```python
     from kzoo.models import CausalLM
-    from kzoo.training.kto import KTOModel
+    from kzoo.alignment.kto import KTOModel
     kto = KTOModel(CausalLM.from_preset("gpt_nano"), reference=None, undesirable_weight=1.33)
     kto.compile(optimizer="adam")
     ```

@@ -1,0 +1,36 @@
+"""Alignment: the seed's second stage, tuning a pre-trained model on demonstrations and feedback.
+
+- `sft`: supervised fine-tuning on instruction records (loss on the response only);
+- `dpo`: `DPOModel`, the DPO family on (chosen, rejected) pairs against a frozen reference;
+- `reward`: `RewardModel`, a Bradley-Terry reward model on pairs;
+- `kto`: `KTOModel`, unpaired thumbs-up / thumbs-down feedback;
+- `feedback_loop`: pre-train, sample, rate, DPO and measure, in miniature.
+
+Each wraps a policy (and where needed a frozen reference) in a Keras model with a custom
+`train_step`; the run machinery they share is `kzoo.training`.
+
+Example:
+```python
+import kzoo
+from kzoo.alignment import DPOModel
+policy = kzoo.models.CausalLM.from_preset("gpt_nano", vocab_size=256)
+dpo = DPOModel(policy, beta=0.1)
+```
+"""
+
+from kzoo.alignment.dpo import DPOModel, compute_reference_logps, frozen_copy
+from kzoo.alignment.kto import KTOModel, compute_unpaired_reference_logps, implied_reward_accuracy
+from kzoo.alignment.reward import RewardModel
+from kzoo.alignment.sft import compile_sft, response_nll
+
+__all__ = [
+    "DPOModel",
+    "KTOModel",
+    "RewardModel",
+    "compile_sft",
+    "compute_reference_logps",
+    "compute_unpaired_reference_logps",
+    "frozen_copy",
+    "implied_reward_accuracy",
+    "response_nll",
+]
