@@ -1,5 +1,7 @@
 """The feedback loop in miniature: pre-train, sample, rate, DPO, measure -- on a CPU.
 
+The script form of `kzoo feedback-loop`: the code is `kzoo.recipes.feedback_loop`.
+
     python recipes/feedback_loop.py --config recipes/configs/gpt/nano_arithmetic_dpo.yaml
     python recipes/feedback_loop.py --config CONFIG --set loop.rounds=3 --set loop.control=false
 
@@ -12,71 +14,15 @@ held-out implicit-reward accuracy and a control run with shuffled preferences. S
 and report.md.
 """
 
-import dataclasses
-import json
 import os
 import sys
 
+# Before kzoo is imported (it imports TensorFlow): the backend and a quiet TensorFlow.
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from kzoo.alignment.feedback_loop import LoopConfig  # noqa: E402
-from kzoo.training.recipe import run_recipe  # noqa: E402
-
-
-@dataclasses.dataclass
-class FeedbackConfig:
-    run_dir: str = "runs/feedback_loop"
-    loop: LoopConfig = dataclasses.field(default_factory=LoopConfig)
-
-
-def markdown(report: dict) -> str:
-    """The report's figures as a markdown table plus before/after samples."""
-    rows = [("before (pre-trained)", report["before"])]
-    rows.append(("after DPO", report["after"]))
-    if "control" in report:
-        rows.append(("control (shuffled preferences)", report["control"]))
-    lines = ["| model | correct rate | val loss | val loss, answer tokens | KL to reference "
-             "| held-out implicit-reward acc. |", "|---|---|---|---|---|---|"]
-    for name, r in rows:
-        kl = r.get("kl_to_reference")
-        acc = r.get("implicit_reward_accuracy")
-        lines.append(f"| {name} | {r['rate']:.1%} | {r['val_loss']:.4f} | "
-                     f"{r['val_answer_loss']:.4f} | {'' if kl is None else f'{kl:.3f}'} | "
-                     f"{'' if acc is None else f'{acc:.1%}'} |")
-    b, a = report["before"], report["after"]
-    lines += [
-        "",
-        f"Rate change: {100 * (a['rate'] - b['rate']):+.1f} points (standard error of one rate: "
-        f"{100 * report['rate_standard_error']:.1f} points, {report['samples_per_rate']} samples)."
-        f" Validation loss change: {100 * (a['val_loss'] / b['val_loss'] - 1):+.1f}%.",
-        "",
-        "| held-out prompt | answer | samples before | samples after |",
-        "|---|---|---|---|",
-    ]
-    for ex in report["examples"]:
-        lines.append(f"| `{ex['prompt']}` | {ex['answer']} | {' '.join(ex['before'])} | "
-                     f"{' '.join(ex['after'])} |")
-    return "\n".join(lines) + "\n"
-
-
-def run(config: FeedbackConfig) -> dict:
-    from kzoo.alignment.feedback_loop import run_feedback_loop
-    from kzoo.training import open_run, save_config
-
-    with open_run(config.run_dir, "feedback_loop") as run:
-        save_config(config, run.config,
-                    header="python recipes/feedback_loop.py --config <this file>")
-        report = run_feedback_loop(config.loop)
-        (run.root / "report.json").write_text(json.dumps(report, indent=1))
-        (run.root / "report.md").write_text(markdown(report))
-        run.mark("feedback_loop", "finished")
-    return report
-
-
-def main(argv=None) -> int:
-    return run_recipe(__doc__, FeedbackConfig, run, argv, example="loop.rounds=3",
-                      report=markdown)
+from kzoo.recipes.feedback_loop import *  # noqa: E402, F403  (its names, for scripts that import this)
+from kzoo.recipes.feedback_loop import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,5 +1,7 @@
 """Pre-train a kzoo model for next-token prediction.
 
+The script form of `kzoo pretrain`: the code is `kzoo.recipes.pretrain`.
+
     python recipes/pretrain.py --config recipes/configs/gpt/nano_pydocs_pretrain.yaml
     python recipes/pretrain.py --config CONFIG --set train.steps=100 --set run_dir=runs/x
 
@@ -8,39 +10,15 @@ saved step. The run folder holds config.yaml, tokenizer/, model.keras, best.kera
 metrics.csv, loss.png and tensorboard/.
 """
 
-import argparse
-import json
 import os
 import sys
 
+# Before kzoo is imported (it imports TensorFlow): the backend and a quiet TensorFlow.
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="YAML config file")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. train.steps=100 (repeatable)")
-    parser.add_argument("--result-json", help="also write the final figures to this JSON file")
-    args = parser.parse_args(argv)
-
-    from kzoo.training import NaNLossError, PretrainConfig, load_config, pretrain
-    from kzoo.training.recipe import error_line
-
-    try:
-        config = load_config(args.config, PretrainConfig, overrides=args.set)
-        result = pretrain(config)
-    except (ValueError, NaNLossError) as error:  # bad input: one line, exit code 2
-        print(error_line(error), file=sys.stderr)
-        return 2 if isinstance(error, ValueError) else 3
-    summary = {k: v for k, v in result.items() if k != "sample"}
-    print("result:", json.dumps(summary))
-    if args.result_json:
-        with open(args.result_json, "w") as f:
-            json.dump(result, f, indent=1)
-    return 0
-
+from kzoo.recipes.pretrain import *  # noqa: E402, F403  (its names, for scripts that import this)
+from kzoo.recipes.pretrain import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,5 +1,7 @@
 """Supervised fine-tuning (SFT) on instruction data, loss on response tokens only.
 
+The script form of `kzoo sft`: the code is `kzoo.recipes.sft`.
+
     python recipes/sft.py --config recipes/configs/gpt/baby_instruction_sft.yaml
     python recipes/sft.py --config CONFIG --set train.epochs=1 --set run_dir=runs/x
 
@@ -11,112 +13,15 @@ hash of the prompt (`kzoo.data.instruction.split_records`), so `recipes/dpo.py` 
 `validation_fraction` and `split_seed` holds out the same prompts.
 """
 
-import dataclasses
-import json
 import os
 import sys
 
+# Before kzoo is imported (it imports TensorFlow): the backend and a quiet TensorFlow.
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from kzoo.training.config import checked  # noqa: E402
-from kzoo.training.lora import LoRAConfig  # noqa: E402
-from kzoo.training.recipe import (  # noqa: E402
-    FineTuneData,
-    FineTuneModel,
-    MemoryOptions,
-    run_recipe,
-)
-
-
-@dataclasses.dataclass
-class DataConfig(FineTuneData):
-    path: str = "../shared/data/instruction-data.json"
-
-
-@dataclasses.dataclass
-class TrainConfig(MemoryOptions):
-    epochs: int = checked(3, "positive")
-    batch_size: int = checked(16, "positive")
-    learning_rate: float = checked(1e-3, "positive")
-    weight_decay: float = checked(0.0, "non_negative")
-    verbose: int = 2
-    jit_compile: bool = True
-    max_loss_factor: float | None = 4.0  # stop when the loss exceeds this x its first value
-
-
-@dataclasses.dataclass
-class SFTConfig:
-    run_dir: str = "runs/sft"
-    seed: int = 0
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    model: FineTuneModel = dataclasses.field(default_factory=FineTuneModel)
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)
-
-
-def run(config: SFTConfig) -> dict:
-    from kzoo.training import open_run
-
-    with open_run(config.run_dir, "sft") as run_dir:
-        return _run_in(run_dir, config)
-
-
-def _run_in(run_dir, config: SFTConfig) -> dict:
-    import keras
-
-    from kzoo.alignment.sft import compile_sft, load_tokenizer_and_model, response_nll
-    from kzoo.data.instruction import (
-        encode_sft,
-        read_instruction_records,
-        sft_dataset,
-        split_records,
-    )
-    from kzoo.training import NaNGuard, save_config
-    from kzoo.training.recipe import diverged, prepare_tuning, save_tuned, tuning_optimizer
-
-    keras.utils.set_random_seed(config.seed)
-    data = config.data
-    tokenizer, model = load_tokenizer_and_model(
-        config.model.preset, config.model.args, config.model.init_from, config.model.tokenizer,
-        data.max_length)
-    records = read_instruction_records(data.path)
-    train_records, val_records = split_records(records, data.validation_fraction,
-                                               data.split_seed)
-    encode = lambda rs: encode_sft(rs, tokenizer, data.max_length, data.template,  # noqa: E731
-                                   data.max_prompt_length, data.strict)
-    train, val = encode(train_records), encode(val_records)
-    model = prepare_tuning(model, config.lora, config.train)
-    optimizer = tuning_optimizer(config.train, weight_decay=config.train.weight_decay)
-    compile_sft(model, optimizer, jit_compile=config.train.jit_compile)
-    before = response_nll(model, val)
-    guard = NaNGuard(model, keys=("loss",), max_loss_factor=config.train.max_loss_factor)
-    history = model.fit(
-        sft_dataset(train, config.train.batch_size, seed=config.seed),
-        validation_data=sft_dataset(val, config.train.batch_size, shuffle=False),
-        epochs=config.train.epochs, verbose=config.train.verbose, shuffle=False,
-        callbacks=[guard],
-    )
-    if guard.stopped_at is not None:
-        raise diverged(guard, "no model was saved")
-    save_config(config, run_dir.config, header="python recipes/sft.py --config <this file>")
-    tokenizer.save(run_dir.tokenizer)
-    save_tuned(model, run_dir.model, run_dir.root / "adapters.safetensors")
-    result = {
-        "split": {"train": len(train_records), "validation": len(val_records),
-                  "validation_fraction": data.validation_fraction, "split_seed": data.split_seed,
-                  "skipped_long_prompts": train["skipped"] + val["skipped"]},
-        "val_response_loss_before": before,
-        "val_response_loss_after": response_nll(model, val),
-        "history": {k: [float(x) for x in v] for k, v in history.history.items()},
-    }
-    (run_dir.root / "metrics.json").write_text(json.dumps(result, indent=1))
-    run_dir.mark("sft", "finished")
-    return result
-
-
-def main(argv=None) -> int:
-    return run_recipe(__doc__, SFTConfig, run, argv)
+from kzoo.recipes.sft import *  # noqa: E402, F403  (its names, for scripts that import this)
+from kzoo.recipes.sft import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -62,7 +62,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODULES = ("kzoo/layers", "kzoo/samplers", "kzoo/generation", "kzoo/losses",
-                   "kzoo/training/dpo.py")
+                   "kzoo/alignment/dpo.py")
 DEFAULT_JSON = "benchmarks/results/mutation.json"
 DEFAULT_DETAILS = "runs/mutation/mutants.json"
 EQUIVALENT_FILE = "scripts/mutation_equivalent.txt"
@@ -118,7 +118,7 @@ TESTS = {
     "kzoo/losses/preference.py": _LOSSES,
     "kzoo/losses/reward.py": _LOSSES,
     "kzoo/losses/__init__.py": _LOSSES,
-    "kzoo/training/dpo.py": ["tests/training/test_dpo_values.py", "tests/training/test_dpo.py"],
+    "kzoo/alignment/dpo.py": ["tests/training/test_dpo_values.py", "tests/training/test_dpo.py"],
     "kzoo/models/causal_lm.py": ["tests/models/test_dropout_at_inference.py",
                                  "tests/models/test_causal_lm.py"],
 }

@@ -1,6 +1,7 @@
 """Helpers the test files share (importable as `tests.helpers`: pytest puts the checkout on
 `sys.path`, see `pythonpath` in pyproject.toml)."""
 
+import importlib
 import importlib.util
 from pathlib import Path
 
@@ -23,8 +24,8 @@ def load_module(path, name: str | None = None):
 
 
 def load_recipe(name: str):
-    """The recipe script `recipes/<name>.py` as a fresh module."""
-    return load_module(ROOT / "recipes" / f"{name}.py")
+    """The recipe `kzoo.recipes.<name>` (what `recipes/<name>.py` and `kzoo <name>` run)."""
+    return importlib.import_module(f"kzoo.recipes.{name}")
 
 
 def sets(*items):

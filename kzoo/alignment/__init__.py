@@ -4,6 +4,8 @@
 - `dpo`: `DPOModel`, the DPO family on (chosen, rejected) pairs against a frozen reference;
 - `reward`: `RewardModel`, a Bradley-Terry reward model on pairs;
 - `kto`: `KTOModel`, unpaired thumbs-up / thumbs-down feedback;
+- `rewards`: reward functions (built-ins, `file.py:function`, reward-model run folders);
+- `rl`, `online`, `rollout`: on-policy GRPO and RLOO (`PolicyGradientModel`, `train_online`);
 - `feedback_loop`: pre-train, sample, rate, DPO and measure, in miniature.
 
 Each wraps a policy (and where needed a frozen reference) in a Keras model with a custom
@@ -20,17 +22,29 @@ dpo = DPOModel(policy, beta=0.1)
 
 from kzoo.alignment.dpo import DPOModel, compute_reference_logps, frozen_copy
 from kzoo.alignment.kto import KTOModel, compute_unpaired_reference_logps, implied_reward_accuracy
+from kzoo.alignment.online import PolicyGradientModel
 from kzoo.alignment.reward import RewardModel
+from kzoo.alignment.rewards import Reward, RewardSet, load_reward, reward_set_from_config
+from kzoo.alignment.rl import OnlineConfig, build_trainer, sample_rewards, train_online
 from kzoo.alignment.sft import compile_sft, response_nll
 
 __all__ = [
     "DPOModel",
     "KTOModel",
+    "OnlineConfig",
+    "PolicyGradientModel",
+    "Reward",
     "RewardModel",
+    "RewardSet",
+    "build_trainer",
     "compile_sft",
     "compute_reference_logps",
     "compute_unpaired_reference_logps",
     "frozen_copy",
     "implied_reward_accuracy",
+    "load_reward",
     "response_nll",
+    "reward_set_from_config",
+    "sample_rewards",
+    "train_online",
 ]

@@ -12,7 +12,10 @@ the loss arithmetic. Under `tf.distribute` each replica's loss is divided by the
 step as one device on the whole batch.
 
 Logged every step: loss, rewards/chosen, rewards/rejected, rewards/accuracy, rewards/margin,
-logps/chosen, logps/rejected (rewards are beta * (log pi - log pi_ref), summed over the response).
+logps/chosen, logps/rejected (rewards are beta * (log pi - log pi_ref), summed over the response),
+and nll_loss when `rpo_alpha` > 0: RPO adds rpo_alpha times the policy's NLL of the chosen
+responses, a per-token mean over every chosen token of the batch (TRL's `loss_type=["sigmoid",
+"sft"], loss_weights=[1.0, rpo_alpha]`), so the loss also keeps the chosen text likely.
 
 Example:
 ```python
@@ -27,6 +30,8 @@ dpo.compile(optimizer=keras.optimizers.AdamW(1e-4))
 """
 
 from __future__ import annotations
+
+import math
 
 import keras
 import numpy as np
@@ -153,6 +158,8 @@ class DPOModel(keras.Model):
             rewards, and what a loss sees). A loss registered `length_normalized` (`ipo`)
             always gets per-token mean log-ratios, whatever this says. Precomputed
             "reference_logps" must use the same setting (`compute_reference_logps(average=)`).
+        rpo_alpha: float. weight of the RPO term, the policy's mean NLL per chosen token of
+            the batch, added to the loss (0: plain DPO; the RPO paper uses 1.0).
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
     Example:
@@ -163,14 +170,20 @@ class DPOModel(keras.Model):
     policy = CausalLM.from_preset("gpt_nano")
     dpo = DPOModel(policy, frozen_copy(policy), loss="ipo", beta=0.5)
     dpo.compile(optimizer="adam")
+    rpo = DPOModel(policy, frozen_copy(policy), beta=0.1, rpo_alpha=1.0)   # DPO + chosen NLL
     ```
     """
 
     def __init__(self, policy, reference=None, loss: str = "sigmoid", beta: float = 0.1,
-                 label_smoothing: float = 0.0, average_log_prob: bool = False, **kwargs):
+                 label_smoothing: float = 0.0, average_log_prob: bool = False,
+                 rpo_alpha: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         if isinstance(beta, bool) or not isinstance(beta, int | float) or not beta > 0:
             raise ValueError(f"`beta` must be a positive number. Received: beta={beta!r}")
+        if (isinstance(rpo_alpha, bool) or not isinstance(rpo_alpha, int | float)
+                or not (rpo_alpha >= 0 and math.isfinite(rpo_alpha))):
+            raise ValueError("`rpo_alpha` must be a finite number >= 0. Received: "
+                             f"rpo_alpha={rpo_alpha!r}")
         self.loss_fn = loss_registry.get(loss)
         # Fail now, not at the first step, on a smoothing the loss does not take.
         self.loss_fn(np.zeros(1, "float32"), np.zeros(1, "float32"), beta, label_smoothing)
@@ -189,9 +202,11 @@ class DPOModel(keras.Model):
         self.beta = float(beta)
         self.label_smoothing = float(label_smoothing)
         self.average_log_prob = average_log_prob
+        self.rpo_alpha = float(rpo_alpha)
         # Summed log-ratios must be divided by the response lengths for such a loss.
         self.normalize_logratios = loss_registry.length_normalized(loss) and not average_log_prob
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in METRIC_NAMES}
+        names = METRIC_NAMES + (("nll_loss",) if self.rpo_alpha > 0 else ())
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
         self.built = True
 
     @property
@@ -236,12 +251,45 @@ class DPOModel(keras.Model):
                                 self.label_smoothing)  # (pairs,)
         return per_pair, self.beta * tf.stop_gradient(logratios)
 
-    def _update_metrics(self, per_pair, rewards, policy_logps):
+    def _chosen_nll(self, policy_logps, loss_mask):
+        """RPO's term from the policy log-probs `pair_logps` gave: (this replica's summed NLL of
+        the chosen tokens / the chosen tokens of the global batch, that global mean NLL).
+
+        The first is what the loss adds (scaled by rpo_alpha): summed over replicas it is the
+        global per-token mean, so N replicas step as one device on the whole batch. The
+        second, with no gradient, is what every replica logs."""
+        chosen_mask = tf.cast(loss_mask, tf.float32)[:, 0]  # (pairs, L)
+        chosen = policy_logps[:, 0]  # (pairs,)
+        if self.average_log_prob:  # undo the per-row mean: the NLL is averaged per token
+            chosen = chosen * response_lengths(chosen_mask)
+        nll_sum = -tf.reduce_sum(chosen)
+        tokens = tf.reduce_sum(chosen_mask[:, 1:])  # the first token is never a target
+        context = tf.distribute.get_replica_context()  # None in a cross-replica context
+        if context is not None:
+            tokens = context.all_reduce(tf.distribute.ReduceOp.SUM, tokens)
+        # max(., 1): a batch of empty chosen responses adds 0, where TRL's mean would be NaN.
+        tokens = tf.maximum(tokens, 1.0)
+        logged = tf.stop_gradient(nll_sum)
+        if context is not None:
+            logged = context.all_reduce(tf.distribute.ReduceOp.SUM, logged)
+        return nll_sum / tokens, logged / tokens
+
+    def _loss(self, per_pair, policy_logps, loss_mask):
+        """(the replica's share of the loss to differentiate, the global chosen NLL or None)."""
+        # Sum over this replica's pairs / global batch: replicas' gradients then add up.
+        loss = tf.nn.compute_average_loss(per_pair)
+        if self.rpo_alpha == 0:
+            return loss, None
+        nll_share, nll = self._chosen_nll(policy_logps, loss_mask)
+        return loss + self.rpo_alpha * nll_share, nll
+
+    def _update_metrics(self, per_pair, rewards, policy_logps, nll=None):
         n = tf.shape(per_pair)[0]
         # Each replica adds its batch-weighted values; the Mean metrics sum across replicas.
         weight = tf.cast(n, tf.float32)
         values = {
-            "loss": per_pair,
+            # The batch's whole objective: the pairs' DPO mean plus the global RPO term.
+            "loss": per_pair if nll is None else per_pair + self.rpo_alpha * nll,
             "rewards/chosen": rewards[:, 0],
             "rewards/rejected": rewards[:, 1],
             "rewards/accuracy": tf.cast(rewards[:, 0] > rewards[:, 1], tf.float32),
@@ -249,6 +297,8 @@ class DPOModel(keras.Model):
             "logps/chosen": policy_logps[:, 0],
             "logps/rejected": policy_logps[:, 1],
         }
+        if nll is not None:
+            values["nll_loss"] = nll
         for name, value in values.items():
             self.trackers[name].update_state(tf.reduce_mean(value), sample_weight=weight)
         return {name: tracker.result() for name, tracker in self.trackers.items()}
@@ -263,19 +313,19 @@ class DPOModel(keras.Model):
             policy_logps = self(inputs, training=True)
             per_pair, rewards = self._pair_losses(policy_logps, reference_logps,
                                                   inputs["loss_mask"])
-            # Sum over this replica's pairs / global batch: replicas' gradients then add up.
-            loss = tf.nn.compute_average_loss(per_pair)
+            loss, nll = self._loss(per_pair, policy_logps, inputs["loss_mask"])
             scaled = self.optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply(grads, variables)
-        return self._update_metrics(per_pair, rewards, tf.stop_gradient(policy_logps))
+        return self._update_metrics(per_pair, rewards, tf.stop_gradient(policy_logps), nll)
 
     def test_step(self, data):
         inputs, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         policy_logps = self(inputs, training=False)
         per_pair, rewards = self._pair_losses(policy_logps, self._reference_logps(inputs),
                                               inputs["loss_mask"])
-        return self._update_metrics(per_pair, rewards, policy_logps)
+        _, nll = self._loss(per_pair, policy_logps, inputs["loss_mask"])
+        return self._update_metrics(per_pair, rewards, policy_logps, nll)
 
     def get_config(self):
         return {
@@ -288,6 +338,7 @@ class DPOModel(keras.Model):
             "beta": self.beta,
             "label_smoothing": self.label_smoothing,
             "average_log_prob": self.average_log_prob,
+            "rpo_alpha": self.rpo_alpha,
         }
 
     @classmethod

@@ -62,6 +62,7 @@ class LoopConfig:
         eval_samples_per_prompt: int. samples per held-out prompt for the rates and the KL.
         loss: str. DPO-family loss name (`kzoo.losses.list_losses()`).
         beta: float. DPO beta.
+        rpo_alpha: float. weight of the RPO term (the chosen answers' NLL) added to the loss.
         rounds: int. sample -> rate -> pair -> train rounds (on-policy, iterated DPO).
         dpo_epochs: int. epochs over each round's pairs.
         dpo_batch_size: int. pairs per DPO step.
@@ -86,6 +87,7 @@ class LoopConfig:
     eval_samples_per_prompt: int = checked(32, "positive")
     loss: str = "sigmoid"
     beta: float = checked(2.0, "positive")
+    rpo_alpha: float = checked(0.0, "non_negative")
     rounds: int = checked(8, "positive")
     dpo_epochs: int = checked(2, "positive")
     dpo_batch_size: int = checked(32, "positive")
@@ -202,14 +204,16 @@ def encode_records(pairs: list[dict], tokenizer) -> dict:
 
 
 def dpo_rounds(config: LoopConfig, base: CausalLM, tokenizer, problems, held_out: dict, rng,
-               shuffle: bool = False, log=print):
+               shuffle: bool = False, log=print, on_round=None):
     """Iterated DPO from a copy of `base`: each round samples the current policy on the
     training prompts, rates the samples, pairs them and trains on the pairs. The reference is
     always `base`, through precomputed log-probs (no second model in memory). With `shuffle`,
-    each pair's chosen and rejected are swapped on a coin flip (the no-signal control)."""
+    each pair's chosen and rejected are swapped on a coin flip (the no-signal control).
+    `on_round(round, policy)` is called after each round's training."""
     policy = CausalLM.from_config(base.get_config())
     policy.set_weights(base.get_weights())
-    dpo = DPOModel(policy, reference=None, loss=config.loss, beta=config.beta)
+    dpo = DPOModel(policy, reference=None, loss=config.loss, beta=config.beta,
+                   rpo_alpha=config.rpo_alpha)
     dpo.compile(optimizer=keras.optimizers.Adam(config.dpo_learning_rate))
     history, pair_counts, flipped = {}, [], 0
     for r in range(config.rounds):
@@ -232,6 +236,8 @@ def dpo_rounds(config: LoopConfig, base: CausalLM, tokenizer, problems, held_out
         for k, v in fit.history.items():
             history.setdefault(k, []).extend(float(x) for x in v)
         log(f"round {r + 1}: {len(pairs)} pairs, DPO loss {fit.history['loss'][-1]:.3f}")
+        if on_round is not None:  # e.g. measure the policy after each round
+            on_round(r + 1, policy)
     logs = dpo.evaluate(preference_dataset(held_out, 256, shuffle=False), verbose=0,
                         return_dict=True)
     return policy, {"history": history, "pairs_per_round": pair_counts, "flipped": flipped,

@@ -1,5 +1,7 @@
 """Losses for preference fine-tuning: the DPO-family registry, the reward model's loss and the
-KTO-family losses for unpaired thumbs up / down feedback (`kzoo.losses.kto`).
+KTO-family losses for unpaired thumbs up / down feedback (`kzoo.losses.kto`), and the
+policy-gradient pieces of GRPO and RLOO (`kzoo.losses.policy_gradient`: advantages, the
+clipped surrogate, the k3 KL).
 
 Example:
 ```python
@@ -9,6 +11,7 @@ losses.list_unpaired_losses()   # ['apo_zero_unpaired', 'kto']
 ```
 """
 
+from kzoo.losses import policy_gradient
 from kzoo.losses.kto import get_unpaired, kto_kl, kto_loss, list_unpaired_losses
 from kzoo.losses.preference import (
     get,
@@ -34,6 +37,7 @@ __all__ = [
     "list_losses",
     "list_unpaired_losses",
     "pairwise_accuracy",
+    "policy_gradient",
     "register",
     "robust_loss",
     "sigmoid_loss",

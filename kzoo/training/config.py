@@ -245,7 +245,7 @@ def _convert(value: Any, tp, key: str, source: str):
         if not isinstance(value, dict):
             raise _type_error(value, tp, key, source)
         return _build(value, tp, source, prefix=key + ".")
-    if origin is list:
+    if origin is list or tp is list:
         if not isinstance(value, list):
             raise _type_error(value, tp, key, source)
         (item,) = typing.get_args(tp) or (Any,)

@@ -2,18 +2,16 @@
 every image loads, no internal link is broken, and the browser asks for no missing file.
 
 The site is served by `serve_site.py` in its own process, which logs every request. Chromium
-is driven over the DevTools protocol on a pipe (`cdp.py`): each page is opened, its `load`
-event awaited (it waits for the page's images), then a script reads the title, headings,
-images (`naturalWidth`), links and element ids. Uncaught script errors, console errors and
-failed requests are collected per page.
+is driven by Playwright (`tests/browser.py`): each page is opened, its `load` event awaited
+(it waits for the page's images), then a script reads the title, headings, images
+(`naturalWidth`), links and element ids. Uncaught script errors, console errors and failed
+requests are collected per page.
 
 Chromium is Debian's `chromium` package (CI installs it). Without it the tests skip, unless
 `CI` is set: then they fail.
 """
 
-import importlib.util
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -24,10 +22,8 @@ from urllib.parse import urldefrag, urlsplit
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location("kzoo_docs_cdp",
-                                               Path(__file__).with_name("cdp.py"))
-cdp = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cdp)
+from tests.browser import browser, require_chromium, require_playwright  # noqa: F401
+from tests.browser import visit as open_page
 
 # Evaluated in each page after its load event; returns plain JSON.
 COLLECT = """({
@@ -45,30 +41,20 @@ COLLECT = """({
 })"""
 
 
-def _chromium() -> str | None:
-    for name in (os.environ.get("KZOO_CHROMIUM"), "chromium", "chromium-browser"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
-def require_chromium(environ=os.environ) -> str:
-    """Chromium's path; skip without it, but fail when `CI` is set (CI must install it)."""
-    chromium = _chromium()
-    if chromium is None:
-        if environ.get("CI"):
-            pytest.fail("CI is set but Chromium is not installed: .ci/run must "
-                        "`apt-get install -y chromium` (or set KZOO_CHROMIUM)")
-        pytest.skip("Chromium is not installed (apt-get install -y chromium); CI runs this")
-    return chromium
-
-
 def test_missing_chromium_skips_locally_and_fails_in_ci(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(pytest.skip.Exception):
         require_chromium({})
     with pytest.raises(pytest.fail.Exception, match="CI is set"):
         require_chromium({"CI": "true"})
+
+
+def test_missing_playwright_skips_locally_and_fails_in_ci(monkeypatch):
+    monkeypatch.setitem(sys.modules, "playwright.sync_api", None)  # import raises ImportError
+    with pytest.raises(pytest.skip.Exception):
+        require_playwright({})
+    with pytest.raises(pytest.fail.Exception, match="CI is set"):
+        require_playwright({"CI": "true"})
 
 
 @pytest.fixture(scope="module")
@@ -97,13 +83,13 @@ def _page_urls(site: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def browser_report(server, built_site):
-    chromium = require_chromium()
+def browser_report(server, built_site, browser):  # noqa: F811  the imported fixture
     base, log = server
-    visits = []
-    with cdp.Browser(chromium, timeout=60) as browser:
-        for url in _page_urls(built_site):
-            visits.append(browser.visit(base + url, COLLECT))
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        visits = [open_page(page, base + url, COLLECT) for url in _page_urls(built_site)]
+    finally:
+        page.close()
     requests = [tuple(json.loads(line)) for line in log.read_text().splitlines()]
     return {"visits": visits, "base": base, "requests": requests}
 

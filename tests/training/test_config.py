@@ -246,3 +246,15 @@ def test_every_recipe_refuses_nonsense_values_at_load(recipe, item):
     key = item.split("=")[0]
     with pytest.raises(ValueError, match=rf"with --set overrides: key '{key}' must be "):
         load_config(path, schema, [item])
+
+
+def test_a_bare_list_field_takes_a_list():
+    import dataclasses
+
+    from kzoo.training.config import config_from_dict
+
+    @dataclasses.dataclass
+    class WithList:
+        items: list = dataclasses.field(default_factory=list)
+
+    assert config_from_dict({"items": [1, "a", {"b": 2}]}, WithList).items == [1, "a", {"b": 2}]

@@ -1,0 +1,207 @@
+"""The `kzoo` command: every recipe of `kzoo.recipes`, plus `chat`, `rate`, `ls` and `cp`.
+
+    kzoo ls                                   # the shipped configs and their commands
+    kzoo cp gpt/nano_pydocs_pretrain my.yaml  # copy one out to edit
+    kzoo pretrain --config gpt/nano_pydocs_pretrain --set train.steps=20
+    kzoo chat runs/gpt_nano_pydocs
+    python -m kzoo.cli.main ...               # the same without the console script
+
+`--config` takes a shipped config's name or a path, for every recipe. Exit codes are the
+recipes': 0 done, 2 bad input (one `error: ...` line on stderr), 3 stopped on a NaN or
+exploding loss. Importing this module, `kzoo --help`, `kzoo ls` and `kzoo cp` import no
+TensorFlow; a recipe is imported only when it runs.
+
+Example:
+```python
+from kzoo.cli.main import main
+main(["ls", "--recipe", "pretrain"])   # prints gpt/baby_shakespeare_char_pretrain ...; 0
+```
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import importlib.util
+import os
+import sys
+
+from kzoo.recipes import list_recipes
+
+TOOLS = {
+    "chat": "Chat with a model in the terminal: streamed, multi-turn, /odds shows the odds.",
+    "rate": "A local page where you rate and correct completions (TRL-format JSONL).",
+    "ls": "List the shipped configs and the command each is for.",
+    "cp": "Copy a shipped config out: kzoo cp NAME DEST.yaml.",
+}
+
+
+def _command(module: str) -> str:
+    return module.replace("_", "-")
+
+
+def recipe_commands() -> dict[str, str]:
+    """The recipe commands (`feedback-loop` for the module `feedback_loop`) -> module names.
+
+    Example:
+    ```python
+    recipe_commands()["export-hf"]   # 'export_hf'
+    ```
+    """
+    return {_command(name): name for name in list_recipes()}
+
+
+def commands() -> list[str]:
+    """Every `kzoo` command: the recipes, then the tools."""
+    return [*recipe_commands(), *TOOLS]
+
+
+def _rate_summary() -> str:
+    spec = importlib.util.find_spec("kzoo.cli.rate")
+    if spec is None or not spec.origin:
+        return "(not installed here) " + TOOLS["rate"]
+    try:
+        with open(spec.origin, encoding="utf-8") as f:
+            doc = ast.get_docstring(ast.parse(f.read())) or ""
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        doc = ""
+    first = doc.strip().splitlines()[0] if doc.strip() else ""
+    if not first.startswith("`kzoo rate`:"):
+        return TOOLS["rate"]
+    summary = first.split(":", 1)[1].strip()
+    return summary[:1].upper() + summary[1:]
+
+
+def usage() -> str:
+    """The text of `kzoo --help`."""
+    recipes = list_recipes()
+    tools = {**TOOLS, "rate": _rate_summary()}
+    width = max(len(c) for c in commands()) + 2
+    lines = ["usage: kzoo COMMAND [ARGS ...]     (kzoo COMMAND --help: its options)", "",
+             "Train, align and talk to small language models on your own machine.", "",
+             "recipes (--config NAME|FILE, --set key=value; `kzoo ls` lists the NAMEs):"]
+    lines += [f"  {_command(name):<{width}}{summary}" for name, summary in recipes.items()]
+    lines += ["", "tools:"]
+    lines += [f"  {name:<{width}}{summary}" for name, summary in tools.items()]
+    lines += ["", "Exit codes: 0 done, 2 bad input (one `error:` line), 3 stopped on a NaN loss."]
+    return "\n".join(lines)
+
+
+def _load_library() -> None:
+    """What `import kzoo` does outside this command: TensorFlow imported quietly, then kzoo's
+    layers and models (registered with Keras, so saved models load)."""
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from kzoo._quiet import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    import kzoo.generation  # noqa: F401
+    import kzoo.models  # noqa: F401
+
+
+@contextlib.contextmanager
+def _prog(name: str):
+    """argparse names a program after sys.argv[0]: the recipes' `--help` then says `kzoo X`."""
+    saved = sys.argv[0] if sys.argv else None
+    if saved is None:
+        sys.argv.append(name)
+    else:
+        sys.argv[0] = name
+    try:
+        yield
+    finally:
+        if saved is None:
+            sys.argv.pop(0)
+        else:
+            sys.argv[0] = saved
+
+
+def _exit_code(error: SystemExit) -> int:
+    code = error.code
+    return code if isinstance(code, int) else (0 if code is None else 2)
+
+
+def _error(message: str) -> int:
+    print("error: " + " ".join(message.split()), file=sys.stderr)
+    return 2
+
+
+def _run_recipe(module: str, args: list[str]) -> int:
+    from kzoo.cli.configs import resolve_config_args
+    from kzoo.recipes import load_recipe
+
+    if not {"-h", "--help"} & set(args):
+        try:
+            args = resolve_config_args(args)
+        except ValueError as error:
+            return _error(str(error))
+    _load_library()
+    recipe = load_recipe(module)
+    with _prog(f"kzoo {_command(module)}"):
+        return recipe.main(args)
+
+
+def _run_rate(args: list[str]) -> int:
+    try:
+        from kzoo.cli import rate
+    except ModuleNotFoundError as error:
+        if error.name != "kzoo.cli.rate":
+            raise
+        return _error("kzoo rate is not installed here (no module kzoo.cli.rate)")
+    if not {"-h", "--help"} & set(args):
+        _load_library()
+    with _prog("kzoo rate"):
+        return rate.main(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `kzoo ARGS...`; returns the exit code (0, 2 bad input, 3 stopped on NaN).
+
+    Args:
+        argv: list[str] or None. the arguments after `kzoo` (default `sys.argv[1:]`).
+
+    Example:
+    ```python
+    main(["--help"])   # prints the commands; 0
+    ```
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        print(usage(), file=sys.stderr)
+        return 2
+    command, args = argv[0], argv[1:]
+    if command in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if command == "--version":
+        from kzoo.version import __version__
+
+        print(f"kzoo {__version__}")
+        return 0
+    recipes = recipe_commands()
+    command = command if command in TOOLS else _command(command)  # export_hf = export-hf
+    try:
+        if command in recipes:
+            return _run_recipe(recipes[command], args)
+        if command == "ls":
+            from kzoo.cli.configs import ls_main
+
+            return ls_main(args, commands())
+        if command == "cp":
+            from kzoo.cli.configs import cp_main
+
+            return cp_main(args)
+        if command == "chat":
+            from kzoo.cli.chat import main as chat_main
+
+            return chat_main(args)
+        if command == "rate":
+            return _run_rate(args)
+    except SystemExit as error:  # argparse: --help (0) or a bad flag (2)
+        return _exit_code(error)
+    return _error(f"unknown command {argv[0]!r}; the commands: {', '.join(commands())} "
+                  "(kzoo --help)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

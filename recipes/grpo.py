@@ -1,0 +1,18 @@
+"""GRPO: on-policy RL from rewards. The script form of `kzoo grpo`: the code is `kzoo.recipes.grpo`.
+
+    python recipes/grpo.py --config recipes/configs/gpt/baby_instruction_grpo.yaml
+    python recipes/grpo.py --config CONFIG --set train.steps=20
+"""
+
+import os
+import sys
+
+# Before kzoo is imported (it imports TensorFlow): the backend and a quiet TensorFlow.
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from kzoo.recipes.grpo import *  # noqa: E402, F403  (its names, for scripts that import this)
+from kzoo.recipes.grpo import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
