@@ -5,10 +5,11 @@ two-digit sums, right about 30% of the time at temperature 1). From it, side by 
 
 - GRPO and RLOO (`kzoo.alignment.rl`), rewarded 1 for the exact sum followed by end-of-text
   (`recipes/rewards/arithmetic.py:correct`), G completions per prompt, `--steps` generation
-  batches of `--prompts-per-batch` x G completions;
+  batches of `--prompts-per-batch` x G completions, KL to the base model `--beta` on the
+  completions and `--prompt-kl` on the prompt tokens;
 - a control: GRPO with the rewards shuffled across the batch's completions (no signal);
 - iterated DPO (`dpo_rounds`), each round sampling `samples_per_prompt` completions of every
-  training prompt, run to the same number of sampled completions.
+  training prompt, for `--dpo-rounds` rounds (or until GRPO's number of completions).
 
 Every arm is measured after the same numbers of sampled completions (multiples of one DPO
 round's samples): the correct rate on held-out prompts at temperature 1 and the validation loss
@@ -97,11 +98,12 @@ def run_rl(setup, args, algorithm, rewards, measure_rewards, every, label, log):
     from kzoo.alignment.rl import OnlineConfig, build_trainer, train_online
 
     policy = copy_of(setup["base"])
+    reference = copy_of(setup["base"]) if args.beta or args.prompt_kl else None
     g = args.num_generations
     online = OnlineConfig(algorithm=algorithm, num_generations=g,
                           batch_size=g * args.prompts_per_batch, max_new_tokens=3,
-                          max_prompt_length=6, beta=0.0, jit_compile=False,
-                          zero_std_warn_steps=10_000)
+                          max_prompt_length=6, beta=args.beta, prompt_kl_coef=args.prompt_kl,
+                          jit_compile=False, zero_std_warn_steps=10_000)
     trainer = build_trainer(policy, online, keras.optimizers.Adam(args.lr))
     points = []
 
@@ -109,12 +111,14 @@ def run_rl(setup, args, algorithm, rewards, measure_rewards, every, label, log):
         if step % every == 0:
             rate, val = measure(setup, policy, measure_rewards, args.eval_samples)
             points.append({"completions": step * online.batch_size, "rate": rate,
-                           "val_loss": val, "kl": logs["kl"], "reward": logs["reward"]})
+                           "val_loss": val, "kl": logs["kl"], "kl_prompt": logs["kl/prompt"],
+                           "reward": logs["reward"]})
             log(f"{label} step {step}: rate {rate:.3f}, val loss {val:.4f}")
 
     start = time.perf_counter()
     history = train_online(trainer, setup["tokenizer"], setup["train_set"], rewards, online,
-                           args.steps, seed=args.seed, on_step=on_step, log=log)
+                           args.steps, reference=reference, seed=args.seed, on_step=on_step,
+                           log=log)
     return points, history, time.perf_counter() - start
 
 
@@ -191,42 +195,58 @@ def figures(curves: dict, path_dir: Path):
 
     xs = sorted({p["completions"] for pts in curves.values() for p in pts})
     metrics = {"completions": xs}
+    keys = ("rate", "val_loss", "reward", "kl", "kl_prompt")
     for name, pts in curves.items():
         by_x = {p["completions"]: p for p in pts}
-        for key in ("rate", "val_loss", "kl"):
+        for key in keys:
             metrics[f"{name}/{key}"] = [by_x[x].get(key, np.nan) if x in by_x else np.nan
                                         for x in xs]
     names = list(curves)
+    rl = [n for n in names if "kl" in curves[n][-1]]
+    labels = {f"{n}/{k}": n for n in names for k in keys}
     plot_curves(metrics, [[f"{n}/rate" for n in names], [f"{n}/val_loss" for n in names]],
                 path_dir / "rl_correct_rate.png", x="completions",
                 titles=["held-out correct rate (temperature 1)", "validation loss"],
-                ylabels=["correct rate", "nats / token"],
-                labels={f"{n}/{k}": n for n in names for k in ("rate", "val_loss")})
-    rl = [n for n in names if "kl" in curves[n][0]]
-    plot_curves(metrics, [[f"{n}/kl" for n in rl]], path_dir / "rl_kl.png", x="completions",
-                titles=["KL to the reference during training (nats / token)"],
-                ylabels=["KL"], labels={f"{n}/kl": n for n in rl})
+                ylabels=["correct rate", "nats / token"], labels=labels)
+    plot_curves(metrics, [[f"{n}/reward" for n in rl], [f"{n}/kl" for n in rl],
+                          [f"{n}/kl_prompt" for n in rl]],
+                path_dir / "rl_reward_kl.png", x="completions",
+                titles=["training reward (mean of the batch)", "KL to the reference, completions",
+                        "KL to the reference, prompt tokens"],
+                ylabels=["reward", "nats / token", "nats / token"], labels=labels)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--num-generations", type=int, default=16)
     parser.add_argument("--prompts-per-batch", type=int, default=15)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--beta", type=float, default=0.3, help="KL to the reference")
+    parser.add_argument("--prompt-kl", type=float, default=1.0, help="prompt_kl_coef")
+    parser.add_argument("--dpo-rounds", type=int, default=24,
+                        help="iterated DPO rounds (at most as many completions as GRPO)")
     parser.add_argument("--eval-samples", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--baby-steps", type=int, default=6)
+    parser.add_argument("--baby-steps", type=int, default=10)
     parser.add_argument("--baby-new-tokens", type=int, default=64)
     parser.add_argument("--figures", action="store_true", help="write docs/assets/figures/")
+    parser.add_argument("--step-cost-only", action="store_true",
+                        help="only the GRPO step split (results/rl_step_cost.json)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.eval_samples, args.baby_steps, args.baby_new_tokens = 20, 4, 3, 8
+        args.dpo_rounds = 1
 
     from kzoo.alignment.rewards import RewardSet, load_reward
 
     log = lambda m: print(m, flush=True)  # noqa: E731
+    if args.step_cost_only:
+        cost = step_cost(args, log)
+        report("rl_step_cost", [{k: round(v, 4) if isinstance(v, float) else v
+                                 for k, v in cost.items()}], vars(args))
+        return
     setup = arithmetic_setup(args.seed, args.quick)
     correct = RewardSet([load_reward(str(ROOT / "recipes/rewards/arithmetic.py:correct"))])
     start_rate, start_val = measure(setup, setup["base"], correct, args.eval_samples)
@@ -240,12 +260,13 @@ def main():
                                        Shuffled(correct, args.seed))):
         curves[label], histories[label], seconds[label] = run_rl(
             setup, args, algorithm, rewards, correct, every, label, log)
-    rounds = max(1, args.steps * batch // per_round)
+    rounds = max(1, min(args.dpo_rounds, args.steps * batch // per_round))
     curves["iterated DPO"], _, seconds["iterated DPO"] = run_dpo(setup, args, correct, rounds,
                                                                 log)
     for pts in curves.values():
         pts.insert(0, {"completions": 0, "rate": start_rate, "val_loss": start_val,
-                       **({"kl": 0.0} if "kl" in pts[0] else {})})
+                       **({"kl": 0.0, "kl_prompt": 0.0, "reward": start_rate} if "kl" in pts[0]
+                          else {})})
     rows = []
     for label, pts in curves.items():
         for p in pts[1:]:

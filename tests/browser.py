@@ -4,10 +4,8 @@ Playwright runs Debian's `chromium` (or `KZOO_CHROMIUM`) as its executable: it n
 a browser of its own. Without Chromium or Playwright the browser tests skip, unless `CI` is
 set: then they fail (CI must install both; `.ci/run` installs chromium, `.[dev]` Playwright).
 
-Example (in a test module):
+Example (in a test module; `tests/conftest.py` makes `browser` one session fixture):
 ```python
-from tests.browser import browser  # noqa: F401  (the session fixture)
-
 def test_title(browser):
     page = browser.new_page()
     page.goto("http://127.0.0.1:8000/")

@@ -8,6 +8,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pytest  # noqa: E402
 
+# One headless Chromium (Playwright) for the whole session: a session fixture imported into two
+# test modules would be two, and a second sync Playwright in the same thread fails.
+from tests.browser import browser  # noqa: E402, F401
+
 
 def shared_data_file(name: str) -> Path:
     """Return `$KZOO_TEST_DATA/name`.

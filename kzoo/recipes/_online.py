@@ -72,18 +72,21 @@ def online_config(config, algorithm: str):
     return result
 
 
-def check_reference(mode: str, beta: float, lora_enabled: bool, section: str) -> str:
+def check_reference(mode: str, beta: float, lora_enabled: bool, section: str,
+                    prompt_kl_coef: float = 0.0) -> str:
     """The reference the run uses: "none", "copy" or "adapters_off" (checked)."""
     modes = ("auto", "none", "copy", "adapters_off")
     if mode not in modes:
         raise ValueError(f"{section}.reference must be one of {list(modes)}. Received: {mode!r}")
+    needed = beta > 0 or prompt_kl_coef > 0
     if mode == "auto":
-        mode = "none" if beta == 0 else "adapters_off" if lora_enabled else "copy"
+        mode = "none" if not needed else "adapters_off" if lora_enabled else "copy"
     if mode == "adapters_off" and not lora_enabled:
         raise ValueError(f"{section}.reference: adapters_off needs lora.enabled: true")
-    if mode == "none" and beta > 0:
-        raise ValueError(f"{section}.beta={beta} needs a reference; set {section}.reference to "
-                         "copy (or adapters_off with LoRA), or beta to 0")
+    if mode == "none" and needed:
+        raise ValueError(f"{section}.beta={beta} and {section}.prompt_kl_coef={prompt_kl_coef} "
+                         f"need a reference; set {section}.reference to copy (or adapters_off "
+                         "with LoRA), or both to 0")
     return mode
 
 
@@ -93,7 +96,8 @@ def run_online(config, algorithm: str, header: str) -> dict:
 
     online = online_config(config, algorithm)  # bad settings fail before any folder exists
     section = getattr(config, algorithm)
-    reference = check_reference(section.reference, online.beta, config.lora.enabled, algorithm)
+    reference = check_reference(section.reference, online.beta, config.lora.enabled, algorithm,
+                                online.prompt_kl_coef)
     with open_run(config.run_dir, algorithm) as run_dir:
         return _run_in(run_dir, config, online, reference, header)
 

@@ -40,6 +40,9 @@ class RLOOSection:
     normalize_advantages: bool = False
     num_iterations: int = checked(1, "positive")
     mask_truncated_completions: bool = False
+    # k3 KL to the reference on the prompt tokens: keeps what the policy says outside its
+    # completions (the policy-gradient loss never touches them); needs a reference
+    prompt_kl_coef: float = checked(0.0, "non_negative")
     zero_std_warn_steps: int = checked(10, "positive")
     reference: str = "auto"  # "auto", "none", "copy" or "adapters_off"
 

@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import browser  # noqa: F401  the session fixture
-
 ITEMS = [
     {"prompt": "Q: What is 2+2?\nA:",
      "completions": [" 4.", " 22, because you put them together."]},
@@ -104,7 +102,7 @@ def progress(page) -> str:
     return page.inner_text("#progress")
 
 
-def test_clicks_and_shortcuts_write_the_expected_records(browser, served):  # noqa: F811
+def test_clicks_and_shortcuts_write_the_expected_records(browser, served):
     url, out = served
     page = browser.new_page(viewport={"width": 1100, "height": 720})
     page.goto(url)
@@ -150,7 +148,7 @@ def test_clicks_and_shortcuts_write_the_expected_records(browser, served):  # no
     assert meta[4]["edited"] and meta[4]["base"] == "right"
 
 
-def test_thumbs_mode_rates_every_completion_and_survives_reload(browser, served):  # noqa: F811
+def test_thumbs_mode_rates_every_completion_and_survives_reload(browser, served):
     url, out = served
     page = browser.new_page()
     page.goto(url)
@@ -170,7 +168,7 @@ def test_thumbs_mode_rates_every_completion_and_survives_reload(browser, served)
     assert not out.exists(), "no pair was judged: no pairs file"
 
 
-def test_reload_and_server_restart_keep_progress(browser, candidates, tmp_path):  # noqa: F811
+def test_reload_and_server_restart_keep_progress(browser, candidates, tmp_path):
     out = tmp_path / "ratings.jsonl"
     url, proc = start(["--candidates", str(candidates)], out)
     page = browser.new_page()
@@ -197,7 +195,7 @@ def test_reload_and_server_restart_keep_progress(browser, candidates, tmp_path):
     assert len(lines(out)) == 2
 
 
-def test_two_tabs_never_record_a_pair_twice(browser, served):  # noqa: F811
+def test_two_tabs_never_record_a_pair_twice(browser, served):
     url, out = served
     context = browser.new_context()
     tab1, tab2 = context.new_page(), context.new_page()
@@ -221,7 +219,7 @@ def test_two_tabs_never_record_a_pair_twice(browser, served):  # noqa: F811
     context.close()
 
 
-def test_live_sampling_shows_progress_then_pairs(browser, tmp_path):  # noqa: F811
+def test_live_sampling_shows_progress_then_pairs(browser, tmp_path):
     from kzoo.models import CausalLM
     from kzoo.tokenizers import ByteTokenizer
 

@@ -235,3 +235,31 @@ def test_bad_input_one_line_exit_2_nothing_written(case, tmp_path, capsys):
 def _write(path, text):
     path.write_text(text)
     return path
+
+
+@pytest.mark.parametrize("template", ["chat", None])
+def test_live_sampling_renders_the_prompt_as_the_model_is_trained_on(template):
+    """With "chat" the model sees the prompt as a user turn in its chat template; the item
+    keeps the prompt itself (what the DPO data file holds)."""
+    import keras
+
+    from kzoo.alignment.rollout import encode_prompts
+    from kzoo.cli.rate.sources import LiveSampler, build_sampler
+    from kzoo.generation import generate
+    from kzoo.models import CausalLM
+    from kzoo.tokenizers import ByteTokenizer
+
+    keras.utils.set_random_seed(0)
+    tok = ByteTokenizer()
+    model = CausalLM(vocab_size=tok.vocab_size, num_layers=1, num_heads=2, hidden_dim=16,
+                     intermediate_dim=32, max_sequence_length=128)
+    sampler = build_sampler("top_k", {"k": 1})  # one choice per step: deterministic
+    live = LiveSampler(model, tok, ["Say hi"], sampler, {"model": "tiny"}, seed=0,
+                       max_new_tokens=4, template=template)
+    live.start()
+    live.join(120)
+    assert live.error is None and live.items[0]["prompt"] == "Say hi"
+    seen = (encode_prompts(["Say hi"], tok, 1 << 30, "chat")[0].tolist() if template
+            else "Say hi")
+    want = generate(model, [seen], 4, sampler, tok, stop_token_ids=tok.stop_token_ids)
+    assert live.items[0]["completions"][0] == want.texts[0]

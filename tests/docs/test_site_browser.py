@@ -22,7 +22,7 @@ from urllib.parse import urldefrag, urlsplit
 
 import pytest
 
-from tests.browser import browser, require_chromium, require_playwright  # noqa: F401
+from tests.browser import require_chromium, require_playwright
 from tests.browser import visit as open_page
 
 # Evaluated in each page after its load event; returns plain JSON.
@@ -83,7 +83,7 @@ def _page_urls(site: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def browser_report(server, built_site, browser):  # noqa: F811  the imported fixture
+def browser_report(server, built_site, browser):
     base, log = server
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     try:

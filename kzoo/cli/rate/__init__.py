@@ -59,8 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                           "(default: a random seed, printed and recorded)")
     sampling.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=64)
     sampling.add_argument("--template", default="raw", help="prompt template the model sees: "
-                          "raw (the prompt as written), plain, alpaca or a format string with "
-                          "{prompt}; train with the same data.template")
+                          "raw (the prompt as written), chat (a user turn in the model's chat "
+                          "template), plain, alpaca or a format string with {prompt}; train "
+                          "with the same data.template")
     sampling.add_argument("--tokenizer", default="auto", help="auto, byte or a folder")
     sampling.add_argument("--model-file", dest="model_file", default="model.keras")
     return parser.parse_args(argv)
@@ -88,7 +89,8 @@ def _prepare(args):
     from kzoo.data.instruction import get_template
 
     try:
-        template = get_template(args.template)
+        # "chat": a user turn in the model's chat template (rendered to ids when sampling)
+        template = "chat" if args.template == "chat" else get_template(args.template)
     except ValueError as error:
         raise ValueError(f"--template {args.template!r}: {error}") from None
     prompts = read_prompts(args.prompts)

@@ -166,7 +166,9 @@ class LiveSampler:
         seed: int. prompt i (in the file) is sampled with seed `seed + i`.
         max_new_tokens: int. at most this many tokens per completion.
         indices: list[int] or None. each prompt's line in the prompts file (default 0, 1, ...).
-        template: PromptTemplate or None. what the model sees is `template.format(prompt)`;
+        template: PromptTemplate, "chat" or None. what the model sees is
+            `template.format(prompt)`, or with "chat" the prompt as a user turn in the
+            tokenizer's chat template;
             the records keep the prompt itself (train with the same `data.template`).
 
     Attributes:
@@ -209,8 +211,13 @@ class LiveSampler:
             for index, prompt in zip(self.indices, self.prompts, strict=True):
                 seed = self.seed + index
                 # One batch of the same prompt twice: two independent draws with one seed.
-                text = prompt if self.template is None else self.template.format(
-                    {"prompt": prompt})
+                if self.template == "chat":  # ids: the template writes the special tokens
+                    from kzoo.alignment.rollout import encode_prompts
+
+                    text = encode_prompts([prompt], self.tokenizer, 1 << 30, "chat")[0].tolist()
+                else:
+                    text = prompt if self.template is None else self.template.format(
+                        {"prompt": prompt})
                 result = generate(self.model, [text, text], self.max_new_tokens,
                                   self.sampler, self.tokenizer, seed=seed, truncate=True,
                                   stop_token_ids=self.tokenizer.stop_token_ids)
