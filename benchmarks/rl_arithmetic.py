@@ -24,6 +24,7 @@ Writes benchmarks/results/rl_arithmetic.json, the figures under docs/assets/figu
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -246,6 +247,10 @@ def main():
         cost = step_cost(args, log)
         report("rl_step_cost", [{k: round(v, 4) if isinstance(v, float) else v
                                  for k, v in cost.items()}], vars(args))
+        path = ROOT / "benchmarks" / "results" / "rl_step_cost.json"
+        record = json.loads(path.read_text())
+        record["command"] = "cd benchmarks && ../.venv/bin/python rl_arithmetic.py --step-cost-only"
+        path.write_text(json.dumps(record, indent=2) + "\n")
         return
     setup = arithmetic_setup(args.seed, args.quick)
     correct = RewardSet([load_reward(str(ROOT / "recipes/rewards/arithmetic.py:correct"))])

@@ -1,18 +1,13 @@
 """Generate text from a run folder or a real model, streamed, or show the next-word odds.
 
-The script form of `kzoo generate`: the code is `kzoo.recipes.generate`.
+The script form of `kzoo generate`; the code, its options and what the run writes are
+`kzoo.recipes.generate` (`kzoo generate --help`).
 
     python recipes/generate.py --config recipes/configs/gpt/baby_shakespeare_char_generate.yaml
     python recipes/generate.py runs/gpt_nano_pydocs --prompt 'The "for" statement' \\
         --sampler top_p --top-p 0.9 --temperature 0.8 --max-new-tokens 200 --seed 0
     python recipes/generate.py runs/gpt_nano_pydocs --prompt "def " --next-word --k 10 \\
         --temperatures 0.5 1 2 --png next_word.png
-
-RUN_DIR is a kzoo run folder (model.keras, or --model-file, and tokenizer/), a Hugging Face
-folder (config.json, model.safetensors, tokenizer.json) or a keras-hub preset folder
-(save_to_preset); --tokenizer byte or a tokenizer folder replaces the one that came with it.
-Nothing in the folder is executed: .keras files load in Keras' safe mode, Hugging Face weights
-are safetensors only.
 """
 
 import os

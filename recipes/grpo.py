@@ -1,4 +1,7 @@
-"""GRPO: on-policy RL from rewards. The script form of `kzoo grpo`: the code is `kzoo.recipes.grpo`.
+"""GRPO: on-policy RL from rewards, with G sampled completions per prompt as the baseline.
+
+The script form of `kzoo grpo`; the code, its options and what the run writes are
+`kzoo.recipes.grpo` (`kzoo grpo --help`).
 
     python recipes/grpo.py --config recipes/configs/gpt/baby_instruction_grpo.yaml
     python recipes/grpo.py --config CONFIG --set train.steps=20

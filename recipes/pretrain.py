@@ -1,13 +1,10 @@
 """Pre-train a kzoo model for next-token prediction.
 
-The script form of `kzoo pretrain`: the code is `kzoo.recipes.pretrain`.
+The script form of `kzoo pretrain`; the code, its options and what the run writes are
+`kzoo.recipes.pretrain` (`kzoo pretrain --help`).
 
     python recipes/pretrain.py --config recipes/configs/gpt/nano_pydocs_pretrain.yaml
     python recipes/pretrain.py --config CONFIG --set train.steps=100 --set run_dir=runs/x
-
-Running the same command again after an interruption (even kill -9) resumes from the last
-saved step. The run folder holds config.yaml, tokenizer/, model.keras, best.keras,
-metrics.csv, loss.png and tensorboard/.
 """
 
 import os

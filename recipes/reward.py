@@ -1,13 +1,10 @@
 """Train a reward model (scalar head, Bradley-Terry loss) on preference pairs with `fit`.
 
-The script form of `kzoo reward`: the code is `kzoo.recipes.reward`.
+The script form of `kzoo reward`; the code, its options and what the run writes are
+`kzoo.recipes.reward` (`kzoo reward --help`).
 
     python recipes/reward.py --config recipes/configs/gpt/baby_instruction_reward.yaml
     python recipes/reward.py --config CONFIG --set train.epochs=1
-
-The run folder holds config.yaml, tokenizer/, model.keras (the `RewardModel`) and metrics.json
-(per-epoch loss and pairwise accuracy, the held-out accuracy before and after, the split).
-Held-out prompts are chosen as in `recipes/dpo.py` (a seeded hash of the prompt).
 """
 
 import os

@@ -1,4 +1,7 @@
-"""RLOO: on-policy RL from rewards. The script form of `kzoo rloo`: the code is `kzoo.recipes.rloo`.
+"""RLOO: REINFORCE with a leave-one-out baseline over G sampled completions per prompt.
+
+The script form of `kzoo rloo`; the code, its options and what the run writes are
+`kzoo.recipes.rloo` (`kzoo rloo --help`).
 
     python recipes/rloo.py --config recipes/configs/gpt/baby_instruction_rloo.yaml
     python recipes/rloo.py --config CONFIG --set train.steps=20

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Any
 
 from kzoo.training.config import checked
 from kzoo.training.lora import LoRAConfig
-from kzoo.training.recipe import DivergedError, MemoryOptions
+from kzoo.training.recipe import DivergedError, FineTuneModel, MemoryOptions
 
 
 @dataclasses.dataclass
@@ -54,6 +55,22 @@ class OnlineTrain(MemoryOptions):
     eval_prompts: int = checked(32, "positive")  # held-out prompts sampled per eval
     eval_samples: int = checked(4, "positive")  # completions per held-out prompt
     verbose: int = 1
+
+
+@dataclasses.dataclass
+class OnlineRecipeConfig:
+    """What a GRPO or an RLOO config holds besides its own section (`grpo:` / `rloo:`)."""
+
+    run_dir: str = "runs/online"
+    seed: int = 0
+    data: PromptData = dataclasses.field(default_factory=PromptData)
+    model: FineTuneModel = dataclasses.field(default_factory=FineTuneModel)
+    # each a reward spec, or {reward: SPEC, weight: W} (kzoo.alignment.rewards)
+    rewards: list[str | dict[str, Any]] = dataclasses.field(
+        default_factory=lambda: ["format_ends"])
+    generation: Generation = dataclasses.field(default_factory=Generation)
+    train: OnlineTrain = dataclasses.field(default_factory=OnlineTrain)
+    lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)
 
 
 def online_config(config, algorithm: str):
@@ -220,5 +237,5 @@ def summary(result: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DivergedError", "Generation", "LoRAConfig", "OnlineTrain", "PromptData",
+__all__ = ["DivergedError", "Generation", "OnlineRecipeConfig", "OnlineTrain", "PromptData",
            "run_online", "summary"]

@@ -22,19 +22,10 @@ input, 3 on a non-finite loss (the last good weights are kept in policy.weights.
 
 import dataclasses
 import sys
-from typing import Any
 
-from kzoo.recipes._online import (
-    DivergedError,
-    Generation,
-    LoRAConfig,
-    OnlineTrain,
-    PromptData,
-    run_online,
-    summary,
-)
+from kzoo.recipes._online import DivergedError, OnlineRecipeConfig, run_online, summary
 from kzoo.training.config import checked
-from kzoo.training.recipe import FineTuneModel, run_recipe
+from kzoo.training.recipe import run_recipe
 
 
 @dataclasses.dataclass
@@ -54,18 +45,9 @@ class GRPOSection:
 
 
 @dataclasses.dataclass
-class GRPOConfig:
+class GRPOConfig(OnlineRecipeConfig):
     run_dir: str = "runs/grpo"
-    seed: int = 0
-    data: PromptData = dataclasses.field(default_factory=PromptData)
-    model: FineTuneModel = dataclasses.field(default_factory=FineTuneModel)
-    # each a reward spec, or {reward: SPEC, weight: W} (kzoo.alignment.rewards)
-    rewards: list[str | dict[str, Any]] = dataclasses.field(
-        default_factory=lambda: ["format_ends"])
-    generation: Generation = dataclasses.field(default_factory=Generation)
     grpo: GRPOSection = dataclasses.field(default_factory=GRPOSection)
-    train: OnlineTrain = dataclasses.field(default_factory=OnlineTrain)
-    lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)
 
 
 def run(config: GRPOConfig) -> dict:

@@ -17,19 +17,10 @@ metrics.json. Exit status 2 on bad input, 3 on a non-finite loss.
 
 import dataclasses
 import sys
-from typing import Any
 
-from kzoo.recipes._online import (
-    DivergedError,
-    Generation,
-    LoRAConfig,
-    OnlineTrain,
-    PromptData,
-    run_online,
-    summary,
-)
+from kzoo.recipes._online import DivergedError, OnlineRecipeConfig, run_online, summary
 from kzoo.training.config import checked
-from kzoo.training.recipe import FineTuneModel, run_recipe
+from kzoo.training.recipe import run_recipe
 
 
 @dataclasses.dataclass
@@ -48,18 +39,9 @@ class RLOOSection:
 
 
 @dataclasses.dataclass
-class RLOOConfig:
+class RLOOConfig(OnlineRecipeConfig):
     run_dir: str = "runs/rloo"
-    seed: int = 0
-    data: PromptData = dataclasses.field(default_factory=PromptData)
-    model: FineTuneModel = dataclasses.field(default_factory=FineTuneModel)
-    # each a reward spec, or {reward: SPEC, weight: W} (kzoo.alignment.rewards)
-    rewards: list[str | dict[str, Any]] = dataclasses.field(
-        default_factory=lambda: ["format_ends"])
-    generation: Generation = dataclasses.field(default_factory=Generation)
     rloo: RLOOSection = dataclasses.field(default_factory=RLOOSection)
-    train: OnlineTrain = dataclasses.field(default_factory=OnlineTrain)
-    lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)
 
 
 def run(config: RLOOConfig) -> dict:
