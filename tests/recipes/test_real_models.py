@@ -308,3 +308,39 @@ def test_check_vocab_allows_padded_embeddings():
     with pytest.raises(ValueError, match=r"vocab_size=257\) does not match the model "
                                          r"\(vocab_size=256\)"):
         check_vocab(ByteTokenizer(), 256)
+
+
+def test_the_human_loop_on_a_hugging_face_folder(root, tmp_path, capsys):
+    """`kzoo rate`'s live sampler on an HF folder with its chat template, the ratings written
+    by the rating store, then `kzoo dpo` on that file with the same template: the loop of
+    docs/guides/human-in-the-loop.md on a real checkpoint's layout."""
+    from kzoo.cli.main import main as kzoo
+    from kzoo.cli.rate.sources import LiveSampler, build_sampler
+    from kzoo.cli.rate.store import RatingStore
+    from kzoo.models.sources import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(str(root / "hf"), "auto")
+    prompts = [f"{_sentence(i)} {i}" for i in range(24)]
+    live = LiveSampler(model, tok, prompts, build_sampler("top_k", {"k": 20}),
+                       {"model": str(root / "hf")}, seed=3, max_new_tokens=6,
+                       template="chat")
+    live.start()
+    live.join(300)
+    assert live.error is None and len(live.items) == len(prompts)
+    out = tmp_path / "ratings.jsonl"
+    store = RatingStore(out)
+    for item in live.items:
+        a, b = item["completions"]
+        store.add(item["id"], "left", {"prompt": item["prompt"], "chosen": a, "rejected": b},
+                  "pairs", item["meta"])
+    store.close()
+    run = tmp_path / "dpo"
+    code = kzoo(["dpo", "--config", "gpt/nano_preference_dpo", *sets(
+        f"run_dir={run}", f"data.path={out}", "data.template=chat",
+        f"model.init_from={root / 'hf'}", "model.tokenizer=auto", "data.max_length=64",
+        "data.validation_fraction=0.4", "train.epochs=1", "train.verbose=0",
+        "train.jit_compile=false")])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["bad_pairs"]["read"] == len(prompts)
+    assert metrics["split"]["train_pairs"] > 0 and metrics["split"]["validation_pairs"] > 0
