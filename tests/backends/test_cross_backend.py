@@ -2,11 +2,12 @@
 
 The parent (this pytest process) runs on TensorFlow. For each other backend one child Python
 process (`KERAS_BACKEND=jax` / `torch`) runs `compute` - the very function the parent runs -
-and writes every result into one .npz; the parent compares them with its own. Checked: CausalLM
-logits of the gpt and llama families loaded from a `.keras` file and from `.weights.h5` saved
-on TensorFlow, `.keras` files saved on jax/torch reloaded on TensorFlow, attention (einsum and
-fused, RoPE, padding mask, KV cache), transformer blocks, a LoRA-enabled `Projection`, the pure
-sampler functions and the DPO / KTO / policy-gradient losses.
+and writes every result into one .npz; the parent compares them with its own. Checked:
+CausalLM logits of the gpt and llama families from a `.keras` file and a `.weights.h5` saved on
+TensorFlow (float32 and int8-quantized, padded batches, KV-cached calls, LoRA and LoRA files),
+`.keras` files saved on jax/torch reloaded on TensorFlow, attention (einsum and fused, RoPE,
+padding mask, KV cache), transformer blocks, a LoRA-enabled `Projection`, the sampler layers and
+pure sampler functions, and the DPO / reward / KTO / policy-gradient losses.
 
 Tolerance: float32 everywhere, `rtol = atol = 1e-5` (the issue's bar; differences come only
 from the order of float additions in each backend's kernels).
@@ -17,6 +18,7 @@ Run as a child: `KERAS_BACKEND=jax python tests/backends/test_cross_backend.py W
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +87,10 @@ def _model_checks(workdir: Path, out: dict) -> None:
         rebuilt = CausalLM.from_preset(preset, vocab_size=VOCAB, dropout=0.0)
         rebuilt.load_weights(workdir / f"{family}.weights.h5")
         out[f"{family}_h5"] = _predict(rebuilt, ids)
+        with warnings.catch_warnings():  # "the norms have no `quantize`": they stay float
+            warnings.simplefilter("ignore", UserWarning)
+            loaded.quantize("int8")
+        out[f"{family}_int8"] = _predict(loaded, ids)
 
 
 def _model_feature_checks(workdir: Path, out: dict) -> None:
