@@ -215,12 +215,12 @@ def test_bad_input_one_line_exit_2_nothing_written(case, tmp_path, capsys):
         "port_in_use": ["--candidates", str(candidates)],
         "bad_out": ["--candidates", str(candidates)],
         "bad_template": ["--run", str(tmp_path), "--prompts", str(prompts), "--template",
-                         "chat"],
+                         "alpacca"],
     }[case]
     expected = {"missing_run": "does not exist", "empty_prompts": "holds no prompts",
                 "empty_candidates": "holds no candidates", "bad_candidate": "b.jsonl line 1",
                 "both_sources": "not both", "port_in_use": "is another kzoo rate running",
-                "bad_out": "must end in .jsonl", "bad_template": "--template 'chat'"}[case]
+                "bad_out": "must end in .jsonl", "bad_template": "--template 'alpacca'"}[case]
     target = str(out.with_suffix(".txt") if case == "bad_out" else out)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
