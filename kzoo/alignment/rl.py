@@ -34,6 +34,7 @@ from kzoo.alignment.online import ALGORITHMS, PolicyGradientModel, TokenLogps
 from kzoo.alignment.rollout import encode_prompts, predict_rows, sample_groups
 from kzoo.losses import policy_gradient as pg
 from kzoo.training.config import checked
+from kzoo.training.recipe import DivergedError
 
 
 @dataclasses.dataclass
@@ -147,13 +148,22 @@ def build_trainer(policy, config: OnlineConfig, optimizer) -> PolicyGradientMode
     return model
 
 
-class Diverged(RuntimeError):
+class Diverged(DivergedError):
     """A non-finite loss; the policy holds the weights of the last good generation batch."""
+
+
+def score(rewards, prompts, rows, batch):
+    """Score a generation batch: `rewards` called with each row's prompt, its completion and
+    its prompt's columns (row i was sampled from prompt `rows[i]`); returns
+    `(total, per_reward)` as `RewardSet` does."""
+    columns = {k: [v[i] for i in rows] for k, v in prompts.columns.items()}
+    return rewards([prompts.prompts[i] for i in rows], batch.texts, columns,
+                   batch.completion_ids, batch.finished)
 
 
 def _group_std_mean(rewards, g):
     grouped = np.asarray(rewards, np.float64).reshape(-1, g)
-    return float(np.nanmean(pg._nanstd(grouped, axis=1)))
+    return float(np.nanmean(pg.nanstd(grouped, axis=1)))
 
 
 def train_online(trainer: PolicyGradientModel, tokenizer, prompts, rewards, config: OnlineConfig,
@@ -209,10 +219,7 @@ def train_online(trainer: PolicyGradientModel, tokenizer, prompts, rewards, conf
         batch = sample_groups(policy, tokenizer, [prompt_ids[i] for i in pick], g,
                               config.max_new_tokens, width, config.sampler,
                               seed=seed * 100_003 + step, jit_compile=config.jit_compile)
-        rows = np.repeat(pick, g)
-        columns = {k: [v[i] for i in rows] for k, v in prompts.columns.items()}
-        total, per_reward = rewards([prompts.prompts[i] for i in rows], batch.texts, columns,
-                                    batch.completion_ids, batch.finished)
+        total, per_reward = score(rewards, prompts, np.repeat(pick, g), batch)
         mask = batch.completion_mask.copy()
         if config.mask_truncated_completions:
             mask[~batch.finished] = 0.0
@@ -311,9 +318,7 @@ def sample_rewards(policy, tokenizer, prompts, rewards, num_samples: int, max_ne
                           max(len(p) for p in prompt_ids), sampler, seed=seed,
                           jit_compile=jit_compile)
     rows = np.repeat(np.arange(len(prompt_ids)), num_samples)
-    columns = {k: [v[i] for i in rows] for k, v in prompts.columns.items()}
-    total, per_reward = rewards([prompts.prompts[i] for i in rows], batch.texts, columns,
-                                batch.completion_ids, batch.finished)
+    total, per_reward = score(rewards, prompts, rows, batch)
     return {"reward": float(np.nanmean(total)),
             **{f"rewards/{k}": float(np.nanmean(v)) for k, v in per_reward.items()},
             "completions/clipped_ratio": float(1.0 - batch.finished.mean()),

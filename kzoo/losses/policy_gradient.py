@@ -36,7 +36,7 @@ def _grouped(rewards, group_size: int) -> np.ndarray:
     return rewards.reshape(-1, group_size)  # (prompts, G)
 
 
-def _nanstd(x, axis=None, keepdims=False):
+def nanstd(x, axis=None, keepdims=False):
     """Standard deviation with Bessel's correction, ignoring NaN (TRL's `nanstd`)."""
     count = np.sum(~np.isnan(x), axis=axis, keepdims=True)
     mean = np.nanmean(x, axis=axis, keepdims=True)
@@ -66,10 +66,10 @@ def group_normalized(rewards, group_size: int, scale_rewards: str = "group"):
     grouped = _grouped(rewards, group_size)
     with np.errstate(invalid="ignore"):
         mean = np.nanmean(grouped, axis=1, keepdims=True)
-    group_std = _nanstd(grouped, axis=1, keepdims=True)
+    group_std = nanstd(grouped, axis=1, keepdims=True)
     advantages = grouped - mean
     if scale_rewards == "batch":
-        std = np.full_like(grouped, _nanstd(grouped.reshape(-1)))
+        std = np.full_like(grouped, nanstd(grouped.reshape(-1)))
     else:
         std = np.broadcast_to(group_std, grouped.shape)
     if scale_rewards != "none":
@@ -98,8 +98,8 @@ def leave_one_out(rewards, group_size: int, normalize: bool = False):
         baseline = (total - grouped) / (scorable - 1)
     advantages = (grouped - baseline).reshape(-1)
     if normalize:
-        advantages = (advantages - np.nanmean(advantages)) / (_nanstd(advantages) + 1e-4)
-    zero_std = np.isclose(np.nan_to_num(_nanstd(grouped, axis=1), nan=0.0), 0.0)
+        advantages = (advantages - np.nanmean(advantages)) / (nanstd(advantages) + 1e-4)
+    zero_std = np.isclose(np.nan_to_num(nanstd(grouped, axis=1), nan=0.0), 0.0)
     return (np.nan_to_num(advantages, nan=0.0).astype(np.float32),
             np.repeat(zero_std, group_size))
 
@@ -170,6 +170,7 @@ def reduce_token_loss(per_token, mask, loss_type: str, num_items=None,
 
 __all__ = [
     "LOSS_TYPES",
+    "nanstd",
     "SCALE_REWARDS",
     "clip_flags",
     "clipped_surrogate",

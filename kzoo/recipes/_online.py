@@ -171,7 +171,7 @@ def _run_in(run_dir, config, online, reference_mode: str, header: str) -> dict:
         if train.verbose:
             shown = {k: logs[k] for k in ("reward", "kl", "entropy", "frac_reward_zero_std",
                                           "held_out/reward") if k in logs}
-            print(f"{algorithm_name(online)} batch {step}/{train.steps}: "
+            print(f"{online.algorithm.upper()} batch {step}/{train.steps}: "
                   + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()), flush=True)
 
     weights = run_dir.root / "policy.weights.h5"
@@ -200,10 +200,6 @@ def _run_in(run_dir, config, online, reference_mode: str, header: str) -> dict:
     save_tuned(policy, run_dir.model, run_dir.root / "adapters.safetensors")
     run_dir.mark(online.algorithm, "finished")
     return result
-
-
-def algorithm_name(online) -> str:
-    return online.algorithm.upper()
 
 
 def _timing(history: list[dict]) -> dict:
