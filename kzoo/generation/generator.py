@@ -4,9 +4,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
+from kzoo import backend
 from kzoo import samplers as samplers_lib
 from kzoo.generation import inputs as inputs_lib
 from kzoo.generation import loops, quantization
@@ -49,10 +49,13 @@ class Generator:
     """Generate from a kzoo `CausalLM` with one sampler, compiling once per shape bucket.
 
     Prompts are left-padded to a power-of-two length P and the new tokens get a power-of-two
-    number of slots N (both clipped to the context). One XLA program per (batch, P, N, stop
-    table shape) runs prefill over the prompt and the whole decode loop with the KV cache;
+    number of slots N (both clipped to the context). One program per (batch, P, N, stop table
+    shape) runs prefill over the prompt and the whole decode loop with the KV cache, compiled
+    by `kzoo.backend.compile_function`: XLA through `tf.function` on TensorFlow, `jax.jit` on
+    JAX (the weights passed in, never baked in), eager without autograd on PyTorch.
     `max_new_tokens`, the prompts and the stop ids are tensors, so new prompts in the same
-    bucket reuse it. `trace_count` counts the traces, to check that.
+    bucket reuse it. `trace_count` counts the traces (on PyTorch: the programs made), to
+    check that.
 
     Args:
         model: kzoo `CausalLM`. the language model.
@@ -61,7 +64,8 @@ class Generator:
             (anything with `num_beams`) runs beam search.
         tokenizer: kzoo tokenizer or None. enables text prompts, text stop sequences and
             decoded texts.
-        jit_compile: bool. compile with XLA (True) or plain `tf.function` graphs (False).
+        jit_compile: bool. compile with XLA (True) or plain `tf.function` graphs / eager JAX
+            (False); PyTorch runs eagerly either way.
         pad_id: int. id written into pad slots and after a row stops (never attended to).
         weights: None, str or `GenerationWeights`. how the projections are read while
             decoding: None (default) transposes the live float weights to the (out, in) layout
@@ -97,15 +101,28 @@ class Generator:
         return hasattr(self.sampler, "num_beams")
 
     def _compiled(self, kind: str, key: tuple, fn):
-        """A `tf.function` for `kind` per static `key`; traces are counted in `trace_count`."""
+        """A compiled program for `kind` per static `key`; traces are counted in `trace_count`."""
         full_key = (kind, *key)
         if full_key not in self._functions:
-            def traced(*args):
-                self.trace_count += 1  # Python side effect: runs only while tracing
-                return fn(*args)
-
-            self._functions[full_key] = tf.function(traced, jit_compile=self.jit_compile)
+            self._functions[full_key] = backend.compile_function(
+                fn, self._variables, self.jit_compile, on_trace=self._count_trace)
         return self._functions[full_key]
+
+    def _count_trace(self):
+        self.trace_count += 1
+
+    def _variables(self) -> list:
+        """What the programs read: the model's variables and a weights snapshot's."""
+        snapshot = getattr(self.decoder, "weights", None)
+        return list(self.model.variables) + (snapshot.variables if snapshot else [])
+
+    def _seeds(self) -> tuple:
+        return tuple(ops.convert_to_tensor(v) for v in loops.sampler_variables(self.sampler))
+
+    def _keep_seeds(self, seeds):
+        """The programs hand the sampler's new seed state back: store it for the next call."""
+        for variable, value in zip(loops.sampler_variables(self.sampler), seeds):
+            variable.assign(value)
 
     # ------------------------------------------------------------------------- preparation
     def _prepare(self, prompts, max_new_tokens, padding_mask, truncate):
@@ -149,18 +166,19 @@ class Generator:
         loop = loops.beam_loop if self.is_beam else loops.sample_loop
         key = (*batch.token_ids.shape, batch.new_slots, *table.shape)
 
-        def program(token_ids, lengths, limit, stops):
+        def program(token_ids, lengths, limit, stops, seeds):
             decoder = self.decoder.bind(self.decoder.prepare())
             return loop(decoder, self.sampler, token_ids, lengths, limit, stops,
-                        batch.new_slots, self.pad_id)
+                        batch.new_slots, self.pad_id, seeds)
 
         fn = self._compiled("beam" if self.is_beam else "sample", key, program)
-        tokens, logprobs, counts, stop_lengths = fn(
-            tf.constant(batch.token_ids), tf.constant(batch.lengths),
-            tf.constant(max_new_tokens, tf.int32), tf.constant(table),
+        tokens, logprobs, counts, stop_lengths, seeds = fn(
+            _tensor(batch.token_ids), _tensor(batch.lengths),
+            _tensor(np.int32(max_new_tokens)), _tensor(table), self._seeds(),
         )
-        tokens, logprobs = np.asarray(tokens), np.asarray(logprobs)
-        counts, stop_lengths = np.asarray(counts), np.asarray(stop_lengths)
+        self._keep_seeds(seeds)
+        tokens, logprobs, counts, stop_lengths = (
+            ops.convert_to_numpy(t) for t in (tokens, logprobs, counts, stop_lengths))
         keep = counts - stop_lengths  # drop the stop sequence itself
         token_ids = [tokens[r, :keep[r]].tolist() for r in range(len(id_lists))]
         result = GenerationResult(
@@ -207,30 +225,31 @@ class Generator:
         sampler, vocab = self.sampler, self.model.vocab_size
         prompt_slots, new_slots = batch.token_ids.shape[1], batch.new_slots
 
-        def first(token_ids, lengths):
+        def first(token_ids, lengths, seeds):
             # Weights prepared here come back out and are fed to every step unchanged.
             prepared = self.decoder.prepare()
             decoder = self.decoder.bind(prepared)
             logits, cache, mask = loops.prefill(decoder, token_ids, lengths, new_slots)
             counts = (loops.prompt_counts(token_ids, lengths, vocab) if loops.uses_counts(sampler)
                       else ops.zeros((1,)))
-            token, logp, cache, counts = loops.pick_with_logprob(sampler, logits, cache,
-                                                                 counts, vocab)
-            return token, logp, cache, mask, counts, prepared
+            token, logp, cache, counts, seeds = loops.pick_with_logprob(
+                sampler, logits, cache, counts, vocab, seeds)
+            return token, logp, cache, mask, counts, prepared, seeds
 
-        def step(prepared, token, cache, index, mask, positions, counts):
+        def step(prepared, token, cache, index, mask, positions, counts, seeds):
             return loops.decode_step(self.decoder.bind(prepared), sampler, token, cache, index,
-                                     mask, positions, counts)
+                                     mask, positions, counts, seeds)
 
         shape_key = (1, prompt_slots, new_slots)
         first_fn = self._compiled("stream_prefill", shape_key, first)
         step_fn = self._compiled("stream_step", shape_key, step)
-        lengths = tf.constant(batch.lengths)
-        token, _, cache, mask, counts, prepared = first_fn(tf.constant(batch.token_ids),
-                                                           lengths)
+        lengths = _tensor(batch.lengths)
+        token, _, cache, mask, counts, prepared, seeds = first_fn(
+            _tensor(batch.token_ids), lengths, self._seeds())
+        self._keep_seeds(seeds)
         generated, emitted, shown = [], 0, ""
         for i in range(max_new_tokens):
-            generated.append(int(token[0]))
+            generated.append(int(ops.convert_to_numpy(token)[0]))
             hit = next((s for s in stops if generated[-len(s):] == s), None)
             if hit is not None:
                 del generated[-len(hit):]
@@ -246,10 +265,11 @@ class Generator:
                     yield from generated[emitted:safe]
                 emitted = safe
             if i + 1 < max_new_tokens:
-                token, _, cache, counts = step_fn(
-                    prepared, token, cache, tf.constant(prompt_slots + i, tf.int32), mask,
-                    lengths + i, counts,
+                token, _, cache, counts, seeds = step_fn(
+                    prepared, token, cache, _tensor(np.int32(prompt_slots + i)), mask,
+                    lengths + i, counts, seeds,
                 )
+                self._keep_seeds(seeds)
         if is_text:  # flush held-back text, including an incomplete final character
             _, piece = self._text_piece(generated, shown, final=True)
             if piece:
@@ -278,6 +298,10 @@ def _decoder(model, weights):
                              f"'reference', {list(quantization.MODES)} or GenerationWeights.")
         weights = quantization.quantize_for_generation(model, weights)
     return PreparedDecoder(model, weights)
+
+
+def _tensor(array):
+    return ops.convert_to_tensor(np.asarray(array))
 
 
 def _pending_stop_prefix(generated, stops) -> int:

@@ -1,11 +1,16 @@
-"""The decode programs traced into `tf.function`s: prefill, sampling loop, beam loop, one step.
+"""The decode programs compiled by `kzoo.backend.compile_function`: prefill, sampling loop,
+beam loop, one step.
 
 Shapes are fixed per bucket: B prompts left-padded to P slots, N generation slots, a cache of
 L = P + N slots (its structure is the decoder's business), and a stop table (S, M). Slot `P + i`
 holds the i-th new token; a row with a prompt of length n has its real tokens in slots
 [P - n, P) at positions 0..n-1, so the i-th new token sits at position n + i.
+
+The programs are pure: the sampler's seed state comes in as `seeds` and the new state goes out
+with the results (a JAX program cannot assign to a variable, least of all inside a loop).
 """
 
+import keras
 from keras import ops, tree
 
 from kzoo.generation.inputs import NO_TOKEN
@@ -19,6 +24,21 @@ def pick_token(sampler, logits, counts):
     if isinstance(sampler, Sampler):
         return ops.cast(sampler(logits, token_counts=counts), "int32")
     return ops.cast(sampler.get_next_token(sampler.compute_probabilities(logits)), "int32")
+
+
+def sampler_variables(sampler) -> list:
+    """The variables a sampler changes when it draws: its seed generator's state."""
+    generator = getattr(sampler, "seed_generator", None)
+    return [generator.state] if generator is not None else []
+
+
+def draw(sampler, logits, counts, seeds):
+    """`pick_token` with the seed state passed in and out: `(token (B,), seeds)`."""
+    variables = sampler_variables(sampler)
+    with keras.StatelessScope(state_mapping=list(zip(variables, seeds))) as scope:
+        token = pick_token(sampler, logits, counts)
+    new = (scope.get_current_value(v) for v in variables)
+    return token, tuple(n if n is not None else s for n, s in zip(new, seeds))
 
 
 def sampler_scores(sampler, logits, counts):
@@ -74,10 +94,10 @@ def stop_match(window, table):
 
 
 def sample_loop(decoder, sampler, token_ids, lengths, max_new_tokens, stop_table, new_slots,
-                pad_id=0):
+                pad_id=0, seeds=()):
     """Prefill, then sample up to `max_new_tokens` tokens with the KV cache.
 
-    Returns `(tokens (B, N), logprobs (B, N), num_tokens (B,), stop_lengths (B,))`; a row's
+    Returns `(tokens (B, N), logprobs (B, N), num_tokens (B,), stop_lengths (B,), seeds)`; a row's
     tokens after its stop are `pad_id`, `stop_lengths` is the length of the stop it hit (0 if
     none).
     """
@@ -94,11 +114,11 @@ def sample_loop(decoder, sampler, token_ids, lengths, max_new_tokens, stop_table
     num_tokens = ops.zeros((batch,), "int32")
     stop_lengths = ops.zeros((batch,), "int32")
 
-    def cond(i, logits, cache, history, logprobs, done, num_tokens, stop_lengths, counts):
+    def cond(i, logits, cache, history, logprobs, done, num_tokens, stop_lengths, counts, seeds):
         return ops.logical_and(i < max_new_tokens, ops.logical_not(ops.all(done)))
 
-    def body(i, logits, cache, history, logprobs, done, num_tokens, stop_lengths, counts):
-        token = pick_token(sampler, logits, counts if uses_counts(sampler) else None)
+    def body(i, logits, cache, history, logprobs, done, num_tokens, stop_lengths, counts, seeds):
+        token, seeds = draw(sampler, logits, counts if uses_counts(sampler) else None, seeds)
         token = ops.where(done, pad_id, token)  # (B,) finished rows emit padding
         logp = ops.take_along_axis(ops.log_softmax(logits, axis=-1), token[:, None], axis=-1)
         history = ops.slice_update(history, [0, width - 1 + i], token[:, None])
@@ -115,17 +135,17 @@ def sample_loop(decoder, sampler, token_ids, lengths, max_new_tokens, stop_table
             token[:, None], cache, prompt_slots + i, padding_mask, positions
         )
         return (i + 1, logits[:, -1, :], cache, history, logprobs, done, num_tokens,
-                stop_lengths, counts)
+                stop_lengths, counts, seeds)
 
     state = (ops.convert_to_tensor(0, "int32"), logits, cache, history, logprobs, done,
-             num_tokens, stop_lengths, counts)
+             num_tokens, stop_lengths, counts, tuple(seeds))
     state = ops.while_loop(cond, body, state, maximum_iterations=new_slots)
-    _, _, _, history, logprobs, _, num_tokens, stop_lengths, _ = state
-    return history[:, width - 1:], logprobs, num_tokens, stop_lengths
+    _, _, _, history, logprobs, _, num_tokens, stop_lengths, _, seeds = state
+    return history[:, width - 1:], logprobs, num_tokens, stop_lengths, seeds
 
 
 def beam_loop(decoder, sampler, token_ids, lengths, max_new_tokens, stop_table, new_slots,
-              pad_id=0):
+              pad_id=0, seeds=()):
     """Beam search with the KV cache; returns the best beam per prompt, shaped as `sample_loop`.
 
     Beams live flattened on the batch axis (B * K); each step scores the K * V continuations of
@@ -196,24 +216,26 @@ def beam_loop(decoder, sampler, token_ids, lengths, max_new_tokens, stop_table, 
     # Beams come out of top_k sorted, so beam 0 of each prompt is the best.
     best = ops.arange(batch) * beams
     pick = lambda x: ops.take(x, best, axis=0)  # noqa: E731
-    return (pick(history)[:, width - 1:], pick(logprobs), pick(num_tokens), pick(stop_lengths))
+    return (pick(history)[:, width - 1:], pick(logprobs), pick(num_tokens), pick(stop_lengths),
+            tuple(seeds))  # beam search draws nothing
 
 
-def decode_step(decoder, sampler, token, cache, index, padding_mask, positions, counts):
+def decode_step(decoder, sampler, token, cache, index, padding_mask, positions, counts, seeds):
     """One streaming step: feed `token` (B,) at slot `index`, pick the next token.
 
-    Returns `(next_token (B,), logprob (B,), cache, counts)`.
+    Returns `(next_token (B,), logprob (B,), cache, counts, seeds)`.
     """
     logits, cache = decoder.call_with_cache(
         token[:, None], cache, index, padding_mask, positions[:, None]
     )
-    return pick_with_logprob(sampler, logits[:, -1, :], cache, counts, decoder.model.vocab_size)
+    return pick_with_logprob(sampler, logits[:, -1, :], cache, counts, decoder.model.vocab_size,
+                             seeds)
 
 
-def pick_with_logprob(sampler, logits, cache, counts, vocab):
-    """Pick from `logits` (B, V); returns `(token, logprob, cache, counts)`."""
-    token = pick_token(sampler, logits, counts if uses_counts(sampler) else None)
+def pick_with_logprob(sampler, logits, cache, counts, vocab, seeds):
+    """Pick from `logits` (B, V); returns `(token, logprob, cache, counts, seeds)`."""
+    token, seeds = draw(sampler, logits, counts if uses_counts(sampler) else None, seeds)
     logp = ops.take_along_axis(ops.log_softmax(logits, axis=-1), token[:, None], axis=-1)[:, 0]
     if uses_counts(sampler):
         counts = counts + ops.one_hot(token, vocab, dtype="float32")
-    return token, logp, cache, counts
+    return token, logp, cache, counts, seeds

@@ -28,12 +28,25 @@ Generator(model, weights=weights).generate([[5, 6, 7]], max_new_tokens=4).token_
 import json
 from pathlib import Path
 
+import keras
+import ml_dtypes
 import numpy as np
-import tensorflow as tf
+from keras import ops
+
+from kzoo import backend
 
 MODES = ("float32", "bfloat16", "int8")
 _FORMAT = "kzoo.generation_weights/1"
 _INT8_MAX = 127.0
+_NUMPY = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "int8": np.int8}
+
+
+def _numpy(variable):
+    """A variable's value as numpy in its own dtype (torch has no numpy bfloat16: the float32
+    copy rounds back exactly)."""
+    return np.asarray(ops.convert_to_numpy(ops.cast(variable, "float32"))
+                      if variable.dtype == "bfloat16" else ops.convert_to_numpy(variable)
+                      ).astype(_NUMPY[variable.dtype])
 
 
 def projections(model) -> dict:
@@ -93,14 +106,17 @@ def _entry(matrix, mode):
     if mode == "int8":
         q, scale = _quantize_rows(matrix)
         return {"kernel": _variable(q), "scale": _variable(scale)}
-    dtype = tf.bfloat16 if mode == "bfloat16" else tf.float32
-    return {"kernel": _variable(tf.cast(matrix, dtype))}
+    dtype = ml_dtypes.bfloat16 if mode == "bfloat16" else np.float32
+    return {"kernel": _variable(np.asarray(matrix).astype(dtype))}
 
 
 def _variable(value):
-    # Variables, not constants: a traced program captures them by reference instead of
-    # copying hundreds of MB into the graph (and into XLA's compiled literals).
-    return tf.Variable(value, trainable=False)
+    # Variables, not constants: a traced program reads them by reference (TensorFlow) or
+    # as arguments (JAX) instead of copying hundreds of MB into XLA's compiled literals.
+    value = np.asarray(value)
+    dtype = "bfloat16" if value.dtype == ml_dtypes.bfloat16 else str(value.dtype)
+    return keras.Variable(value.astype(np.float32) if dtype == "bfloat16" else value,
+                          dtype=dtype, trainable=False)
 
 
 class GenerationWeights:
@@ -119,10 +135,15 @@ class GenerationWeights:
         self.mode = mode
         self.entries = entries
 
+    @property
+    def variables(self) -> list:
+        """The Keras variables holding the entries (a compiled program reads them)."""
+        return [t for e in self.entries.values() for t in e.values()]
+
     def nbytes(self) -> int:
         """Bytes of the stored projection weights (what one decode step reads)."""
-        return sum(int(np.prod(t.shape)) * t.dtype.size for e in self.entries.values()
-                   for t in e.values())
+        return sum(int(np.prod(t.shape)) * np.dtype(_NUMPY[t.dtype]).itemsize
+                   for t in self.variables)
 
     def save(self, path) -> Path:
         """Write a `.safetensors` file (no code, only arrays and a JSON header)."""
@@ -134,9 +155,9 @@ class GenerationWeights:
         arrays = {}
         for name, entry in self.entries.items():
             for key, tensor in entry.items():
-                value = tensor.numpy()
-                if tensor.dtype == tf.bfloat16:  # numpy has no bfloat16: keep the bits
-                    value = tf.bitcast(tensor, tf.uint16).numpy()
+                value = _numpy(tensor)
+                if value.dtype == ml_dtypes.bfloat16:  # safetensors.numpy has no bfloat16
+                    value = value.view(np.uint16)
                 arrays[f"{name}/{key}"] = np.ascontiguousarray(value)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(arrays, str(path), metadata={"format": _FORMAT, "mode": self.mode})
@@ -237,9 +258,8 @@ def load_generation_weights(path, model) -> GenerationWeights:
                     f"{path}: tensor {full!r} is {value.dtype}{list(value.shape)}; this model "
                     f"needs {np.dtype(dtype)}{list(shape)}."
                 )
-            tensor = tf.constant(value)
-            entry[key] = _variable(tf.bitcast(tensor, tf.bfloat16) if dtype == np.uint16
-                                   else tensor)
+            entry[key] = _variable(value.view(ml_dtypes.bfloat16) if dtype == np.uint16
+                                   else value)
         entries[name] = entry
     extra = sorted(set(arrays) - wanted)
     if extra:
@@ -256,19 +276,21 @@ def project(x, entry):
 
     Returns float tensor (rows, out) in `x`'s dtype.
     """
+    entry = {key: ops.convert_to_tensor(value) for key, value in entry.items()}
     kernel = entry["kernel"]
-    if kernel.dtype == tf.int8:
+    dtype = keras.backend.standardize_dtype(kernel.dtype)
+    if dtype == "int8":
         # Each row gets its own scale so one large activation does not flatten the others.
-        row_scale = tf.reduce_max(tf.abs(tf.cast(x, tf.float32)), axis=-1, keepdims=True)
-        row_scale = tf.where(row_scale > 0, row_scale / _INT8_MAX, 1.0)  # (rows, 1)
-        xq = tf.cast(tf.clip_by_value(tf.round(tf.cast(x, tf.float32) / row_scale),
-                                      -_INT8_MAX, _INT8_MAX), tf.int8)
-        acc = tf.matmul(xq, kernel, transpose_b=True, output_type=tf.int32)  # (rows, out)
-        y = tf.cast(acc, tf.float32) * row_scale * entry["scale"][None, :]
-    elif kernel.dtype == tf.bfloat16:
-        y = tf.cast(tf.matmul(tf.cast(x, tf.bfloat16), kernel, transpose_b=True), tf.float32)
+        x32 = ops.cast(x, "float32")
+        row_scale = ops.max(ops.abs(x32), axis=-1, keepdims=True)
+        row_scale = ops.where(row_scale > 0, row_scale / _INT8_MAX, 1.0)  # (rows, 1)
+        xq = ops.cast(ops.clip(ops.round(x32 / row_scale), -_INT8_MAX, _INT8_MAX), "int8")
+        acc = backend.matmul_transposed(xq, kernel, int_accumulate=True)  # (rows, out)
+        y = ops.cast(acc, "float32") * row_scale * entry["scale"][None, :]
+    elif dtype == "bfloat16":
+        y = ops.cast(backend.matmul_transposed(ops.cast(x, "bfloat16"), kernel), "float32")
     else:
-        y = tf.matmul(x, tf.cast(kernel, x.dtype), transpose_b=True)
+        y = backend.matmul_transposed(x, ops.cast(kernel, x.dtype))
     if "bias" in entry:
-        y = y + tf.cast(entry["bias"], y.dtype)
-    return tf.cast(y, x.dtype)
+        y = y + ops.cast(entry["bias"], y.dtype)
+    return ops.cast(y, x.dtype)

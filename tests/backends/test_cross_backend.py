@@ -137,3 +137,20 @@ def test_keras_file_saved_on_backend_loads_on_tensorflow(runs, backend, family):
     assert not adapter_layers(adapted)
     np.testing.assert_allclose(np.asarray(adapted(token_ids())), child[f"own_{family}_lora"],
                                rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("backend", ("tensorflow", *BACKENDS))
+def test_generation_within_one_backend(runs, backend):
+    # Sampling draws from each backend's own generator, so these hold within a backend:
+    # same seed -> same tokens, stream == generate, one compiled program per shape bucket
+    # (traces counted by the Generator; on PyTorch, programs made).
+    result = runs["tensorflow"] if backend == "tensorflow" else _child(runs, backend)
+    names = ["same seed", "other seed", "other prompts", "sampler traces", "stream", "traces"]
+    for family in FAMILIES:
+        flags = result[f"own_gen_{family}_flags"]
+        failed = [n for n, ok in zip(names, flags) if not ok]
+        assert not failed, f"{backend} {family}: {failed}"
+        # The checks can tell: the stop token ends row 0 early, new weights change the tokens.
+        assert result[f"gen_{family}_stop_reasons"][0] == 1
+        assert not np.array_equal(result[f"gen_{family}_after_update"],
+                                  result[f"gen_{family}_greedy"])
