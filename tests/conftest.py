@@ -8,6 +8,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pytest  # noqa: E402
 
+if os.environ["KERAS_BACKEND"] == "torch":
+    # The tests read results with `np.asarray(model(x))`; a torch tensor that requires grad
+    # refuses `__array__`. Reading a value is not part of what is tested: detach first.
+    import torch  # noqa: E402
+
+    _array = torch.Tensor.__array__
+
+    def _readable(self, *args, **kwargs):  # numpy has no bfloat16: float32 holds it exactly
+        value = self.detach()
+        return _array(value.float() if value.dtype == torch.bfloat16 else value, *args, **kwargs)
+
+    torch.Tensor.__array__ = _readable
+
 # One headless Chromium (Playwright) for the whole session: a session fixture imported into two
 # test modules would be two, and a second sync Playwright in the same thread fails.
 from tests.browser import browser  # noqa: E402, F401

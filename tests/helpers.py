@@ -39,3 +39,41 @@ def one_error_line(capsys) -> str:
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
     return lines[0]
+
+
+def value_and_grads(fn, *arrays):
+    """`fn(*tensors)` (a scalar) and its gradients with respect to each array, as numpy, on
+    the current Keras backend: the tests of the differentiable pieces run on every backend.
+
+    Example:
+    ```python
+    value, (grad,) = value_and_grads(lambda x: (x * x).sum(), np.ones(3, "float32"))
+    ```
+    """
+    import keras
+    import numpy as np
+    from keras import ops
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        value, grads = jax.value_and_grad(fn, argnums=tuple(range(len(arrays))))(
+            *[jax.numpy.asarray(a, "float32") for a in arrays])
+    elif backend == "torch":
+        import torch
+
+        tensors = [torch.tensor(np.asarray(a, "float32"), requires_grad=True) for a in arrays]
+        value = fn(*tensors)
+        value.backward()
+        grads = [t.grad if t.grad is not None else torch.zeros_like(t) for t in tensors]
+    else:
+        import tensorflow as tf
+
+        variables = [tf.Variable(np.asarray(a, "float32")) for a in arrays]
+        with tf.GradientTape() as tape:
+            value = fn(*variables)
+        grads = [g if g is not None else tf.zeros_like(v)
+                 for g, v in zip(tape.gradient(value, variables), variables)]
+    return float(ops.convert_to_numpy(value)), [np.asarray(ops.convert_to_numpy(g))
+                                                for g in grads]

@@ -8,8 +8,9 @@ row at [:, 1], and "loss_mask" (pairs, 2, L) marking response tokens (see
 `kzoo.data.preference.encode_pairs`). Both rows go through the model in one forward pass. Sequence
 log-probs are computed from float32 logits, so bfloat16 mixed precision changes the matmuls, not
 the loss arithmetic. Under `tf.distribute` each replica's loss is divided by the global batch size
-(`tf.nn.compute_average_loss`) and the optimizer sums the gradients, so N replicas take the same
-step as one device on the whole batch.
+(`kzoo.backend.average_loss`) and the optimizer sums the gradients, so N replicas take the same
+step as one device on the whole batch. The step is written once with `keras.ops` and runs on
+TensorFlow, JAX and PyTorch (`kzoo.backend.stateful_step`).
 
 Logged every step: loss, rewards/chosen, rewards/rejected, rewards/accuracy, rewards/margin,
 logps/chosen, logps/rejected (rewards are beta * (log pi - log pi_ref), summed over the response),
@@ -35,8 +36,9 @@ import math
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
+from kzoo import backend
 from kzoo import losses as loss_registry
 from kzoo.models.lora import lora_disabled, lora_spec
 
@@ -69,26 +71,27 @@ def sequence_logps(model, token_ids, loss_mask, training=False, average=False):
     sequence_logps(model, np.array([[1, 2, 3]]), np.array([[0.0, 1.0, 1.0]]))
     ```
     """
-    token_ids = tf.convert_to_tensor(token_ids)
+    token_ids = ops.convert_to_tensor(token_ids)
     logits = model(token_ids[:, :-1], training=training)  # (rows, L-1, vocab)
     # The fused op computes log-softmax in the logits' dtype: force float32.
-    token_logps = -tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=tf.cast(token_ids[:, 1:], tf.int32), logits=tf.cast(logits, tf.float32)
+    token_logps = -ops.sparse_categorical_crossentropy(
+        ops.cast(token_ids[:, 1:], "int32"), ops.cast(logits, "float32"), from_logits=True
     )  # (rows, L-1): log p of token t+1 given tokens 0..t
-    mask = tf.cast(loss_mask, tf.float32)[:, 1:]  # target t+1 counts when token t+1 is response
-    total = tf.reduce_sum(token_logps * mask, axis=-1)
+    mask = ops.cast(loss_mask, "float32")[:, 1:]  # target t+1 counts when token t+1 is response
+    total = ops.sum(token_logps * mask, axis=-1)
     if average:
-        total = total / tf.maximum(tf.reduce_sum(mask, axis=-1), 1.0)
+        total = total / ops.maximum(ops.sum(mask, axis=-1), 1.0)
     return total
 
 
 def pair_logps(model, token_ids, loss_mask, training=False, average=False):
     """Chosen and rejected log-probs of (pairs, 2, L) inputs in one forward pass: (pairs, 2)."""
-    shape = tf.shape(token_ids)
-    flat_ids = tf.reshape(token_ids, (-1, shape[-1]))  # (pairs * 2, L), rows alternate c, r
-    flat_mask = tf.reshape(loss_mask, (-1, shape[-1]))
+    token_ids = ops.convert_to_tensor(token_ids)
+    length = ops.shape(token_ids)[-1]
+    flat_ids = ops.reshape(token_ids, (-1, length))  # (pairs * 2, L), rows alternate c, r
+    flat_mask = ops.reshape(loss_mask, (-1, length))
     logps = sequence_logps(model, flat_ids, flat_mask, training=training, average=average)
-    return tf.reshape(logps, (-1, 2))  # (pairs, 2)
+    return ops.reshape(logps, (-1, 2))  # (pairs, 2)
 
 
 def response_lengths(loss_mask):
@@ -100,8 +103,8 @@ def response_lengths(loss_mask):
     response_lengths([[0.0, 1.0, 1.0]])   # [2.0]
     ```
     """
-    mask = tf.cast(loss_mask, tf.float32)[..., 1:]  # the first token is never a target
-    return tf.maximum(tf.reduce_sum(mask, axis=-1), 1.0)
+    mask = ops.cast(loss_mask, "float32")[..., 1:]  # the first token is never a target
+    return ops.maximum(ops.sum(mask, axis=-1), 1.0)
 
 
 def frozen_copy(model):
@@ -134,8 +137,10 @@ def compute_reference_logps(reference, arrays: dict, batch_size: int = 32,
     ```
     """
     ids, mask = arrays["token_ids"], arrays["loss_mask"]
-    fn = tf.function(lambda i, m: pair_logps(reference, i, m, training=False, average=average))
-    out = [fn(ids[s: s + batch_size], mask[s: s + batch_size]).numpy()
+    fn = backend.compile_function(
+        lambda i, m: pair_logps(reference, i, m, training=False, average=average),
+        lambda: reference.variables)
+    out = [ops.convert_to_numpy(fn(ids[s: s + batch_size], mask[s: s + batch_size]))
            for s in range(0, len(ids), batch_size)]
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 2), np.float32)
 
@@ -216,7 +221,7 @@ class DPOModel(keras.Model):
     def compile(self, optimizer="adamw", **kwargs):
         """Compile with an optimizer only: the loss is the DPO-family loss chosen at build."""
         super().compile(optimizer=optimizer, **kwargs)
-        # Create the slots now, under the caller's distribution scope, not inside a tf.function.
+        # Create the slots now, under the caller's distribution scope, not inside the step.
         self.optimizer.build(self.policy.trainable_variables)
 
     def call(self, inputs, training=False):
@@ -232,7 +237,7 @@ class DPOModel(keras.Model):
                     "(pairs, 2); compute them with `compute_reference_logps`. Batch keys: "
                     f"{sorted(inputs)}"
                 )
-            return tf.cast(inputs["reference_logps"], tf.float32)
+            return ops.cast(inputs["reference_logps"], "float32")
         if isinstance(self.reference, str):  # ADAPTERS_OFF, checked in __init__
             # Python flags read while tracing: the step's graph holds both passes.
             with lora_disabled(self.policy):
@@ -241,7 +246,7 @@ class DPOModel(keras.Model):
         else:
             ref = pair_logps(self.reference, inputs["token_ids"], inputs["loss_mask"],
                              training=False, average=self.average_log_prob)
-        return tf.stop_gradient(ref)
+        return ops.stop_gradient(ref)
 
     def _pair_losses(self, policy_logps, reference_logps, loss_mask):
         logratios = policy_logps - reference_logps  # (pairs, 2)
@@ -249,7 +254,7 @@ class DPOModel(keras.Model):
         scored = logratios / response_lengths(loss_mask) if self.normalize_logratios else logratios
         per_pair = self.loss_fn(scored[:, 0], scored[:, 1], self.beta,
                                 self.label_smoothing)  # (pairs,)
-        return per_pair, self.beta * tf.stop_gradient(logratios)
+        return per_pair, self.beta * ops.stop_gradient(logratios)
 
     def _chosen_nll(self, policy_logps, loss_mask):
         """RPO's term from the policy log-probs `pair_logps` gave: (this replica's summed NLL of
@@ -258,41 +263,36 @@ class DPOModel(keras.Model):
         The first is what the loss adds (scaled by rpo_alpha): summed over replicas it is the
         global per-token mean, so N replicas step as one device on the whole batch. The
         second, with no gradient, is what every replica logs."""
-        chosen_mask = tf.cast(loss_mask, tf.float32)[:, 0]  # (pairs, L)
+        chosen_mask = ops.cast(loss_mask, "float32")[:, 0]  # (pairs, L)
         chosen = policy_logps[:, 0]  # (pairs,)
         if self.average_log_prob:  # undo the per-row mean: the NLL is averaged per token
             chosen = chosen * response_lengths(chosen_mask)
-        nll_sum = -tf.reduce_sum(chosen)
-        tokens = tf.reduce_sum(chosen_mask[:, 1:])  # the first token is never a target
-        context = tf.distribute.get_replica_context()  # None in a cross-replica context
-        if context is not None:
-            tokens = context.all_reduce(tf.distribute.ReduceOp.SUM, tokens)
+        nll_sum = -ops.sum(chosen)
+        # The first token is never a target; the count is the global batch's.
+        tokens = backend.replica_sum(ops.sum(chosen_mask[:, 1:]))
         # max(., 1): a batch of empty chosen responses adds 0, where TRL's mean would be NaN.
-        tokens = tf.maximum(tokens, 1.0)
-        logged = tf.stop_gradient(nll_sum)
-        if context is not None:
-            logged = context.all_reduce(tf.distribute.ReduceOp.SUM, logged)
+        tokens = ops.maximum(tokens, 1.0)
+        logged = backend.replica_sum(ops.stop_gradient(nll_sum))
         return nll_sum / tokens, logged / tokens
 
     def _loss(self, per_pair, policy_logps, loss_mask):
         """(the replica's share of the loss to differentiate, the global chosen NLL or None)."""
         # Sum over this replica's pairs / global batch: replicas' gradients then add up.
-        loss = tf.nn.compute_average_loss(per_pair)
+        loss = backend.average_loss(per_pair)
         if self.rpo_alpha == 0:
             return loss, None
         nll_share, nll = self._chosen_nll(policy_logps, loss_mask)
         return loss + self.rpo_alpha * nll_share, nll
 
     def _update_metrics(self, per_pair, rewards, policy_logps, nll=None):
-        n = tf.shape(per_pair)[0]
         # Each replica adds its batch-weighted values; the Mean metrics sum across replicas.
-        weight = tf.cast(n, tf.float32)
+        weight = ops.cast(ops.shape(per_pair)[0], "float32")
         values = {
             # The batch's whole objective: the pairs' DPO mean plus the global RPO term.
             "loss": per_pair if nll is None else per_pair + self.rpo_alpha * nll,
             "rewards/chosen": rewards[:, 0],
             "rewards/rejected": rewards[:, 1],
-            "rewards/accuracy": tf.cast(rewards[:, 0] > rewards[:, 1], tf.float32),
+            "rewards/accuracy": ops.cast(rewards[:, 0] > rewards[:, 1], "float32"),
             "rewards/margin": rewards[:, 0] - rewards[:, 1],
             "logps/chosen": policy_logps[:, 0],
             "logps/rejected": policy_logps[:, 1],
@@ -300,25 +300,31 @@ class DPOModel(keras.Model):
         if nll is not None:
             values["nll_loss"] = nll
         for name, value in values.items():
-            self.trackers[name].update_state(tf.reduce_mean(value), sample_weight=weight)
+            self.trackers[name].update_state(ops.mean(value), sample_weight=weight)
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
+    @backend.stateful_step
     def train_step(self, data):
         inputs, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         reference_logps = self._reference_logps(inputs)
-        variables = self.policy.trainable_variables
-        # The reference pass finishes before the policy pass starts, so their activations are
-        # never held at once (TensorFlow would otherwise interleave the independent passes).
-        with tf.GradientTape() as tape, tf.control_dependencies([reference_logps]):
-            policy_logps = self(inputs, training=True)
-            per_pair, rewards = self._pair_losses(policy_logps, reference_logps,
-                                                  inputs["loss_mask"])
-            loss, nll = self._loss(per_pair, policy_logps, inputs["loss_mask"])
-            scaled = self.optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled, variables)
-        self.optimizer.apply(grads, variables)
-        return self._update_metrics(per_pair, rewards, tf.stop_gradient(policy_logps), nll)
 
+        def compute_loss():
+            # The reference pass finishes before the policy pass starts, so their activations
+            # are never held at once (TensorFlow would otherwise interleave the two passes).
+            with backend.control_dependencies([reference_logps]):
+                policy_logps = self(inputs, training=True)
+                per_pair, rewards = self._pair_losses(policy_logps, reference_logps,
+                                                      inputs["loss_mask"])
+                loss, nll = self._loss(per_pair, policy_logps, inputs["loss_mask"])
+            aux = {"per_pair": per_pair, "rewards": rewards, "policy_logps": policy_logps}
+            return loss, aux if nll is None else {**aux, "nll": nll}
+
+        _, aux = backend.apply_gradients(self.optimizer, compute_loss,
+                                         self.policy.trainable_variables)
+        return self._update_metrics(aux["per_pair"], aux["rewards"], aux["policy_logps"],
+                                    aux.get("nll"))
+
+    @backend.stateful_step
     def test_step(self, data):
         inputs, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         policy_logps = self(inputs, training=False)

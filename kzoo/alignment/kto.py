@@ -6,7 +6,7 @@ A batch holds rows (see `kzoo.data.unpaired`): "token_ids" and "loss_mask" (B, L
 (prompt, completion), "labels" (B,) bool, and for the `kto` loss "kl_token_ids" and
 "kl_loss_mask" (B, L): the batch's completions under other prompts (`with_kl_rows`). The KL
 reference point is the mean policy-minus-reference log-ratio of those rows, clamped at 0, with
-no gradient (the policy scores them outside the gradient tape); under `tf.distribute` it is
+no gradient (the policy scores them outside the gradient); under `tf.distribute` it is
 averaged over the replicas, as TRL gathers it over processes. Each replica's loss is divided by
 the global batch size, so the batch loss is the mean over all completions.
 
@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
+from kzoo import backend
 from kzoo.alignment.dpo import ADAPTERS_OFF, pair_logps, sequence_logps
 from kzoo.losses import kto as kto_losses
 from kzoo.models.lora import lora_disabled, lora_spec
@@ -60,14 +61,16 @@ def compute_unpaired_reference_logps(reference, arrays: dict, batch_size: int = 
     kto = KTOModel(policy, reference=None)
     ```
     """
-    fn = tf.function(lambda i, m: sequence_logps(reference, i, m, training=False))
+    fn = backend.compile_function(lambda i, m: sequence_logps(reference, i, m, training=False),
+                                  lambda: reference.variables)
     out = {}
     for key, ids, mask in (("reference_logps", "token_ids", "loss_mask"),
                            ("reference_kl_logps", "kl_token_ids", "kl_loss_mask")):
         if ids not in arrays:
             continue
         n = len(arrays[ids])
-        parts = [fn(arrays[ids][s: s + batch_size], arrays[mask][s: s + batch_size]).numpy()
+        parts = [ops.convert_to_numpy(fn(arrays[ids][s: s + batch_size],
+                                         arrays[mask][s: s + batch_size]))
                  for s in range(0, n, batch_size)]
         out[key] = np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
     return out
@@ -101,20 +104,22 @@ def implied_reward_accuracy(policy, reference, pairs: dict, beta: float,
     if len(pairs["token_ids"]) == 0:
         raise ValueError("implied_reward_accuracy: no pairs to score (0 pairs)")
 
-    @tf.function
     def score(ids, mask):
         logps = pair_logps(policy, ids, mask)
         if reference is None:
             return logps
         if isinstance(reference, str):
             with lora_disabled(policy):
-                return tf.stack([logps, pair_logps(policy, ids, mask)])
-        return tf.stack([logps, pair_logps(reference, ids, mask)])
+                return ops.stack([logps, pair_logps(policy, ids, mask)])
+        return ops.stack([logps, pair_logps(reference, ids, mask)])
+
+    models = [policy] + ([] if reference is None or isinstance(reference, str) else [reference])
+    score = backend.compile_function(score, lambda: [v for m in models for v in m.variables])
 
     rewards = []
     for s in range(0, len(pairs["token_ids"]), batch_size):
         got = score(pairs["token_ids"][s: s + batch_size], pairs["loss_mask"][s: s + batch_size])
-        got = got.numpy().astype(np.float64)
+        got = ops.convert_to_numpy(got).astype(np.float64)
         if reference is None:
             ratio = got - pairs["reference_logps"][s: s + batch_size]
         else:
@@ -200,14 +205,14 @@ class KTOModel(keras.Model):
 
     def _reference(self, inputs, ids_key, mask_key, precomputed_key):
         if self.reference is None:
-            return tf.cast(self._need(inputs, precomputed_key, "reference=None: compute them "
-                                      "with compute_unpaired_reference_logps"), tf.float32)
-        return tf.stop_gradient(_reference_logps(self.reference, self.policy, inputs[ids_key],
+            return ops.cast(self._need(inputs, precomputed_key, "reference=None: compute them "
+                                       "with compute_unpaired_reference_logps"), "float32")
+        return ops.stop_gradient(_reference_logps(self.reference, self.policy, inputs[ids_key],
                                                  inputs[mask_key]))
 
     def _kl(self, inputs, training):
         if not self.uses_kl:
-            return tf.zeros((), tf.float32)
+            return ops.zeros((), "float32")
         why = (f"loss_type={self.loss_type!r} estimates the KL from mismatched rows: build them "
                "with kzoo.data.unpaired.with_kl_rows")
         kl_ids = self._need(inputs, "kl_token_ids", why)
@@ -215,25 +220,23 @@ class KTOModel(keras.Model):
         policy_kl = sequence_logps(self.policy, kl_ids, kl_mask, training=training)
         reference_kl = self._reference(inputs, "kl_token_ids", "kl_loss_mask",
                                        "reference_kl_logps")
-        context = tf.distribute.get_replica_context()
-        if context is not None and context.num_replicas_in_sync > 1:
-            # TRL averages the processes' mean log-ratios, then clamps: so do the replicas.
-            diff = tf.reduce_mean(tf.cast(policy_kl, tf.float32) - reference_kl)
-            return tf.stop_gradient(tf.nn.relu(context.all_reduce("MEAN", diff)))
-        return kto_losses.kto_kl(policy_kl, reference_kl)
+        # kto_kl's relu(mean(log-ratio)), where TRL averages the processes' mean log-ratios
+        # before it clamps: so do the replicas (one replica: kto_kl itself).
+        diff = ops.mean(ops.cast(policy_kl, "float32") - ops.cast(reference_kl, "float32"))
+        return ops.stop_gradient(ops.relu(backend.replica_mean(diff)))
 
     def _row_losses(self, policy_logps, reference_logps, labels, kl):
         logratios = policy_logps - reference_logps  # (B,)
         per_row = kto_losses.kto_loss(logratios, labels, kl, self.beta, self.desirable_weight,
                                       self.undesirable_weight, self.loss_type)
-        return per_row, self.beta * tf.stop_gradient(logratios)
+        return per_row, self.beta * ops.stop_gradient(logratios)
 
     def _update_metrics(self, per_row, rewards, policy_logps, labels, kl):
-        up = tf.cast(labels, tf.float32)
+        up = ops.cast(labels, "float32")
         down = 1.0 - up
-        n = tf.cast(tf.shape(per_row)[0], tf.float32)
+        n = ops.cast(ops.shape(per_row)[0], "float32")
         # Per-row weights: a side with no rows in this batch leaves its metric unchanged.
-        self.trackers["loss"].update_state(tf.reduce_mean(per_row), sample_weight=n)
+        self.trackers["loss"].update_state(ops.mean(per_row), sample_weight=n)
         self.trackers["kl"].update_state(kl, sample_weight=n)
         for side, weight in (("chosen", up), ("rejected", down)):
             self.trackers[f"rewards/{side}"].update_state(rewards, sample_weight=weight)
@@ -241,24 +244,28 @@ class KTOModel(keras.Model):
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
     def _labels(self, inputs):
-        return tf.cast(self._need(inputs, "labels", "True for a thumbs up"), tf.bool)
+        return ops.cast(self._need(inputs, "labels", "True for a thumbs up"), "bool")
 
+    @backend.stateful_step
     def train_step(self, data):
         inputs, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         labels = self._labels(inputs)
         reference_logps = self._reference(inputs, "token_ids", "loss_mask", "reference_logps")
-        # The KL point is a constant of the step: scored outside the tape (TRL: no_grad).
+        # The KL point is a constant of the step: scored outside the gradient (TRL: no_grad).
         kl = self._kl(inputs, training=True)
-        variables = self.policy.trainable_variables
-        with tf.GradientTape() as tape:
+
+        def compute_loss():
             policy_logps = self(inputs, training=True)
             per_row, rewards = self._row_losses(policy_logps, reference_logps, labels, kl)
-            loss = tf.nn.compute_average_loss(per_row)
-            scaled = self.optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled, variables)
-        self.optimizer.apply(grads, variables)
-        return self._update_metrics(per_row, rewards, tf.stop_gradient(policy_logps), labels, kl)
+            return backend.average_loss(per_row), {
+                "per_row": per_row, "rewards": rewards, "policy_logps": policy_logps}
 
+        _, aux = backend.apply_gradients(self.optimizer, compute_loss,
+                                         self.policy.trainable_variables)
+        return self._update_metrics(aux["per_row"], aux["rewards"], aux["policy_logps"], labels,
+                                    kl)
+
+    @backend.stateful_step
     def test_step(self, data):
         inputs, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         labels = self._labels(inputs)

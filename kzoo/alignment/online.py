@@ -229,6 +229,7 @@ class PolicyGradientModel(keras.Model):
             self.trackers[name].update_state(ops.stop_gradient(value))
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
+    @backend.stateful_step
     def train_step(self, data):
         inputs, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         _, values = backend.apply_gradients(
@@ -236,6 +237,7 @@ class PolicyGradientModel(keras.Model):
             self.policy.trainable_variables)
         return self._update(values)
 
+    @backend.stateful_step
     def test_step(self, data):
         inputs, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         return self._update(self._loss_and_values(inputs, training=False)[1])

@@ -11,6 +11,7 @@ from kzoo import samplers as samplers_lib
 from kzoo.generation import inputs as inputs_lib
 from kzoo.generation import loops, quantization
 from kzoo.generation.decoders import ModelDecoder, PreparedDecoder, supports_prepared
+from kzoo.samplers.sampler import seed_variables
 
 
 @dataclass
@@ -117,11 +118,11 @@ class Generator:
         return list(self.model.variables) + (snapshot.variables if snapshot else [])
 
     def _seeds(self) -> tuple:
-        return tuple(ops.convert_to_tensor(v) for v in loops.sampler_variables(self.sampler))
+        return tuple(ops.convert_to_tensor(v) for v in seed_variables(self.sampler))
 
     def _keep_seeds(self, seeds):
         """The programs hand the sampler's new seed state back: store it for the next call."""
-        for variable, value in zip(loops.sampler_variables(self.sampler), seeds):
+        for variable, value in zip(seed_variables(self.sampler), seeds):
             variable.assign(value)
 
     # ------------------------------------------------------------------------- preparation

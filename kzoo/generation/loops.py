@@ -10,12 +10,12 @@ The programs are pure: the sampler's seed state comes in as `seeds` and the new 
 with the results (a JAX program cannot assign to a variable, least of all inside a loop).
 """
 
-import keras
 from keras import ops, tree
 
 from kzoo.generation.inputs import NO_TOKEN
 from kzoo.samplers import Sampler
 from kzoo.samplers import functional as F
+from kzoo.samplers.sampler import with_seeds
 
 
 def pick_token(sampler, logits, counts):
@@ -26,19 +26,9 @@ def pick_token(sampler, logits, counts):
     return ops.cast(sampler.get_next_token(sampler.compute_probabilities(logits)), "int32")
 
 
-def sampler_variables(sampler) -> list:
-    """The variables a sampler changes when it draws: its seed generator's state."""
-    generator = getattr(sampler, "seed_generator", None)
-    return [generator.state] if generator is not None else []
-
-
 def draw(sampler, logits, counts, seeds):
     """`pick_token` with the seed state passed in and out: `(token (B,), seeds)`."""
-    variables = sampler_variables(sampler)
-    with keras.StatelessScope(state_mapping=list(zip(variables, seeds))) as scope:
-        token = pick_token(sampler, logits, counts)
-    new = (scope.get_current_value(v) for v in variables)
-    return token, tuple(n if n is not None else s for n, s in zip(new, seeds))
+    return with_seeds(sampler, seeds, lambda: pick_token(sampler, logits, counts))
 
 
 def sampler_scores(sampler, logits, counts):

@@ -106,6 +106,7 @@ def apply_rotary(x, cos, sin):
     y = apply_rotary(x, *rotary_cos_sin(np.arange(4)[None], head_dim=8))
     ```
     """
+    x = ops.convert_to_tensor(x)  # numpy in, as in the example: torch's `*` needs a tensor
     x1, x2 = ops.split(x, 2, axis=-1)
     rotated = ops.concatenate([-x2, x1], axis=-1)
     return x * cos + rotated * sin

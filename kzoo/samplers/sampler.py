@@ -16,6 +16,34 @@ from keras import ops
 
 from kzoo.samplers import functional as F
 
+
+def seed_variables(sampler) -> list:
+    """The variables a sampler (kzoo or keras_hub) changes when it draws: its seed state."""
+    generator = getattr(sampler, "seed_generator", None)
+    return [generator.state] if generator is not None else []
+
+
+def with_seeds(sampler, seeds, draw):
+    """Run `draw()` with the sampler's seed state read from `seeds` (tensors); returns
+    `(draw's result, new seeds)`. A compiled loop carries the seeds as loop values: JAX cannot
+    assign to a variable inside `jax.jit`, least of all inside a while loop.
+
+    Example:
+    ```python
+    from kzoo.samplers import TopKSampler
+    from kzoo.samplers.sampler import seed_variables, with_seeds
+    sampler = TopKSampler(k=2, seed=0)
+    seeds = [v.value for v in seed_variables(sampler)]
+    token, seeds = with_seeds(sampler, seeds, lambda: sampler([[0.1, 2.0, 0.3]]))
+    ```
+    """
+    variables = seed_variables(sampler)
+    with keras.StatelessScope(state_mapping=list(zip(variables, seeds))) as scope:
+        result = draw()
+    new = (scope.get_current_value(v) for v in variables)
+    return result, tuple(n if n is not None else s for n, s in zip(new, seeds))
+
+
 # (attribute, function, value meaning "off"): logit processors that need the token history.
 _PENALTIES = (
     ("repetition_penalty", F.repetition_penalty, 1.0),
@@ -151,7 +179,8 @@ class Sampler(keras.layers.Layer):
         return super().__call__(*args, **kwargs)
 
     def run_loop(self, cond, body, model=None, loop_vars=None, maximum_iterations=None):
-        """`ops.while_loop` (keras_hub protocol; TensorFlow and torch backends)."""
+        """`ops.while_loop` (keras_hub protocol). keras_hub's JAX generate runs the loop in its
+        own `StatelessScope`; `run_decode_loop` carries the seed state through the loop."""
         del model
         return ops.while_loop(cond, body, loop_vars, maximum_iterations=maximum_iterations)
 
@@ -168,7 +197,7 @@ class Sampler(keras.layers.Layer):
         mask = ops.zeros_like(prompt, dtype="bool") if mask is None else ops.cast(mask, "bool")
         cache = () if cache is None else cache
 
-        def cond(prompt, cache, index, mask):
+        def cond(prompt, cache, index, mask, seeds):
             if stop_token_ids is None:
                 return ops.convert_to_tensor(True)
             hits = ops.zeros_like(prompt, dtype="bool")
@@ -177,22 +206,26 @@ class Sampler(keras.layers.Layer):
             done = ops.any(ops.logical_and(hits, ops.logical_not(mask)), axis=-1)
             return ops.logical_not(ops.all(done))
 
-        def body(prompt, cache, index, mask):
+        def body(prompt, cache, index, mask, seeds):
             logits, _, cache = next(prompt, cache, index)
             counts = None
             if self.uses_token_counts:
                 filled = ops.arange(ops.shape(prompt)[-1])[None, :] < index  # (1, max_length)
                 counts = F.token_counts(prompt, ops.shape(logits)[-1], filled)
-            token = self.get_next_token(self.compute_probabilities(logits, counts))
+            token, seeds = with_seeds(self, seeds, lambda: self.get_next_token(
+                self.compute_probabilities(logits, counts)))
             token = ops.cast(token, prompt.dtype)
             token = ops.where(mask[:, index], prompt[:, index], token)  # keep prompt tokens
             prompt = ops.slice_update(prompt, [0, index], token[:, None])
-            return prompt, cache, index + 1, mask
+            return prompt, cache, index + 1, mask, seeds
 
-        prompt, _, _, _ = self.run_loop(
-            cond, body, model=model, loop_vars=(prompt, cache, index, mask),
+        seeds = tuple(ops.convert_to_tensor(v) for v in seed_variables(self))
+        prompt, _, _, _, seeds = self.run_loop(
+            cond, body, model=model, loop_vars=(prompt, cache, index, mask, seeds),
             maximum_iterations=max_length - index,
         )
+        for variable, value in zip(seed_variables(self), seeds):
+            variable.assign(value)  # keras_hub's JAX generate reads it back from its scope
         return prompt
 
     def get_config(self):

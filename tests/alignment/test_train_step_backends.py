@@ -1,6 +1,7 @@
-"""The GRPO / RLOO train step is written once against `kzoo.backend`: one step on PyTorch (a
-child process with KERAS_BACKEND=torch) gives the loss, the metrics and the updated weights
-that TensorFlow gives from the same weights and batch (float32, to 1e-5)."""
+"""The GRPO / RLOO train step is written once against `kzoo.backend`: one step on JAX (jitted,
+stateless under `backend.stateful_step`) and on PyTorch (child processes with KERAS_BACKEND=jax
+or torch) gives the loss, the metrics and the updated weights that TensorFlow gives from the same
+weights and batch (float32, to 1e-5); so does a `test_on_batch` after it."""
 
 import json
 import os
@@ -30,9 +31,11 @@ trainer = PolicyGradientModel(model, algorithm=algorithm, beta=0.1, epsilon=0.2,
 trainer.compile(optimizer=keras.optimizers.SGD(0.5))
 batch = dict(np.load(sys.argv[4]))
 logs = trainer.train_on_batch(batch, return_dict=True)
+test = trainer.test_on_batch(batch, return_dict=True)
 np.savez(out, *[np.asarray(w) for w in model.get_weights()])
 print(json.dumps({"backend": keras.backend.backend(),
-                  "logs": {k: float(v) for k, v in logs.items()}}))
+                  "logs": {k: float(v) for k, v in logs.items()},
+                  "test": {k: float(v) for k, v in test.items()}}))
 '''
 
 
@@ -59,30 +62,42 @@ def _step(backend, algorithm, tmp_path):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["backend"] == backend
     weights = np.load(out)
-    return result["logs"], [weights[k] for k in weights.files]
+    return {**result["logs"], **{f"test/{k}": v for k, v in result["test"].items()}}, [
+        weights[k] for k in weights.files]
 
 
-@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
-def test_one_step_on_torch_equals_tensorflow(algorithm, tmp_path):
-    pytest.importorskip("torch")
+@pytest.fixture(scope="module")
+def tensorflow_steps(tmp_path_factory):
+    """(folder, initial weights, {algorithm: TensorFlow's (logs, weights)}), filled lazily."""
     import keras
 
     from kzoo.models import CausalLM
 
+    folder = tmp_path_factory.mktemp("train_step_backends")
     keras.utils.set_random_seed(0)
     model = CausalLM(vocab_size=12, num_layers=1, num_heads=2, hidden_dim=16,
                      intermediate_dim=32, max_sequence_length=16, dropout=0.0)
     model(np.zeros((1, 4), "int32"))
-    model.save_weights(tmp_path / "w.weights.h5")
-    _batch(tmp_path / "batch.npz")
-    tf_logs, tf_weights = _step("tensorflow", algorithm, tmp_path)
-    torch_logs, torch_weights = _step("torch", algorithm, tmp_path)
-    assert tf_logs.keys() == torch_logs.keys()
+    model.save_weights(folder / "w.weights.h5")
+    _batch(folder / "batch.npz")
+    return folder, model.get_weights(), {}
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
+def test_one_step_equals_tensorflow(backend, algorithm, tensorflow_steps):
+    pytest.importorskip(backend)
+    folder, initial, done = tensorflow_steps
+    if algorithm not in done:
+        done[algorithm] = _step("tensorflow", algorithm, folder)
+    tf_logs, tf_weights = done[algorithm]
+    logs, weights = _step(backend, algorithm, folder)
+    assert tf_logs.keys() == logs.keys()
     for key in tf_logs:
-        assert torch_logs[key] == pytest.approx(tf_logs[key], rel=1e-5, abs=1e-6), key
+        assert logs[key] == pytest.approx(tf_logs[key], rel=1e-5, abs=1e-6), key
     assert tf_logs["kl/prompt"] > 0 and tf_logs["loss"] != 0
-    moved = max(float(np.max(np.abs(a - b))) for a, b in zip(tf_weights,
-                                                              model.get_weights()))
+    assert tf_logs["test/loss"] != tf_logs["loss"]  # evaluated after the step, on new weights
+    moved = max(float(np.max(np.abs(a - b))) for a, b in zip(tf_weights, initial))
     assert moved > 1e-4  # the step did change the weights
-    for a, b in zip(tf_weights, torch_weights):
+    for a, b in zip(tf_weights, weights):
         np.testing.assert_allclose(b, a, atol=1e-5)

@@ -275,7 +275,7 @@ def test_rope_tables_and_defaults(rng):
     assert tuple(cos.shape) == (1, 3, 1, 8)
     x = rng.normal(size=(1, 3, 2, 8)).astype("float32")
     np.testing.assert_allclose(apply_rotary(x, cos, sin), np_rope(x, positions), atol=1e-5)
-    half = np.asarray(rotary_cos_sin(positions, 8, dtype="bfloat16")[0])
+    half = rotary_cos_sin(positions, 8, dtype="bfloat16")[0]
     assert keras.backend.standardize_dtype(half.dtype) == "bfloat16"
     with pytest.raises(ValueError, match="even"):
         rotary_cos_sin(positions, 7)

@@ -9,10 +9,11 @@ import types
 
 import numpy as np
 import pytest
-import tensorflow as tf
+from keras import ops
 
 from kzoo import losses
 from kzoo.losses.kto import apo_zero_unpaired, kto_unweighted, uses_kl, weight_advice
+from tests.helpers import value_and_grads
 
 torch = pytest.importorskip("torch")
 kto_trainer = pytest.importorskip("trl.trainer.kto_trainer")
@@ -69,15 +70,15 @@ def trl_kto(policy, reference, policy_kl, reference_kl, labels, beta, desirable_
 
 def kzoo_kto(policy, reference, policy_kl, reference_kl, labels, beta, desirable_weight,
              undesirable_weight, loss_type):
-    policy = tf.Variable(policy, dtype=tf.float32)
-    policy_kl = tf.Variable(policy_kl, dtype=tf.float32)
-    with tf.GradientTape(persistent=True) as tape:
+    def loss_of(policy, policy_kl):
         kl = losses.kto_kl(policy_kl, reference_kl)
-        per_row = losses.kto_loss(policy - reference, labels, kl, beta, desirable_weight,
-                                  undesirable_weight, loss_type)
-        loss = tf.reduce_mean(per_row)
-    return (float(loss), tape.gradient(loss, policy).numpy(), tape.gradient(loss, policy_kl),
-            float(kl))
+        per_row = losses.kto_loss(policy - ops.convert_to_tensor(reference, "float32"), labels,
+                                  kl, beta, desirable_weight, undesirable_weight, loss_type)
+        return ops.mean(per_row)
+
+    loss, (grad, kl_grad) = value_and_grads(loss_of, policy, policy_kl)
+    return loss, grad, kl_grad, float(losses.kto_kl(np.asarray(policy_kl, "float32"),
+                                                   np.asarray(reference_kl, "float32")))
 
 
 def _case(seed, n, kl_shift, labels=None):

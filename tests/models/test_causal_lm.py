@@ -105,8 +105,8 @@ def test_save_and_load_in_fresh_process(tmp_path, preset):
         "print(type(m).__name__, m.loss.__class__.__name__)\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env={"KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3",
-                               "PATH": "/usr/bin:/bin"})
+                          env={"KERAS_BACKEND": keras.backend.backend(),
+                               "TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "CausalLM SparseCategoricalCrossentropy" in proc.stdout
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), np.asarray(model(ids)))

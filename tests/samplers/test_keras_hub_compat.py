@@ -11,8 +11,8 @@ from kzoo.generation import Generator
 from kzoo.models import CausalLM
 
 
-@pytest.fixture(scope="module")
-def hub_lm():
+@pytest.fixture  # one model per test: on torch a sampler layer, once compiled in, is a
+def hub_lm():  # child module that keras-hub's own (non-layer) samplers cannot replace
     keras.utils.set_random_seed(0)  # the same weights whatever ran before
     backbone = keras_hub.models.GPT2Backbone(
         vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,

@@ -1,0 +1,125 @@
+"""JAX: pure programs under `jax.jit`, with every Keras variable they read passed in as a value.
+
+A Keras variable read inside `jax.jit` would be baked into the program as a constant (stale
+after training, and copied into the executable). `compile_function` runs `fn` inside a
+`keras.StatelessScope` that maps each variable to an argument of the jitted function, so the
+program reads the values of the call; `fn` must return what it changes (the decode loops carry
+their sampler's seed state explicitly).
+"""
+
+import contextlib
+import functools
+
+import jax
+import keras
+from keras.src.backend.common.stateless_scope import get_stateless_scope
+
+
+def compile_function(fn, variables, jit_compile, on_trace):
+    held = []
+
+    def pure(values, args):
+        on_trace()  # a Python side effect: runs while jax.jit traces
+        with keras.StatelessScope(state_mapping=list(zip(held, values))):
+            return fn(*args)
+
+    program = jax.jit(pure) if jit_compile else pure
+
+    @functools.wraps(fn)
+    def call(*args):
+        if not held:  # the model is built by the first call
+            held.extend(variables())
+        return program([v.value for v in held], args)
+
+    return call
+
+
+def matmul_transposed(x, kernel, int_accumulate=False):
+    dims = (((1,), (1,)), ((), ()))  # contract x's and kernel's last axes: x @ kernel.T
+    return jax.lax.dot_general(x, kernel, dims,
+                               preferred_element_type="int32" if int_accumulate else None)
+
+
+# Custom train steps. Keras' JAX trainer calls `model.train_step(state, data)` with the values of
+# (trainable, non-trainable, optimizer, metrics) variables and jits it; kzoo's steps are written
+# statefully, `train_step(self, data)`. `stateful_step` runs such a body inside a
+# `keras.StatelessScope` mapping every variable to its state value: each read sees the traced
+# value and each assignment (optimizer, metric trackers, dropout seeds) is recorded in the scope,
+# read back as the new state at the end. That is what Keras' own `stateless_call` and
+# `stateless_apply` do, for a whole step instead of one call.
+
+
+def stateful_step(step):
+    @functools.wraps(step)
+    def run(self, state, data):
+        groups = _state_variables(self, len(state))
+        mapping = [(v, value) for variables, values in zip(groups, state)
+                   for v, value in zip(variables, values)]
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            logs = step(self, data)
+        return logs, tuple([scope.get_current_value(v) for v in variables]
+                           for variables in groups)
+
+    return run
+
+
+def _state_variables(model, parts):
+    # The order of Keras' JAX trainer: 4 parts for train_step, 3 (no optimizer) for test_step.
+    if parts == 4:
+        return (model.trainable_variables, model.non_trainable_variables,
+                model.optimizer.variables, model.metrics_variables)
+    return model.trainable_variables, model.non_trainable_variables, model.metrics_variables
+
+
+class _RecordingScope(keras.StatelessScope):
+    """A StatelessScope over `base` (an outer scope's values) that also keeps the variables
+    assigned in it, so their new values can leave a `jax.value_and_grad` as aux."""
+
+    def __init__(self, base, state_mapping):
+        super().__init__(state_mapping=state_mapping)
+        self.state_mapping = {**base, **self.state_mapping}
+        self.assigned = {}
+
+    def add_update(self, update):
+        super().add_update(update)
+        self.assigned[id(update[0])] = update[0]
+
+
+def apply_gradients(optimizer, compute_loss, variables):
+    # Scopes do not nest (a variable reads the innermost one only): the scope inside the grad
+    # starts from every value of the outer one, with the differentiated values on top.
+    outer = get_stateless_scope()
+    base = dict(outer.state_mapping) if outer is not None else {}
+    assigned = []
+
+    def loss_of(values):
+        with _RecordingScope(base, list(zip(variables, values))) as scope:
+            loss, aux = compute_loss()
+            scaled = optimizer.scale_loss(loss)
+        assigned[:] = scope.assigned.values()
+        return scaled, (loss, aux, [scope.get_current_value(v) for v in assigned])
+
+    (_, (loss, aux, updates)), grads = jax.value_and_grad(loss_of, has_aux=True)(
+        [v.value for v in variables])
+    for v, value in zip(assigned, updates):
+        v.assign(value)  # recorded by the outer scope, or a real assignment outside one
+    optimizer.apply(grads, variables)
+    return loss, jax.tree.map(jax.lax.stop_gradient, aux)
+
+
+def replica_sum(x):
+    # A jitted JAX program (sharded by keras.distribution or not) sees the global batch.
+    return x
+
+
+def replica_mean(x):
+    return x
+
+
+def average_loss(per_example):
+    return keras.ops.mean(per_example)
+
+
+def control_dependencies(tensors):
+    # XLA orders the program itself.
+    return contextlib.nullcontext()
