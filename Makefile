@@ -6,8 +6,10 @@ STAMP  := $(VENV)/.kzoo-installed
 export KERAS_BACKEND ?= tensorflow
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 DEMO_CONFIG ?= recipes/configs/gpt/nano_pydocs_pretrain.yaml
+TORCH_TESTS ?= tests/layers tests/losses tests/samplers tests/models tests/generation tests/viz
+JAX_TESTS ?= tests/layers tests/losses tests/samplers
 
-.PHONY: install demo test lint bench clean docs figures
+.PHONY: install demo test lint bench clean docs figures wheels
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,16 +23,21 @@ install: $(STAMP)
 demo: install
 	$(BIN)/python recipes/pretrain.py --config $(DEMO_CONFIG)
 
-# Set up, lint, run the whole test suite.
+# Set up, lint, run the whole test suite (TensorFlow, with JAX and PyTorch child processes in
+# tests/backends, tests/alignment, tests/training), then the backend-neutral unit tests again on
+# PyTorch and JAX themselves.
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	KERAS_BACKEND=torch $(BIN)/python -m pytest -q -p no:cacheprovider $(TORCH_TESTS)
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -p no:cacheprovider $(JAX_TESTS)
 
 lint: install
 	$(BIN)/ruff check .
 
 bench: install
 	cd benchmarks && for script in [a-z]*.py; do \
+		[ "$$script" = accelerator.py ] && continue; \
 		echo "== $$script"; ../$(BIN)/python $$script || exit 1; done
 
 # Build the documentation site into site/; any warning (broken link, missing page) fails it.
@@ -40,6 +47,13 @@ docs: install
 # Retrain the docs' small models and redraw docs/assets/figures (minutes on 2 CPU cores).
 figures: install
 	$(BIN)/python scripts/make_figures.py $(FIGURES_ARGS)
+
+# The pure-Python wheels benchmarks/accelerator.sh installs on a machine without network.
+wheels: install
+	rm -rf dist/wheels && mkdir -p dist/wheels
+	$(BIN)/python -m pip wheel --quiet --no-deps -w dist/wheels . \
+		keras==$$($(BIN)/python -c "import keras; print(keras.__version__)") \
+		keras-hub==$$($(BIN)/python -c "import keras_hub; print(keras_hub.__version__)")
 
 clean:
 	rm -rf $(VENV) runs site .pytest_cache .ruff_cache

@@ -35,8 +35,13 @@ def markdown_table(rows: list[dict]) -> str:
 
 def report(name: str, rows: list[dict], settings: dict) -> None:
     """Print the table and write `benchmarks/results/<name>.json`."""
-    import keras
-    import tensorflow as tf
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(package):  # versions without importing: a JAX or torch run has no TF loaded
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return None
 
     print(markdown_table(rows))
     RESULTS.mkdir(exist_ok=True)
@@ -44,7 +49,7 @@ def report(name: str, rows: list[dict], settings: dict) -> None:
         "benchmark": name,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "keras": keras.__version__, "tensorflow": tf.__version__},
+                    **{p: installed(p) for p in ("keras", "tensorflow", "jax", "torch")}},
         "settings": settings,
         "rows": rows,
     }

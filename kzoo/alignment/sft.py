@@ -65,8 +65,8 @@ def response_nll(model, arrays: dict, batch_size: int = 32) -> float:
     mask = arrays["loss_mask"].reshape(-1, length)
     total = 0.0
     for s in range(0, len(ids), batch_size):
-        total += float(np.sum(sequence_logps(model, ids[s: s + batch_size],
-                                             mask[s: s + batch_size])))
+        logps = sequence_logps(model, ids[s: s + batch_size], mask[s: s + batch_size])
+        total += float(np.sum(keras.ops.convert_to_numpy(logps)))  # a torch tensor too
     tokens = float(mask[:, 1:].sum())
     if tokens == 0:
         raise ValueError("`arrays` holds no response tokens to score (loss_mask is all zero).")

@@ -256,9 +256,21 @@ def encode_sft(records: list[dict], tokenizer, max_length: int,
     return {"token_ids": token_ids, "loss_mask": loss_mask, "skipped": skipped}
 
 
-def sft_dataset(arrays: dict, batch_size: int, shuffle: bool = True, seed: int = 0):
+def sft_dataset(arrays: dict, batch_size: int, shuffle: bool = True, seed: int = 0,
+                epochs: int | None = None):
     """A `tf.data.Dataset` of (x, y, sample_weight) for `model.fit`: next-token targets whose
     weight is the response mask, so only response tokens count in the loss.
+
+    Args:
+        arrays: dict. "token_ids" and "loss_mask", (rows, L) (`encode_sft`).
+        batch_size: int. rows per batch.
+        shuffle: bool. shuffle the rows (seeded).
+        seed: int. shuffling seed.
+        epochs: int | None. None: one pass, reshuffled at every new iterator. N: N passes in
+            one dataset, pass e in the order of seed + e, every iterator the same; fit it with
+            `steps_per_epoch=sft_steps(arrays, batch_size)`, so the order does not depend on
+            how many iterators the trainer makes (JAX and PyTorch peek at a first batch with
+            an iterator of their own; TensorFlow does not).
 
     Example:
     ```python
@@ -274,11 +286,32 @@ def sft_dataset(arrays: dict, batch_size: int, shuffle: bool = True, seed: int =
     if len(ids) == 0:  # tf.data would fail on an empty shuffle buffer
         raise ValueError("no SFT rows to batch (0 rows): the data is empty or every record "
                          "was skipped")
+    if epochs is not None and epochs < 1:
+        raise ValueError(f"epochs must be None or >= 1, got {epochs}")
     # Inputs are tokens 0..L-2, targets tokens 1..L-1: the weight of target t is mask[t].
     ds = tf.data.Dataset.from_tensor_slices((ids[:, :-1], ids[:, 1:], mask[:, 1:]))
-    if shuffle:
-        ds = ds.shuffle(len(ids), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    if epochs is None:
+        if shuffle:
+            ds = ds.shuffle(len(ids), seed=seed, reshuffle_each_iteration=True)
+        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    passes = [(ds.shuffle(len(ids), seed=seed + e, reshuffle_each_iteration=False) if shuffle
+               else ds).batch(batch_size) for e in range(epochs)]
+    out = passes[0]
+    for later in passes[1:]:
+        out = out.concatenate(later)
+    return out.prefetch(tf.data.AUTOTUNE)
+
+
+def sft_steps(arrays: dict, batch_size: int) -> int:
+    """Batches in one pass over `arrays` (the last one may be short): `steps_per_epoch` for
+    `sft_dataset(..., epochs=N)`.
+
+    Example:
+    ```python
+    sft_steps({"token_ids": np.zeros((10, 8))}, 4)   # 3
+    ```
+    """
+    return -(-len(arrays["token_ids"]) // batch_size)
 
 
 def split_records(records: list[dict], validation_fraction: float, seed: int = 0):

@@ -25,8 +25,20 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import tensorflow as tf
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+
+def _tf():
+    """TensorFlow, imported when a pipeline is built: tf.data is the input path on every Keras
+    backend, and `import kzoo.data` on JAX or PyTorch must not pay for (or need) it."""
+    import tensorflow as tf
+
+    return tf
 
 
 def split_tokens(tokens: np.ndarray, validation_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -61,6 +73,7 @@ def _pipeline_sample_ids(
 
     Pipeline p takes the contiguous slice [p * B/P, (p + 1) * B/P) of every global batch B.
     """
+    tf = _tf()
     if global_batch % num_pipelines:
         raise ValueError(
             f"batch_size {global_batch} must be divisible by the number of workers {num_pipelines}"
@@ -87,6 +100,7 @@ def _layout(batch_size: int, input_context) -> tuple[int, int, int]:
 
 def _windows(tokens: tf.Tensor, block_size: int):
     """Map a batch of window starts (batch,) to (inputs, targets), each (batch, block_size)."""
+    tf = _tf()
 
     def gather(starts):
         offsets = starts[:, None] + tf.range(block_size + 1, dtype=tf.int64)[None, :]
@@ -97,6 +111,7 @@ def _windows(tokens: tf.Tensor, block_size: int):
 
 
 def _options() -> tf.data.Options:
+    tf = _tf()
     options = tf.data.Options()
     options.deterministic = True
     # Each pipeline already reads only its slice (see _pipeline_sample_ids).
@@ -123,6 +138,7 @@ def train_dataset(
         input_context: tf.distribute.InputContext | None. set by
             `strategy.distribute_datasets_from_function`; batches are then per replica.
     """
+    tf = _tf()
     # One block_size of slack, so every pass can shift its block grid (see block_start).
     num_blocks = (len(tokens) - 1 - block_size) // block_size
     if num_blocks < 1:
@@ -163,6 +179,7 @@ def eval_dataset(
     arguments give the same windows, so validation losses are comparable across evaluations.
     Arguments as in `train_dataset`; `num_batches`: int. global batches to produce.
     """
+    tf = _tf()
     if len(tokens) < block_size + 1:
         raise ValueError(f"{len(tokens)} validation tokens are too few for one block")
     rng = np.random.default_rng(seed)
@@ -183,6 +200,7 @@ def eval_windows(tokens: np.ndarray, block_size: int, batch_size: int, num_batch
 
     Arguments as in `eval_dataset`; one device only (no input context).
     """
+    tf = _tf()
     batches = list(eval_dataset(tokens, block_size, batch_size, num_batches, seed))
     inputs = tf.concat([x for x, _ in batches], axis=0)  # (num_batches * batch, block)
     targets = tf.concat([y for _, y in batches], axis=0)

@@ -12,7 +12,6 @@ result = generate(model, [[5, 6, 7]], max_new_tokens=8, sampler="greedy")
 import json
 import weakref
 
-from kzoo import samplers as samplers_lib
 from kzoo.generation.distribution import (
     NextWordDistribution,
     next_word_distribution,
@@ -38,9 +37,9 @@ def get_generator(model, sampler="greedy", tokenizer=None, jit_compile=True,
     own Generator (its seed state lives in the instance).
     """
     if isinstance(sampler, str | dict):
-        config = samplers_lib.get(sampler).get_config()
-        config.pop("name", None)  # auto-generated, differs between equal samplers
-        sampler_key = json.dumps(config, sort_keys=True, default=str)
+        # The identifier itself, not the layer's get_config(): Keras' serialization imports
+        # TensorFlow whenever it is installed, even on JAX or PyTorch.
+        sampler_key = json.dumps(sampler, sort_keys=True, default=str)
     else:
         sampler_key = id(sampler)
     weights_key = weights if weights is None or isinstance(weights, str) else id(weights)

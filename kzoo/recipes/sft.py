@@ -71,10 +71,17 @@ def _run_in(run_dir, config: SFTConfig) -> dict:
         encode_sft,
         read_instruction_records,
         sft_dataset,
+        sft_steps,
         split_records,
     )
     from kzoo.training import NaNGuard, save_config
-    from kzoo.training.recipe import diverged, prepare_tuning, save_tuned, tuning_optimizer
+    from kzoo.training.recipe import (
+        backend_jit_compile,
+        diverged,
+        prepare_tuning,
+        save_tuned,
+        tuning_optimizer,
+    )
 
     keras.utils.set_random_seed(config.seed)
     data = config.data
@@ -89,11 +96,14 @@ def _run_in(run_dir, config: SFTConfig) -> dict:
     train, val = encode(train_records), encode(val_records)
     model = prepare_tuning(model, config.lora, config.train)
     optimizer = tuning_optimizer(config.train, weight_decay=config.train.weight_decay)
-    compile_sft(model, optimizer, jit_compile=config.train.jit_compile)
+    compile_sft(model, optimizer, jit_compile=backend_jit_compile(config.train.jit_compile))
     before = response_nll(model, val)
     guard = NaNGuard(model, keys=("loss",), max_loss_factor=config.train.max_loss_factor)
+    # Every epoch's order fixed by (seed, epoch): the same batches on every backend.
     history = model.fit(
-        sft_dataset(train, config.train.batch_size, seed=config.seed),
+        sft_dataset(train, config.train.batch_size, seed=config.seed,
+                    epochs=config.train.epochs),
+        steps_per_epoch=sft_steps(train, config.train.batch_size),
         validation_data=sft_dataset(val, config.train.batch_size, shuffle=False),
         epochs=config.train.epochs, verbose=config.train.verbose, shuffle=False,
         callbacks=[guard],

@@ -74,6 +74,9 @@ class NaNGuard(keras.callbacks.Callback):
         return None
 
     def on_train_batch_end(self, batch, logs=None):
+        # On JAX, fit keeps the weights out of the variables during an epoch; reading
+        # `self.model` puts them back (jax_state_sync) before `model_to_guard` is read or reset.
+        self.model  # noqa: B018
         problem = self._problem(logs or {})
         if problem:
             self.stopped_at = (self._epoch, batch)

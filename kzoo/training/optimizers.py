@@ -37,11 +37,15 @@ class AdamW(keras.optimizers.AdamW):
     so under MirroredStrategy/MultiWorkerMirroredStrategy `global_clipnorm` clips a partial
     gradient and training drifts from single-device training. Here, with more than one
     replica, the gradients are summed first, clipped, and divided by the replica count (the
-    sum Keras then takes gives back the clipped global gradient). Same arguments as
+    sum Keras then takes gives back the clipped global gradient). On JAX (one program over
+    the global batch, `keras.distribution.DataParallel` included) and PyTorch there are no
+    per-replica gradients, so this is Keras' own clipping. Same arguments as
     `keras.optimizers.AdamW`.
     """
 
     def _clip_gradients(self, grads):
+        if keras.backend.backend() != "tensorflow":
+            return super()._clip_gradients(grads)
         import tensorflow as tf
 
         context = tf.distribute.get_replica_context()

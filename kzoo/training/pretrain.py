@@ -35,8 +35,15 @@ from kzoo.tokenizers import check_vocab, load_tokenizer, train_tokenizer
 from kzoo.training import callbacks as cb
 from kzoo.training.checkpoints import restore_checkpoint
 from kzoo.training.config import between, checked, save_config
-from kzoo.training.distribute import get_strategy, is_chief
+from kzoo.training.distribute import (
+    KerasStrategy,
+    get_strategy,
+    is_chief,
+    is_tf_distributed,
+    run_scope,
+)
 from kzoo.training.optimizers import build_adamw
+from kzoo.training.recipe import backend_jit_compile
 from kzoo.training.resume import check_plan, interval_plan, resume_point
 from kzoo.training.run_folder import RunDir, RunFolderError, open_run
 from kzoo.training.schedules import WarmupSchedule
@@ -84,9 +91,11 @@ class TrainConfig:
     epsilon: float = checked(1e-8, "positive")
     clip_norm: float | None = checked(1.0, "positive")
     dtype: Literal["float32", "mixed_bfloat16"] = "float32"
-    jit_compile: bool = True
+    jit_compile: bool = True  # XLA on TensorFlow and JAX; PyTorch: see recipe.backend_jit_compile
     steps_per_execution: int = checked(1, "positive")
-    distribution: Literal["none", "mirrored", "multi_worker"] = "none"
+    # "none", "data_parallel" (= "mirrored": one replica per local device, on TensorFlow and
+    # JAX) or "multi_worker" (TensorFlow, TF_CONFIG); see kzoo.training.distribute
+    distribution: Literal["none", "data_parallel", "mirrored", "multi_worker"] = "none"
     logical_cpus: int = checked(0, "non_negative")  # N logical CPU devices (tests, demos)
     verbose: int = 1  # Keras progress bar: 0 silent, 1 bar, 2 one line per epoch
     tensorboard: bool = True
@@ -190,7 +199,7 @@ def _compile(model, config: PretrainConfig) -> None:
                               t.min_learning_rate)
     optimizer = build_adamw(model, schedule, t.weight_decay, t.beta_1, t.beta_2, t.epsilon,
                             t.clip_norm)
-    model.compile(optimizer=optimizer, jit_compile=t.jit_compile,
+    model.compile(optimizer=optimizer, jit_compile=backend_jit_compile(t.jit_compile),
                   steps_per_execution=t.steps_per_execution)
 
 
@@ -222,9 +231,15 @@ def pretrain(config: PretrainConfig) -> dict:
         cb.NaNLossError: the loss became NaN/inf or exploded; the last good backup is kept.
     """
     _validate(config)
-    strategy = get_strategy(config.train.distribution, config.train.logical_cpus)  # first TF op
+    # Before any other TensorFlow or JAX op: collectives and device counts are fixed then.
+    strategy = get_strategy(config.train.distribution, config.train.logical_cpus)
+    replicas = strategy.num_replicas_in_sync
+    if isinstance(strategy, KerasStrategy) and config.train.batch_size % replicas:
+        raise ValueError(f"train.batch_size={config.train.batch_size} must be divisible by the "
+                         f"{replicas} devices of distribution {config.train.distribution!r}")
     chief = is_chief()
-    with open_run(config.run_dir, "pretrain", enabled=chief, resumable=True) as run:
+    with (open_run(config.run_dir, "pretrain", enabled=chief, resumable=True) as run,
+          run_scope(strategy)):
         return _pretrain_in(run, config, strategy, chief)
 
 
@@ -392,4 +407,5 @@ def _build_for_strategy(model, strategy, config: PretrainConfig, val_tokens) -> 
 
 
 def _distributed(strategy, config: PretrainConfig) -> bool:
-    return strategy.num_replicas_in_sync > 1 or config.train.distribution != "none"
+    # A Keras distribution (JAX) splits the plain global batches itself: False there.
+    return is_tf_distributed(strategy, config.train.distribution)

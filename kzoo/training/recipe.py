@@ -27,6 +27,27 @@ class DivergedError(RuntimeError):
     """Training stopped on a non-finite or exploding loss (a recipe's exit code 3)."""
 
 
+def backend_jit_compile(jit_compile: bool) -> bool:
+    """The `jit_compile` to pass to `model.compile` for a recipe's `train.jit_compile`: itself
+    on TensorFlow and JAX (XLA), False on PyTorch.
+
+    Keras' torch `jit_compile` is `torch.compile`, which re-traces the train step at every
+    change of grad mode and hits dynamo's recompile limit: a 4-step tiny pre-training took
+    152 s with it and 10 s eager on a busy 2-core CPU. (Backend-specific: belongs in kzoo.backend.)
+
+    Args:
+        jit_compile: bool. what the config asks for.
+
+    Example:
+    ```python
+    model.compile(optimizer="adamw", jit_compile=backend_jit_compile(True))
+    ```
+    """
+    import keras
+
+    return bool(jit_compile) and keras.backend.backend() != "torch"
+
+
 def diverged(guard, saved: str) -> DivergedError:
     """The error a fine-tuning recipe raises after `guard` (a `NaNGuard`) stopped it.
 

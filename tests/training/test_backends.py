@@ -1,0 +1,300 @@
+"""Pre-training, SFT, run folders and distribution on JAX and PyTorch, against TensorFlow.
+
+The parent (pytest) runs on TensorFlow: it saves the starting weights, runs the reference
+pre-training and SFT, and starts one child process per backend and check group
+(`python -m tests.training.backend_checks`, KERAS_BACKEND=jax / torch; JAX data parallel in a
+child with `XLA_FLAGS=--xla_force_host_platform_device_count=2`). What is checked on each
+backend: importing kzoo.training / kzoo.data / the recipes imports no TensorFlow (tf.data comes
+with the first pipeline); `model.fit` on the tf.data pipeline gives TensorFlow's losses and
+weights from the same starting weights; the run folder holds the same files; a resume after a
+crash continues at the saved step with the optimizer state and ends as the uninterrupted run; a
+finished run continues for more steps; a NaN loss stops and keeps the last good checkpoint; a
+distribution the backend lacks is a one-line error naming the valid ones; SFT gives
+TensorFlow's losses and its NaN guard stops with exit code 3 and no model.
+
+Tolerances (float32): losses across backends `rtol = 1e-5`; weights after 4 AdamW steps
+`atol = 1e-5` (Adam divides by sqrt(v), so a weight's update is only as close as its gradient's
+relative error); a resume, and 2 devices against 1 on JAX, `rtol = atol = 1e-5`.
+"""
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.training.backend_checks import (
+    INTERVAL,
+    STEPS,
+    pretrain_config,
+    rows,
+    sft_args,
+    write_inputs,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+BACKENDS = ("jax", "torch")
+LOSS_RTOL = 1e-5
+WEIGHT_ATOL = 1e-5
+CHILD_TIMEOUT_S = 300
+
+
+def _start(workdir: Path, backend: str, mode: str, devices: int = 1):
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    if devices > 1:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    out = workdir / f"{backend}_{mode}.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.training.backend_checks", str(workdir), str(out), mode],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc, out
+
+
+def _collect(children: dict) -> dict:
+    results = {}
+    for key, (proc, out) in children.items():
+        try:
+            _, stderr = proc.communicate(timeout=CHILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            stderr = f"timed out after {CHILD_TIMEOUT_S} s"
+        results[key] = json.loads(out.read_text()) if proc.returncode == 0 else stderr[-4000:]
+    return results
+
+
+def _child(runs: dict, key: str) -> dict:
+    result = runs[key]
+    if isinstance(result, str):
+        pytest.fail(f"the {key} child failed:\n{result}")
+    return result
+
+
+def _weights(path: Path) -> list:
+    import keras
+
+    import kzoo  # noqa: F401  (registers the kzoo classes)
+
+    return keras.saving.load_model(path, compile=False).get_weights()
+
+
+def _assert_weights_close(a: Path, b: Path, atol: float) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert len(wa) == len(wb) > 0
+    worst = max(float(np.max(np.abs(x - y))) for x, y in zip(wa, wb))
+    assert worst <= atol, f"{a} and {b} differ by up to {worst:.3g}"
+
+
+@pytest.fixture(scope="module")
+def pretrain_runs(tmp_path_factory):
+    import keras
+
+    from kzoo.training import pretrain
+
+    assert keras.backend.backend() == "tensorflow", "the parent must run on TensorFlow"
+    workdir = tmp_path_factory.mktemp("backends")
+    write_inputs(workdir)
+    children = {f"{b}_pretrain": _start(workdir, b, "pretrain") for b in BACKENDS}
+    children["jax_parallel"] = _start(workdir, "jax", "parallel", devices=2)
+    reference = pretrain(pretrain_config(workdir / "tf_run", workdir / "init.keras"))
+    runs = _collect(children)
+    runs.update(workdir=workdir, tensorflow=reference, tf_rows=rows(workdir / "tf_run"),
+                tf_files=sorted(p.name for p in (workdir / "tf_run").iterdir()))
+    return runs
+
+
+def test_training_and_data_modules_import_no_tensorflow_at_module_level():
+    # Static: a module-level `import tensorflow` anywhere in kzoo/training or kzoo/data
+    # would load TensorFlow with `import kzoo.training` on JAX and PyTorch.
+    offenders = []
+    for folder in ("kzoo/training", "kzoo/data"):
+        for path in sorted((ROOT / folder).glob("*.py")):
+            for node in ast.parse(path.read_text()).body:
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                         [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                if any(n.split(".")[0] in ("tensorflow", "tensorflow_datasets") for n in names):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not offenders
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_import_loads_no_tensorflow_until_data_is_loaded(pretrain_runs, backend):
+    child = _child(pretrain_runs, f"{backend}_pretrain")
+    assert child["backend"] == backend
+    assert child["tf_at_import"] == []
+    assert child["tf_after_data"] is True
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pretraining_gives_tensorflows_losses_and_weights(pretrain_runs, backend):
+    child = _child(pretrain_runs, f"{backend}_pretrain")
+    ref = pretrain_runs["tf_rows"]
+    got = child["run_rows"]
+    assert [r["step"] for r in got] == [r["step"] for r in ref] == [INTERVAL, STEPS]
+    for key in ("loss", "val_loss", "lr"):
+        np.testing.assert_allclose([r[key] for r in got], [r[key] for r in ref],
+                                   rtol=LOSS_RTOL, err_msg=key)
+    assert ref[-1]["loss"] < ref[0]["loss"]  # it trained
+    workdir = pretrain_runs["workdir"]
+    _assert_weights_close(workdir / f"{backend}_pretrain/run/model.keras",
+                          workdir / "tf_run/model.keras", WEIGHT_ATOL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_run_folder_is_tensorflows(pretrain_runs, backend):
+    child = _child(pretrain_runs, f"{backend}_pretrain")
+    assert child["run_files"] == pretrain_runs["tf_files"]
+    assert "run.lock" not in child["run_files"]  # released at the end
+    assert child["marker"]["recipe"] == "pretrain" and child["marker"]["status"] == "finished"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resume_continues_at_the_saved_step_with_the_optimizer_state(pretrain_runs, backend):
+    child = _child(pretrain_runs, f"{backend}_pretrain")
+    assert child["resumed"]["resumed_from"] == INTERVAL
+    (record,) = child["resumes"]
+    assert record["from_step"] == INTERVAL and not record["override"]
+    assert [r["step"] for r in child["resumed_rows"]] == [INTERVAL, STEPS]
+    # Same data order and restored Adam moments: the uninterrupted run's result.
+    for key in ("loss", "val_loss"):
+        assert child["resumed"][key] == pytest.approx(child["run"][key], rel=1e-5, abs=1e-5)
+    workdir = pretrain_runs["workdir"] / f"{backend}_pretrain"
+    _assert_weights_close(workdir / "resumed/model.keras", workdir / "run/model.keras", 1e-5)
+    # A finished run continued for more steps.
+    assert child["more"]["resumed_from"] == STEPS
+    assert [r["step"] for r in child["more_rows"]] == [INTERVAL, STEPS, STEPS + INTERVAL]
+    assert child["more"]["loss"] < child["run"]["loss"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_checkpoints_are_intact_and_resume_on_tensorflow(pretrain_runs, backend, tmp_path):
+    import shutil
+
+    from kzoo.training import pretrain
+    from kzoo.training.checkpoints import list_checkpoints, verify_checkpoint
+
+    child = _child(pretrain_runs, f"{backend}_pretrain")
+    workdir = pretrain_runs["workdir"]
+    run = shutil.copytree(workdir / f"{backend}_pretrain/run", tmp_path / "run")
+    found = list_checkpoints(run / "backup")
+    assert [p.name for p in found] == [f"step-{STEPS:07d}", f"step-{INTERVAL:07d}"]
+    assert all(verify_checkpoint(p) is None for p in found)  # manifests match the bytes
+    # The backend's weights and Adam state, continued on TensorFlow: the backend's own result.
+    result = pretrain(pretrain_config(run, workdir / "init.keras",
+                                      f"train.steps={STEPS + INTERVAL}", "resume=override"))
+    assert result["resumed_from"] == STEPS
+    for key in ("loss", "val_loss"):
+        assert result[key] == pytest.approx(child["more"][key], rel=LOSS_RTOL), key
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(pretrain_runs, backend):
+    child = _child(pretrain_runs, f"{backend}_pretrain")
+    name = f"step-{STEPS:07d}"
+    # Step 5 runs on good weights, its update overflows: step 6 is the first NaN loss.
+    assert child["nan_error"] is not None
+    assert f"NaN/inf at step {STEPS + 2}" in child["nan_error"] and name in child["nan_error"]
+    assert child["nan_latest"] == name
+    assert child["nan_weights_unchanged"]
+    assert child["nan_backups"] == [f"step-{INTERVAL:07d}", name]
+
+
+def test_unsupported_distributions_name_the_valid_ones(pretrain_runs):
+    torch_child = _child(pretrain_runs, "torch_pretrain")
+    for name in ("data_parallel", "mirrored", "multi_worker"):
+        assert torch_child["strategies"][name] == (
+            f"ValueError: unknown distribution {name!r} for the torch backend; valid: ['none']")
+    jax_child = _child(pretrain_runs, "jax_pretrain")
+    assert jax_child["strategies"]["multi_worker"] == (
+        "ValueError: unknown distribution 'multi_worker' for the jax backend; valid: "
+        "['data_parallel', 'mirrored', 'none']")
+    assert jax_child["strategies"]["data_parallel"].startswith("KerasStrategy(DataParallel")
+    for child in (torch_child, jax_child):
+        assert "\n" not in child["refused"] and "valid:" in child["refused"]
+        assert not child["refused_left_folder"]
+
+
+def test_jax_data_parallel_on_two_devices_equals_one_device(pretrain_runs):
+    parallel = _child(pretrain_runs, "jax_parallel")
+    single = _child(pretrain_runs, "jax_pretrain")
+    assert parallel["devices"] == parallel["replicas"] == parallel["variable_devices"] == 2
+    got, ref = parallel["parallel_rows"], single["run_rows"]
+    assert [r["step"] for r in got] == [r["step"] for r in ref]
+    for key in ("loss", "val_loss"):
+        np.testing.assert_allclose([r[key] for r in got], [r[key] for r in ref],
+                                   rtol=1e-5, atol=1e-5, err_msg=key)
+    workdir = pretrain_runs["workdir"]
+    _assert_weights_close(workdir / "jax_parallel/parallel/model.keras",
+                          workdir / "jax_pretrain/run/model.keras", 1e-5)
+    assert parallel["odd_batch"] == ("train.batch_size=3 must be divisible by the 2 devices of "
+                                     "distribution 'data_parallel'")
+
+
+# ---------------------------------------------------------------------------------------- SFT
+@pytest.fixture(scope="module")
+def sft_runs(tmp_path_factory):
+    from kzoo.recipes import sft
+
+    root = os.environ.get("KZOO_TEST_DATA")
+    if not root:
+        pytest.skip("KZOO_TEST_DATA is unset; set it to ../shared/data to run this test")
+    data = Path(root) / "instruction-data.json"
+    workdir = tmp_path_factory.mktemp("sft_backends")
+    write_inputs(workdir, data)
+    children = {f"{b}_sft": _start(workdir, b, "sft") for b in BACKENDS}
+    code = sft.main(sft_args(workdir / "tf_sft", workdir / "sft_init.keras",
+                             workdir / "sft.json"))
+    runs = _collect(children)
+    assert code == 0
+    runs.update(workdir=workdir,
+                tensorflow=json.loads((workdir / "tf_sft/metrics.json").read_text()))
+    return runs
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sft_gives_tensorflows_losses(sft_runs, backend):
+    child = _child(sft_runs, f"{backend}_sft")
+    assert child["sft_code"] == 0
+    got, ref = child["sft_metrics"], sft_runs["tensorflow"]
+    assert got["split"] == ref["split"]
+    for key in ("val_response_loss_before", "val_response_loss_after"):
+        assert got[key] == pytest.approx(ref[key], rel=LOSS_RTOL), key
+    for key in ("loss", "val_loss"):
+        np.testing.assert_allclose(got["history"][key], ref["history"][key], rtol=LOSS_RTOL)
+    assert ref["val_response_loss_after"] < ref["val_response_loss_before"]
+    workdir = sft_runs["workdir"]
+    _assert_weights_close(workdir / f"{backend}_sft/sft/model.keras",
+                          workdir / "tf_sft/model.keras", WEIGHT_ATOL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sft_nan_stops_with_exit_code_3_and_saves_no_model(sft_runs, backend):
+    child = _child(sft_runs, f"{backend}_sft")
+    assert child["sft_nan_code"] == 3
+    assert not child["sft_nan_model"]
+
+
+def test_sft_dataset_epochs_give_the_same_batches_to_every_iterator():
+    # JAX and PyTorch trainers peek at a first batch with an iterator of their own; with
+    # `epochs` the batches cannot depend on how many iterators were made.
+    from kzoo.data.instruction import sft_dataset, sft_steps
+
+    rows_ = 10
+    arrays = {"token_ids": np.arange(rows_ * 5, dtype="int32").reshape(rows_, 5),
+              "loss_mask": np.ones((rows_, 5), "float32")}
+    ds = sft_dataset(arrays, 4, seed=3, epochs=2)
+    first = [np.asarray(x)[:, 0] for x, _, _ in ds]
+    second = [np.asarray(x)[:, 0] for x, _, _ in ds]
+    assert sft_steps(arrays, 4) == 3 and len(first) == 2 * 3
+    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+    passes = [np.concatenate(first[:3]), np.concatenate(first[3:])]
+    for order in passes:
+        assert sorted(order.tolist()) == list(range(0, rows_ * 5, 5))  # every row once a pass
+    assert not np.array_equal(passes[0], passes[1])  # each pass its own order
+    with pytest.raises(ValueError, match="epochs must be None or >= 1, got 0"):
+        sft_dataset(arrays, 4, epochs=0)
