@@ -1,7 +1,8 @@
 """The one place that knows the Keras backend.
 
 Everything backend-specific in kzoo goes through these functions: compiling the decode loops,
-the gradients of a custom train step, the int8 product of the generation weights. The rest of
+the gradients of a custom train step, the int8 product of the generation weights, the
+distribution strategies and the checks of tensors (eager or traced). The rest of
 kzoo is written once with `keras.ops`; each backend has one small module here
 (`tensorflow.py`, `jax.py`, `torch.py`), imported on first use, so `import kzoo` on JAX or
 PyTorch never imports TensorFlow.
@@ -18,6 +19,7 @@ def train_step(self, data):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 
@@ -90,9 +92,30 @@ def counting(fn, on_trace):
 
 
 def matmul_transposed(x, kernel, int_accumulate=False):
-    """`x @ kernel.T` for x (rows, in) and kernel (out, in); int8 inputs with
+    """`x @ kernel.T` for x (..., in) and kernel (out, in); int8 inputs with
     `int_accumulate=True` give the int32 (TensorFlow, JAX) or exact float32 (PyTorch) sums."""
     return _module("matmul_transposed")(x, kernel, int_accumulate)
+
+
+def update_slice(x, start_indices, updates):
+    """`keras.ops.slice_update`, in place on PyTorch inside a `compile_function` program.
+
+    Keras' torch `slice_update` copies the whole tensor first; a decode loop updates its KV
+    cache every token, so that copy is the size of the cache per layer and token. The loops
+    own their caches, so inside their programs PyTorch writes the slice in place; everywhere
+    else (and on TensorFlow and JAX, where XLA updates in place) it is `ops.slice_update`.
+
+    Example:
+    ```python
+    import numpy as np
+    from kzoo import backend
+    backend.update_slice(np.zeros((2, 4)), [0, 1], np.ones((2, 1)))  # column 1 set to 1
+    ```
+    """
+    module = _backend_module(name())
+    if module is not None and hasattr(module, "update_slice"):
+        return module.update_slice(x, start_indices, updates)
+    return keras.ops.slice_update(x, start_indices, updates)
 
 
 def apply_gradients(optimizer, compute_loss, variables):
@@ -189,5 +212,121 @@ def control_dependencies(tensors):
     return _module("control_dependencies")(tensors)
 
 
-__all__ = ["apply_gradients", "average_loss", "compile_function", "control_dependencies",
-           "matmul_transposed", "name", "replica_mean", "replica_sum", "stateful_step"]
+def train_jit_compile(jit_compile: bool) -> bool:
+    """The `jit_compile` for `model.compile` when a config asks for `jit_compile`: itself on
+    TensorFlow and JAX (XLA), False on PyTorch (Keras' `torch.compile` re-traces the step).
+
+    Args:
+        jit_compile: bool. what the config asks for.
+
+    Example: `model.compile(optimizer="adamw", jit_compile=backend.train_jit_compile(True))`.
+    """
+    return _module("train_jit_compile")(jit_compile)
+
+
+def is_concrete(tensor) -> bool:
+    """True when `tensor` is a backend tensor holding values now (eager), False while it is
+    traced or compiled (`tf.function`, `jax.jit`, `torch.compile`) or not a backend tensor.
+
+    Args:
+        tensor: any. the value to ask about (numpy arrays give False: not a backend tensor).
+
+    Example: `backend.is_concrete(ops.ones((2,)))` is True in an eager call.
+    """
+    module = _backend_module(name())
+    return module is not None and module.is_concrete(tensor)
+
+
+def clip_global_batch(grads, clip):
+    """`clip(grads)` applied to the gradient of the whole global batch. Under a `tf.distribute`
+    strategy with several replicas the replicas' gradients are summed first, clipped, and
+    divided by the replica count (the sum Keras then takes gives back the clipped global
+    gradient); elsewhere (one replica, JAX, PyTorch) it is `clip(grads)`.
+
+    Args:
+        grads: list of tensors or None. this replica's gradients.
+        clip: callable. list -> list, e.g. Keras' `Optimizer._clip_gradients`.
+
+    Example: `return backend.clip_global_batch(grads, super()._clip_gradients)`.
+    """
+    return _module("clip_global_batch")(grads, clip)
+
+
+class KerasStrategy:
+    """A `keras.distribution.Distribution` (or none) with the part of the tf.distribute
+    interface kzoo's recipes use: `scope()` and `num_replicas_in_sync` (JAX, PyTorch).
+
+    Args:
+        distribution: keras.distribution.Distribution | None. None: one device.
+        num_replicas: int. devices the batch is split between.
+
+    Example: `KerasStrategy().num_replicas_in_sync` is 1.
+    """
+
+    def __init__(self, distribution=None, num_replicas: int = 1):
+        self.distribution = distribution
+        self.num_replicas_in_sync = num_replicas
+
+    def scope(self):
+        """The distribution's scope (variables created in it are laid out on its devices)."""
+        if self.distribution is None:
+            return contextlib.nullcontext()
+        return self.distribution.scope()
+
+    def __repr__(self) -> str:
+        return (f"KerasStrategy({type(self.distribution).__name__}, "
+                f"num_replicas_in_sync={self.num_replicas_in_sync})")
+
+
+def distribution_names() -> tuple:
+    """The distribution names the backend has (see `kzoo.training.distribute`); () on a backend
+    kzoo does not support.
+
+    Example: `backend.distribution_names()` is ("none",) on PyTorch.
+    """
+    module = _backend_module(name())
+    return tuple(getattr(module, "DISTRIBUTIONS", ()))
+
+
+def distribution(strategy_name: str, logical_cpus: int = 0):
+    """The distribution strategy called `strategy_name`: a `tf.distribute.Strategy` on
+    TensorFlow, a `KerasStrategy` on JAX and PyTorch. Create it before any other op runs.
+
+    Args:
+        strategy_name: str. one of `distribution_names()`: "none", "data_parallel"
+            (TensorFlow MirroredStrategy, JAX `keras.distribution.DataParallel`), "mirrored"
+            (the same) or "multi_worker" (TensorFlow, needs TF_CONFIG).
+        logical_cpus: int. split the CPU into this many devices first (0/1: don't).
+
+    Raises:
+        ValueError: one line naming `strategy_name` and the values allowed on this backend.
+
+    Example: `backend.distribution("data_parallel", logical_cpus=2).num_replicas_in_sync` is 2.
+    """
+    allowed = distribution_names()
+    if strategy_name not in allowed:
+        raise ValueError(f"unknown distribution {strategy_name!r} for the {name()} backend; "
+                         f"valid: {sorted(allowed)}")
+    return _module("distribution")(strategy_name, logical_cpus)
+
+
+def split_cpu(logical_cpus: int) -> None:
+    """Split the CPU into `logical_cpus` devices, before the backend initializes its devices:
+    TensorFlow logical devices; JAX `jax_num_cpu_devices` (as XLA_FLAGS
+    `--xla_force_host_platform_device_count`); PyTorch cannot (only 0 or 1 are allowed).
+
+    Args:
+        logical_cpus: int. devices wanted (0 or 1: nothing to do).
+
+    Raises:
+        ValueError: the backend's devices are initialized already (start a fresh process).
+
+    Example: `backend.split_cpu(2)` at the top of a test of two replicas on a CPU.
+    """
+    _module("split_cpu")(logical_cpus)
+
+
+__all__ = ["KerasStrategy", "apply_gradients", "average_loss", "clip_global_batch",
+           "compile_function", "control_dependencies", "distribution", "distribution_names",
+           "is_concrete", "matmul_transposed", "name", "replica_mean", "replica_sum", "split_cpu",
+           "stateful_step", "train_jit_compile", "update_slice"]

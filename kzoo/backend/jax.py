@@ -35,7 +35,7 @@ def compile_function(fn, variables, jit_compile, on_trace):
 
 
 def matmul_transposed(x, kernel, int_accumulate=False):
-    dims = (((1,), (1,)), ((), ()))  # contract x's and kernel's last axes: x @ kernel.T
+    dims = (((x.ndim - 1,), (1,)), ((), ()))  # x's last axis with kernel's: x @ kernel.T
     return jax.lax.dot_general(x, kernel, dims,
                                preferred_element_type="int32" if int_accumulate else None)
 
@@ -123,3 +123,43 @@ def average_loss(per_example):
 def control_dependencies(tensors):
     # XLA orders the program itself.
     return contextlib.nullcontext()
+
+
+def train_jit_compile(jit_compile):
+    return bool(jit_compile)
+
+
+def is_concrete(tensor):
+    return isinstance(tensor, jax.Array) and not isinstance(tensor, jax.core.Tracer)
+
+
+def clip_global_batch(grads, clip):
+    # One program over the global batch (keras.distribution included): no partial gradients.
+    return clip(grads)
+
+
+DISTRIBUTIONS = ("data_parallel", "mirrored", "none")
+
+
+def split_cpu(logical_cpus):
+    if logical_cpus <= 1:
+        return
+    try:  # before asking for devices: asking initializes the backends, which fixes the count
+        jax.config.update("jax_num_cpu_devices", logical_cpus)
+    except RuntimeError:
+        if len(jax.devices("cpu")) == logical_cpus:  # set already (XLA_FLAGS, earlier call)
+            return
+        raise ValueError(
+            f"logical_cpus={logical_cpus} must be set before JAX initializes its devices "
+            "(start a fresh process, or set XLA_FLAGS=--xla_force_host_platform_device_count"
+            f"={logical_cpus})") from None
+
+
+def distribution(strategy_name, logical_cpus):
+    from kzoo.backend import KerasStrategy
+
+    if strategy_name == "none":
+        return KerasStrategy()
+    split_cpu(logical_cpus)  # data_parallel, mirrored
+    devices = keras.distribution.list_devices()
+    return KerasStrategy(keras.distribution.DataParallel(devices=devices), len(devices))

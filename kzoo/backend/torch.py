@@ -15,10 +15,28 @@ def compile_function(fn, variables, jit_compile, on_trace):
     def call(*args):
         if first:
             first.pop()()
-        with torch.no_grad():
-            return fn(*args)
+        _IN_PROGRAM.append(True)
+        try:
+            with torch.no_grad():
+                return fn(*args)
+        finally:
+            _IN_PROGRAM.pop()
 
     return call
+
+
+_IN_PROGRAM = []  # non-empty while a compile_function program runs
+
+
+def update_slice(x, start_indices, updates):
+    from keras import ops
+
+    if not _IN_PROGRAM or not isinstance(x, torch.Tensor):
+        return ops.slice_update(x, start_indices, updates)
+    updates = ops.convert_to_tensor(updates, x.dtype)
+    index = [int(i) for i in start_indices]  # a Python loop: the indices are concrete
+    x[tuple(slice(i, i + n) for i, n in zip(index, updates.shape))] = updates
+    return x
 
 
 def matmul_transposed(x, kernel, int_accumulate=False):
@@ -57,3 +75,38 @@ def average_loss(per_example):
 
 def control_dependencies(tensors):
     return contextlib.nullcontext()
+
+
+def train_jit_compile(jit_compile):
+    # Keras' torch `jit_compile` is `torch.compile`, which re-traces the train step at every
+    # change of grad mode and hits dynamo's recompile limit: a 4-step tiny pre-training took
+    # 152 s with it and 10 s eager on a busy 2-core CPU.
+    return False
+
+
+def is_concrete(tensor):
+    return isinstance(tensor, torch.Tensor) and not torch.compiler.is_compiling()
+
+
+def clip_global_batch(grads, clip):
+    # One process per device, each with its own whole gradient: Keras' clipping as it is.
+    return clip(grads)
+
+
+DISTRIBUTIONS = ("none",)
+
+
+def split_cpu(logical_cpus):
+    if logical_cpus > 1:
+        raise NotImplementedError(
+            f"logical_cpus={logical_cpus}: the torch backend cannot split the CPU into "
+            "devices; allowed: 0 or 1")
+
+
+def distribution(strategy_name, logical_cpus):
+    from kzoo.backend import KerasStrategy
+
+    if logical_cpus > 1:
+        raise ValueError(f"logical_cpus={logical_cpus} needs a distribution; on the torch "
+                         "backend distribution must be 'none' (use 0)")
+    return KerasStrategy()

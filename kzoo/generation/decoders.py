@@ -150,9 +150,7 @@ class _Bound:
         return self.model.init_cache(batch, length)
 
     def _dense(self, x, name):
-        batch, seq = ops.shape(x)[0], ops.shape(x)[1]
-        y = q.project(ops.reshape(x, (batch * seq, ops.shape(x)[2])), self.entries[name])
-        return ops.reshape(y, (batch, seq, ops.shape(y)[1]))  # (batch, seq, out)
+        return q.project(x, self.entries[name])  # (batch, seq, in) -> (batch, seq, out)
 
     def call_with_cache(self, token_ids, cache, cache_index, padding_mask, position_ids,
                         last_only=True):

@@ -12,6 +12,7 @@ with the results (a JAX program cannot assign to a variable, least of all inside
 
 from keras import ops, tree
 
+from kzoo import backend
 from kzoo.generation.inputs import NO_TOKEN
 from kzoo.samplers import Sampler
 from kzoo.samplers import functional as F
@@ -111,8 +112,8 @@ def sample_loop(decoder, sampler, token_ids, lengths, max_new_tokens, stop_table
         token, seeds = draw(sampler, logits, counts if uses_counts(sampler) else None, seeds)
         token = ops.where(done, pad_id, token)  # (B,) finished rows emit padding
         logp = ops.take_along_axis(ops.log_softmax(logits, axis=-1), token[:, None], axis=-1)
-        history = ops.slice_update(history, [0, width - 1 + i], token[:, None])
-        logprobs = ops.slice_update(logprobs, [0, i], ops.where(done, 0.0, logp[:, 0])[:, None])
+        history = backend.update_slice(history, [0, width - 1 + i], token[:, None])
+        logprobs = backend.update_slice(logprobs, [0, i], ops.where(done, 0.0, logp[:, 0])[:, None])
         hit, hit_length = stop_match(ops.slice(history, [0, i], [batch, width]), stop_table)
         hit = ops.logical_and(hit, ops.logical_not(done))
         num_tokens = num_tokens + ops.cast(ops.logical_not(done), "int32")
@@ -186,8 +187,8 @@ def beam_loop(decoder, sampler, token_ids, lengths, max_new_tokens, stop_table, 
         if uses_counts(sampler):
             counts = follow(counts) + ops.one_hot(token, vocab, dtype="float32")
         logp = ops.take_along_axis(ops.log_softmax(logits, axis=-1), token[:, None], axis=-1)
-        history = ops.slice_update(history, [0, width - 1 + i], token[:, None])
-        logprobs = ops.slice_update(logprobs, [0, i], ops.where(done, 0.0, logp[:, 0])[:, None])
+        history = backend.update_slice(history, [0, width - 1 + i], token[:, None])
+        logprobs = backend.update_slice(logprobs, [0, i], ops.where(done, 0.0, logp[:, 0])[:, None])
         hit, hit_length = stop_match(ops.slice(history, [0, i], [batch * beams, width]), stop_table)
         hit = ops.logical_and(hit, ops.logical_not(done))
         num_tokens = num_tokens + ops.cast(ops.logical_not(done), "int32")

@@ -271,10 +271,10 @@ def project(x, entry):
     """`x @ W + b` with `W` stored as `entry` (see `GenerationWeights`).
 
     Args:
-        x: float tensor. (rows, in).
+        x: float tensor. (..., in).
         entry: dict. one of `GenerationWeights.entries`, or `{"kernel": (out, in)}` in float.
 
-    Returns float tensor (rows, out) in `x`'s dtype.
+    Returns float tensor (..., out) in `x`'s dtype.
     """
     entry = {key: ops.convert_to_tensor(value) for key, value in entry.items()}
     kernel = entry["kernel"]
@@ -283,10 +283,10 @@ def project(x, entry):
         # Each row gets its own scale so one large activation does not flatten the others.
         x32 = ops.cast(x, "float32")
         row_scale = ops.max(ops.abs(x32), axis=-1, keepdims=True)
-        row_scale = ops.where(row_scale > 0, row_scale / _INT8_MAX, 1.0)  # (rows, 1)
+        row_scale = ops.where(row_scale > 0, row_scale / _INT8_MAX, 1.0)  # (..., 1)
         xq = ops.cast(ops.clip(ops.round(x32 / row_scale), -_INT8_MAX, _INT8_MAX), "int8")
-        acc = backend.matmul_transposed(xq, kernel, int_accumulate=True)  # (rows, out)
-        y = ops.cast(acc, "float32") * row_scale * entry["scale"][None, :]
+        acc = backend.matmul_transposed(xq, kernel, int_accumulate=True)  # (..., out)
+        y = ops.cast(acc, "float32") * row_scale * entry["scale"]
     elif dtype == "bfloat16":
         y = ops.cast(backend.matmul_transposed(ops.cast(x, "bfloat16"), kernel), "float32")
     else:

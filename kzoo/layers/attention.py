@@ -5,6 +5,7 @@ import math
 import keras
 from keras import ops
 
+from kzoo import backend
 from kzoo.layers._checks import (
     built_dense,
     divisible,
@@ -153,8 +154,8 @@ class CausalSelfAttention(keras.layers.Layer):
         if cache is not None:
             keys, values = cache
             origin = [0, 0, start, 0]
-            keys = ops.slice_update(keys, origin, ops.cast(key, keys.dtype))
-            values = ops.slice_update(values, origin, ops.cast(value, values.dtype))
+            keys = backend.update_slice(keys, origin, ops.cast(key, keys.dtype))
+            values = backend.update_slice(values, origin, ops.cast(value, values.dtype))
             cache = (keys, values)  # each (batch, kv_heads, max_length, head_dim)
             key, value = ops.cast(keys, self.compute_dtype), ops.cast(values, self.compute_dtype)
 
@@ -230,10 +231,11 @@ class CausalSelfAttention(keras.layers.Layer):
         query, key, value = self._split_heads(qkv, cache_index, position_ids)
         keys, values = cache
         origin = [0, 0, cache_index, 0]
-        keys = ops.slice_update(keys, origin, ops.cast(ops.transpose(key, (0, 2, 1, 3)),
-                                                       keys.dtype))
-        values = ops.slice_update(values, origin, ops.cast(ops.transpose(value, (0, 2, 1, 3)),
-                                                           values.dtype))
+        # The cache is (batch, kv_heads, slots, head_dim): the new tokens go in at cache_index.
+        keys = backend.update_slice(keys, origin, ops.cast(ops.transpose(key, (0, 2, 1, 3)),
+                                                           keys.dtype))
+        values = backend.update_slice(values, origin, ops.cast(
+            ops.transpose(value, (0, 2, 1, 3)), values.dtype))
         num_keys = ops.shape(keys)[2]
         mask = (ops.arange(seq) + cache_index)[:, None] >= ops.arange(num_keys)[None, :]
         mask = mask[None]  # (1, seq, keys)

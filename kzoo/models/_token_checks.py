@@ -1,8 +1,9 @@
 """Checks of the token ids a `CausalLM` is called with, cheap enough for every eager call."""
 
-import keras
 import numpy as np
 from keras import ops
+
+from kzoo import backend
 
 
 def concrete(tensor) -> bool:
@@ -11,21 +12,7 @@ def concrete(tensor) -> bool:
     calls pay for the vocabulary check, compiled steps never see it."""
     if isinstance(tensor, np.ndarray):
         return True
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return tf.executing_eagerly() and isinstance(tensor, tf.Tensor) and hasattr(
-            tensor, "numpy")
-    if backend == "jax":
-        import jax
-
-        return isinstance(tensor, jax.Array) and not isinstance(tensor, jax.core.Tracer)
-    if backend == "torch":
-        import torch
-
-        return isinstance(tensor, torch.Tensor) and not torch.compiler.is_compiling()
-    return False
+    return backend.is_concrete(tensor)
 
 
 def check_vocabulary(vocab_size: int, token_ids) -> None:

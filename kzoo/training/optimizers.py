@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import keras
 
+from kzoo import backend
+
 
 def no_decay_variables(model: keras.Model) -> list:
     """Trainable variables exempt from weight decay: every vector (norm scales/offsets,
@@ -39,24 +41,14 @@ class AdamW(keras.optimizers.AdamW):
     replica, the gradients are summed first, clipped, and divided by the replica count (the
     sum Keras then takes gives back the clipped global gradient). On JAX (one program over
     the global batch, `keras.distribution.DataParallel` included) and PyTorch there are no
-    per-replica gradients, so this is Keras' own clipping. Same arguments as
-    `keras.optimizers.AdamW`.
+    per-replica gradients, so this is Keras' own clipping (`kzoo.backend.clip_global_batch`).
+    Same arguments as `keras.optimizers.AdamW`.
     """
 
     def _clip_gradients(self, grads):
-        if keras.backend.backend() != "tensorflow":
+        if not self.global_clipnorm:
             return super()._clip_gradients(grads)
-        import tensorflow as tf
-
-        context = tf.distribute.get_replica_context()
-        replicas = context.num_replicas_in_sync if context is not None else 1
-        if not (self.global_clipnorm and replicas > 1):
-            return super()._clip_gradients(grads)
-        present = [g for g in grads if g is not None]
-        total = iter(context.all_reduce(tf.distribute.ReduceOp.SUM, present))
-        summed = [None if g is None else next(total) for g in grads]
-        clipped = super()._clip_gradients(summed)
-        return [None if g is None else g / replicas for g in clipped]
+        return backend.clip_global_batch(grads, super()._clip_gradients)
 
 
 def build_adamw(

@@ -29,11 +29,8 @@ class DivergedError(RuntimeError):
 
 def backend_jit_compile(jit_compile: bool) -> bool:
     """The `jit_compile` to pass to `model.compile` for a recipe's `train.jit_compile`: itself
-    on TensorFlow and JAX (XLA), False on PyTorch.
-
-    Keras' torch `jit_compile` is `torch.compile`, which re-traces the train step at every
-    change of grad mode and hits dynamo's recompile limit: a 4-step tiny pre-training took
-    152 s with it and 10 s eager on a busy 2-core CPU. (Backend-specific: belongs in kzoo.backend.)
+    on TensorFlow and JAX (XLA), False on PyTorch (`kzoo.backend.train_jit_compile`: Keras'
+    torch `jit_compile` is `torch.compile`, which re-traces the train step).
 
     Args:
         jit_compile: bool. what the config asks for.
@@ -43,9 +40,9 @@ def backend_jit_compile(jit_compile: bool) -> bool:
     model.compile(optimizer="adamw", jit_compile=backend_jit_compile(True))
     ```
     """
-    import keras
+    from kzoo import backend
 
-    return bool(jit_compile) and keras.backend.backend() != "torch"
+    return backend.train_jit_compile(jit_compile)
 
 
 def diverged(guard, saved: str) -> DivergedError:
