@@ -27,6 +27,13 @@ TRAIN = {"gpt_baby": (12, 64), "gpt_mini": (8, 128)}  # preset: (batch, seq)
 GENERATE = {"baby": ("gpt_baby", 256, 8, 16, 64), "124m": ("gpt2_124m", 50257, 1, 16, 32)}
 
 
+def _jit() -> bool:
+    """What the recipes compile with: XLA on TensorFlow and JAX, eager on PyTorch."""
+    from kzoo import backend
+
+    return backend.train_jit_compile(True)
+
+
 def _train_tokens_per_s(preset, batch, seq, steps, repeats):
     import keras
     import numpy as np
@@ -36,7 +43,8 @@ def _train_tokens_per_s(preset, batch, seq, steps, repeats):
     keras.utils.set_random_seed(0)
     model = CausalLM.from_preset(preset, vocab_size=65, max_sequence_length=256, dropout=0.0)
     model.compile(optimizer=keras.optimizers.AdamW(1e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  jit_compile=_jit())
     ids = np.random.default_rng(0).integers(0, 65, (batch * steps, seq + 1)).astype("int32")
     x, y = ids[:, :-1], ids[:, 1:]
     model.fit(x[:batch], y[:batch], batch_size=batch, verbose=0)  # compile
@@ -96,10 +104,11 @@ def _dpo_ratio(steps, repeats, pairs=8, length=128):
 
     pretrain = model()
     pretrain.compile(optimizer=keras.optimizers.Adam(1e-4),
-                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                     jit_compile=_jit())
     policy = model()
     dpo = DPOModel(policy, frozen_copy(policy))
-    dpo.compile(optimizer=keras.optimizers.Adam(1e-4))
+    dpo.compile(optimizer=keras.optimizers.Adam(1e-4), jit_compile=_jit())
     batch = {"token_ids": ids, "loss_mask": mask}
     runs = {"pretrain": lambda: pretrain.train_on_batch(flat[:, :-1], flat[:, 1:]),
             "dpo": lambda: dpo.train_on_batch(batch)}
