@@ -33,6 +33,18 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (CPUs differ between machines: say which)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
 def report(name: str, rows: list[dict], settings: dict) -> None:
     """Print the table and write `benchmarks/results/<name>.json`."""
     from importlib.metadata import PackageNotFoundError, version
@@ -48,7 +60,7 @@ def report(name: str, rows: list[dict], settings: dict) -> None:
     record = {
         "benchmark": name,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+        "machine": {"cpus": os.cpu_count(), "cpu": cpu_name(), "platform": platform.platform(),
                     **{p: installed(p) for p in ("keras", "tensorflow", "jax", "torch")}},
         "settings": settings,
         "rows": rows,

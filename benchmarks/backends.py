@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import best_of, report
+from _common import best_of, cpu_name, report
 
 HERE = Path(__file__).resolve().parent
 TRAIN = {"gpt_baby": (12, 64), "gpt_mini": (8, 128)}  # preset: (batch, seq)
@@ -208,17 +208,7 @@ def main():
             row["DPO / pretrain step"] = round(r["dpo step ms"] / r["pretrain step ms"], 2)
         rows.append(row)
     report("backends", rows, {**vars(args), "train": TRAIN, "generate": GENERATE,
-                              "cpu": _cpu()})
-
-
-def _cpu() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+                              "cpu": cpu_name()})
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import report
+from _common import cpu_name, report
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "recipes/configs/gpt/baby_shakespeare_char_pretrain.yaml"
@@ -187,7 +187,7 @@ def main():
               "train tokens/s": r["tokens_per_s"], "val loss": r["val_loss"]} for r in rows]
     print(f"\nbaby Shakespeare-char, {args.steps} steps, an interval every "
           f"{args.eval_interval} (validation of 200 batches)\n")
-    settings = {"cpu": _cpu(), "steps": args.steps, "eval_interval": args.eval_interval,
+    settings = {"cpu": cpu_name(), "steps": args.steps, "eval_interval": args.eval_interval,
                 "val_batches": 200, "interval_parts_s": parts}
     if "overhead_median_s" in rows[0]:
         settings["kzoo_overhead_s_metrics_csv"] = {"first": rows[0]["overhead_first_s"],
@@ -200,16 +200,6 @@ def main():
     print("\n| part of kzoo's interval | seconds |\n|---|---|")
     for name, seconds in parts.items():
         print(f"| {name} | {seconds:.3f} |")
-
-
-def _cpu() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":
