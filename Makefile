@@ -7,7 +7,7 @@ export KERAS_BACKEND ?= tensorflow
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 DEMO_CONFIG ?= recipes/configs/gpt/nano_pydocs_pretrain.yaml
 TORCH_TESTS ?= tests/layers tests/losses tests/samplers tests/models tests/generation tests/viz
-JAX_TESTS ?= tests/layers tests/losses tests/samplers
+JAX_TESTS ?= tests/layers tests/losses tests/samplers tests/generation
 
 .PHONY: install demo test lint bench clean docs figures wheels
 
@@ -28,7 +28,7 @@ demo: install
 # PyTorch and JAX themselves.
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=25 $(PYTEST_ARGS)
 	KERAS_BACKEND=torch $(BIN)/python -m pytest -q -p no:cacheprovider $(TORCH_TESTS)
 	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -p no:cacheprovider $(JAX_TESTS)
 

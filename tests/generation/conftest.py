@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from kzoo.models import CausalLM
+from tests.generation.reference import causal_logits
 
 
 @pytest.fixture(scope="session")
@@ -15,11 +16,12 @@ def llama():
 
 
 def _full_forward_greedy(model, prompt, steps):
-    """Reference decoding without a cache: the whole sequence through the model each step."""
+    """Reference decoding without a cache: the whole sequence through the model each step
+    (right-padded to one width: see `tests.generation.reference`)."""
     seq = list(prompt)
     logprobs = []
     for _ in range(steps):
-        logits = np.asarray(model(np.array([seq], "int32")))[0, -1].astype("float64")
+        logits = causal_logits(model, seq)[-1]
         log_softmax = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
         token = int(logits.argmax())
         logprobs.append(float(log_softmax[token]))

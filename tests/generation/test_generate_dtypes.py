@@ -43,7 +43,9 @@ def test_prepared_logits_equal_the_model_forward(llama):
 def test_int8_projection_matches_keras_int8_dense():
     rng = np.random.default_rng(0)
     kernel = rng.normal(size=(32, 24)).astype("float32")
-    x = rng.normal(size=(5, 32)).astype("float32") * np.array([[1], [10], [0.1], [3], [1]])
+    # Rows of different scales test the per-row activation scale; float32 as the layer computes
+    # (a float64 product would be truncated, with a warning, on JAX).
+    x = (rng.normal(size=(5, 32)) * np.array([[1], [10], [0.1], [3], [1]])).astype("float32")
     dense = keras.layers.Dense(24, use_bias=False)
     dense.build((None, 32))
     dense.kernel.assign(kernel)

@@ -15,6 +15,7 @@ from kzoo import samplers
 from kzoo.generation import Generator, generate, get_generator, loops, stream
 from kzoo.generation import inputs as inputs_lib
 from kzoo.models import CausalLM
+from tests.generation.reference import causal_logits
 
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [20]]
 GRAPH = {"jit_compile": False}
@@ -30,8 +31,7 @@ def reference_logprobs(model, prompt, tokens):
     """log p(token_t | prompt, tokens before t) at temperature 1, from one uncached forward."""
     if not tokens:
         return np.zeros(0)
-    seq = np.array([prompt + tokens[:-1]], "int32")
-    logp = log_softmax(np.asarray(model(seq))[0])  # (len, vocab)
+    logp = log_softmax(causal_logits(model, prompt + tokens[:-1]))  # (len, vocab)
     return np.array([logp[len(prompt) - 1 + t, tok] for t, tok in enumerate(tokens)])
 
 
@@ -122,7 +122,7 @@ def test_penalised_sampling_matches_the_sampler_on_recomputed_counts(gpt):
     for prompt, new in zip(PROMPTS, tokens):
         for t, tok in enumerate(new):
             seq = prompt + new[:t]
-            logits = np.asarray(gpt(np.array([seq])))[:, -1]
+            logits = causal_logits(gpt, seq)[-1:].astype("float32")  # (1, vocab)
             counts = np.bincount(seq, minlength=gpt.vocab_size)[None].astype("float32")
             assert int(sampler(logits, token_counts=counts)[0]) == tok
 

@@ -23,9 +23,13 @@ IDS = np.array([[3, 1, 4, 1, 5, 9, 2, 6], [2, 7, 1, 8, 2, 8, 1, 8]], "int32")
 
 
 def full_forward_greedy(model, prompt, steps):
+    """Greedy decoding without a cache, the sequence right-padded to one width (causal: the
+    padding cannot change the last real position): eager JAX compiles each op per new shape."""
     seq = list(prompt)
     for _ in range(steps):
-        seq.append(int(np.asarray(model(np.array([seq], "int32")))[0, -1].argmax()))
+        ids = np.zeros((1, model.max_sequence_length), "int32")  # (1, width), right-padded
+        ids[0, :len(seq)] = seq
+        seq.append(int(np.asarray(model(ids))[0, len(seq) - 1].argmax()))
     return seq[len(prompt):]
 
 
