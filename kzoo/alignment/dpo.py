@@ -137,9 +137,11 @@ def compute_reference_logps(reference, arrays: dict, batch_size: int = 32,
     ```
     """
     ids, mask = arrays["token_ids"], arrays["loss_mask"]
+    # Not XLA: the policy's first step scores the same tokens without it, and a reference equal
+    # to the policy must give exactly the policy's log-probs (KL and rewards exactly 0).
     fn = backend.compile_function(
         lambda i, m: pair_logps(reference, i, m, training=False, average=average),
-        lambda: reference.variables)
+        lambda: reference.variables, jit_compile=False)
     out = [ops.convert_to_numpy(fn(ids[s: s + batch_size], mask[s: s + batch_size]))
            for s in range(0, len(ids), batch_size)]
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 2), np.float32)

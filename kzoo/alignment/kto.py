@@ -61,8 +61,9 @@ def compute_unpaired_reference_logps(reference, arrays: dict, batch_size: int = 
     kto = KTOModel(policy, reference=None)
     ```
     """
+    # Not XLA, as compute_reference_logps: a reference equal to the policy gives KL exactly 0.
     fn = backend.compile_function(lambda i, m: sequence_logps(reference, i, m, training=False),
-                                  lambda: reference.variables)
+                                  lambda: reference.variables, jit_compile=False)
     out = {}
     for key, ids, mask in (("reference_logps", "token_ids", "loss_mask"),
                            ("reference_kl_logps", "kl_token_ids", "kl_loss_mask")):
@@ -114,7 +115,8 @@ def implied_reward_accuracy(policy, reference, pairs: dict, beta: float,
         return ops.stack([logps, pair_logps(reference, ids, mask)])
 
     models = [policy] + ([] if reference is None or isinstance(reference, str) else [reference])
-    score = backend.compile_function(score, lambda: [v for m in models for v in m.variables])
+    score = backend.compile_function(score, lambda: [v for m in models for v in m.variables],
+                                     jit_compile=False)
 
     rewards = []
     for s in range(0, len(pairs["token_ids"]), batch_size):
