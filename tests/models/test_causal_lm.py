@@ -101,7 +101,7 @@ def test_save_and_load_in_fresh_process(tmp_path, preset):
         "import numpy as np, keras, kzoo\n"
         f"m = keras.models.load_model({str(path)!r})\n"
         f"ids = np.load({str(tmp_path / 'ids.npy')!r})\n"
-        f"np.save({str(tmp_path / 'out.npy')!r}, np.asarray(m(ids)))\n"
+        f"np.save({str(tmp_path / 'out.npy')!r}, keras.ops.convert_to_numpy(m(ids)))\n"
         "print(type(m).__name__, m.loss.__class__.__name__)\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
