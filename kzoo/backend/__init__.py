@@ -38,10 +38,12 @@ def _backend_module(backend: str):
     return importlib.import_module(f"kzoo.backend.{backend}") if backend in _SUPPORTED else None
 
 
-def _module(feature: str):
+def _module(feature: str, default=None):
     backend = name()
     module = _backend_module(backend)
     if module is None or not hasattr(module, feature):
+        if default is not None:
+            return default
         raise NotImplementedError(
             f"kzoo's {feature} is not available on the Keras backend {backend!r}. Set "
             "KERAS_BACKEND to tensorflow, jax or torch before importing Keras.")
@@ -82,15 +84,6 @@ def _nothing():
     pass
 
 
-def counting(fn, on_trace):
-    """`fn` calling `on_trace()` first: inside a traced program it runs once per trace."""
-    def traced(*args):
-        on_trace()
-        return fn(*args)
-
-    return traced
-
-
 def matmul_transposed(x, kernel, int_accumulate=False):
     """`x @ kernel.T` for x (..., in) and kernel (out, in); int8 inputs with
     `int_accumulate=True` give the int32 (TensorFlow, JAX) or exact float32 (PyTorch) sums."""
@@ -112,10 +105,8 @@ def update_slice(x, start_indices, updates):
     backend.update_slice(np.zeros((2, 4)), [0, 1], np.ones((2, 1)))  # column 1 set to 1
     ```
     """
-    module = _backend_module(name())
-    if module is not None and hasattr(module, "update_slice"):
-        return module.update_slice(x, start_indices, updates)
-    return keras.ops.slice_update(x, start_indices, updates)
+    # TensorFlow and JAX (XLA updates in place) and any other backend: Keras' own.
+    return _module("update_slice", keras.ops.slice_update)(x, start_indices, updates)
 
 
 def apply_gradients(optimizer, compute_loss, variables):

@@ -2,6 +2,7 @@
 
 import contextlib
 import functools
+import threading
 
 import torch
 
@@ -15,23 +16,26 @@ def compile_function(fn, variables, jit_compile, on_trace):
     def call(*args):
         if first:
             first.pop()()
-        _IN_PROGRAM.append(True)
+        depth = getattr(_PROGRAM, "depth", 0)
+        _PROGRAM.depth = depth + 1
         try:
             with torch.no_grad():
                 return fn(*args)
         finally:
-            _IN_PROGRAM.pop()
+            _PROGRAM.depth = depth
 
     return call
 
 
-_IN_PROGRAM = []  # non-empty while a compile_function program runs
+# `depth` > 0 while a compile_function program runs in this thread: another thread's
+# `update_slice` outside a program keeps Keras' copying semantics.
+_PROGRAM = threading.local()
 
 
 def update_slice(x, start_indices, updates):
     from keras import ops
 
-    if not _IN_PROGRAM or not isinstance(x, torch.Tensor):
+    if not getattr(_PROGRAM, "depth", 0) or not isinstance(x, torch.Tensor):
         return ops.slice_update(x, start_indices, updates)
     updates = ops.convert_to_tensor(updates, x.dtype)
     index = [int(i) for i in start_indices]  # a Python loop: the indices are concrete
