@@ -139,6 +139,14 @@ def prepared_logits(model, token_ids, weights=None):
     return logits
 
 
+def _norm(layer, x):
+    """`layer(x)` for a built normalization layer, without `Layer.__call__`'s bookkeeping (name
+    scopes, argument binding, masks): on PyTorch, which runs the decode loop eagerly, that
+    bookkeeping was a third of a step at the baby shape. The input is cast to the layer's
+    compute dtype, as `__call__` does."""
+    return layer.call(ops.cast(x, layer.compute_dtype))
+
+
 class _Bound:
     """`init_cache` / `call_with_cache` over one set of (out, in) projection entries."""
 
@@ -159,13 +167,13 @@ class _Bound:
         rope_positions = model._rope_positions(position_ids)
         caches = []
         for i, (block, layer_cache) in enumerate(zip(model.blocks, cache)):
-            qkv = self._dense(block.attention_norm(x), f"block_{i}/qkv")
+            qkv = self._dense(_norm(block.attention_norm, x), f"block_{i}/qkv")
             out, layer_cache = block.attention.decode_attention(
                 qkv, tuple(layer_cache), cache_index, padding_mask, rope_positions
             )
             x = x + self._dense(out, f"block_{i}/attention_output")
             ffn = block.feedforward
-            h = self._dense(block.feedforward_norm(x), f"block_{i}/up")
+            h = self._dense(_norm(block.feedforward_norm, x), f"block_{i}/up")
             if ffn.gated:
                 gate, up = ops.split(h, 2, axis=-1)  # each (batch, T, intermediate)
                 h = ffn._activation_fn(gate, up)
@@ -174,5 +182,5 @@ class _Bound:
             x = x + self._dense(h, f"block_{i}/down")
             caches.append(layer_cache)
         # The loops read only the last position: the head runs on it alone, (batch, 1, V).
-        x = model.final_norm(x[:, -1:, :] if last_only else x)
+        x = _norm(model.final_norm, x[:, -1:, :] if last_only else x)
         return ops.cast(self._dense(x, "head"), "float32"), tuple(caches)

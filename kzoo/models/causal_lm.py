@@ -237,7 +237,9 @@ class CausalLM(LoRAMixin, InteropMixin, GenerationMixin, keras.Model):
             if position_ids is None:
                 position_ids = (ops.arange(ops.shape(token_ids)[1]) + start)[None, :]
             x = x + self.position_embedding_layer(position_ids)
-        return self.embedding_dropout(x, training=training)
+        # Dropout is the identity unless training: skipping its Layer call saves eager
+        # backends (PyTorch) that bookkeeping on every decoded token.
+        return self.embedding_dropout(x, training=True) if training else x
 
     def _rope_positions(self, position_ids):
         return position_ids if self.position_embedding == "rope" else None
