@@ -8,6 +8,10 @@ export TF_CPP_MIN_LOG_LEVEL ?= 3
 DEMO_CONFIG ?= recipes/configs/gpt/nano_pydocs_pretrain.yaml
 TORCH_TESTS ?= tests/layers tests/losses tests/samplers tests/models tests/generation tests/viz
 JAX_TESTS ?= tests/layers tests/losses tests/samplers tests/generation
+# pytest-xdist workers (0: one process). A test file runs whole in one worker (its module
+# fixtures once); tests/conftest.py gives each worker one PyTorch thread.
+WORKERS ?= 2
+XDIST   := -n $(WORKERS) --dist loadfile
 
 .PHONY: install demo test lint bench clean docs figures wheels
 
@@ -28,9 +32,9 @@ demo: install
 # PyTorch and JAX themselves.
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest --durations=25 $(PYTEST_ARGS)
-	KERAS_BACKEND=torch $(BIN)/python -m pytest -q -p no:cacheprovider $(TORCH_TESTS)
-	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -p no:cacheprovider $(JAX_TESTS)
+	$(BIN)/python -m pytest $(XDIST) --durations=25 $(PYTEST_ARGS)
+	KERAS_BACKEND=torch $(BIN)/python -m pytest $(XDIST) -q -p no:cacheprovider $(TORCH_TESTS)
+	KERAS_BACKEND=jax $(BIN)/python -m pytest $(XDIST) -q -p no:cacheprovider $(JAX_TESTS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -5,6 +5,11 @@ from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers on two cores: PyTorch's OpenMP threads spin-wait for a core the other worker
+    # holds, and a step gets 10-20x slower (nanoGPT's baby step: 539 ms with 2 threads, 38 ms
+    # with 1, on a busy 2-core machine). Set before torch loads; child processes inherit it.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 

@@ -6,16 +6,18 @@ Sampling is greedy (top_k=1), so every backend draws the same completions from t
 not zero and the policy-gradient term moves the weights (with 2 iterations: ratios away from 1).
 """
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import (
+    assert_logs_close,
+    assert_weights_close,
+    installed,
+    run_backend_children,
+)
+
+BACKENDS = ("jax", "torch")
+ALGORITHMS = ("grpo", "rloo")
 TIMINGS = ("tokens_per_second", "generation_share", "seconds/")
 
 CHILD = r'''
@@ -27,7 +29,7 @@ from kzoo.data.prompts import PromptSet
 from kzoo.models import CausalLM
 from kzoo.tokenizers import CharTokenizer
 
-folder, algorithm = sys.argv[1:3]
+folder, algorithms = sys.argv[1], sys.argv[2].split(",")
 tok = CharTokenizer("abcdxyz")
 
 
@@ -50,35 +52,27 @@ def causal_lm(name):
     return model
 
 
-policy, reference = causal_lm("policy"), causal_lm("reference")
-prompts = PromptSet(["ab", "ba", "cd", "dc"], {}, [f"line {i}" for i in range(4)])
-cfg = OnlineConfig(algorithm=algorithm, num_generations=4, batch_size=8, max_new_tokens=3,
-                   max_prompt_length=4, top_k=1, num_iterations=2, steps_per_generation=2,
-                   beta=0.1)
-trainer = build_trainer(policy, cfg, keras.optimizers.SGD(0.02))
-history = train_online(trainer, tok, prompts, SeededNoise(), cfg, steps=2, reference=reference,
-                       log=lambda m: 0)
-np.savez(f"{folder}/{keras.backend.backend()}_{algorithm}.npz",
-         *[np.asarray(w) for w in policy.get_weights()])
-print(json.dumps({"backend": keras.backend.backend(), "history": history}))
+histories = {}
+for algorithm in algorithms:  # one process runs every algorithm: imports dominate the time
+    SeededNoise.calls = 0  # each algorithm sees the rewards it would see in a fresh process
+    policy, reference = causal_lm("policy"), causal_lm("reference")
+    prompts = PromptSet(["ab", "ba", "cd", "dc"], {}, [f"line {i}" for i in range(4)])
+    cfg = OnlineConfig(algorithm=algorithm, num_generations=4, batch_size=8, max_new_tokens=3,
+                       max_prompt_length=4, top_k=1, num_iterations=2, steps_per_generation=2,
+                       beta=0.1)
+    trainer = build_trainer(policy, cfg, keras.optimizers.SGD(0.02))
+    histories[algorithm] = train_online(trainer, tok, prompts, SeededNoise(), cfg, steps=2,
+                                        reference=reference, log=lambda m: 0)
+    np.savez(f"{folder}/{keras.backend.backend()}_{algorithm}.npz",
+             *[np.asarray(w) for w in policy.get_weights()])
+print(json.dumps({"backend": keras.backend.backend(), "histories": histories}))
 '''
 
 
-def _run(backend, algorithm, folder):
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(folder), algorithm],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["backend"] == backend
-    saved = np.load(folder / f"{backend}_{algorithm}.npz")
-    return result["history"], [saved[k] for k in saved.files]
-
-
 @pytest.fixture(scope="module")
-def tensorflow_runs(tmp_path_factory):
-    """(folder, initial policy weights, {algorithm: TensorFlow's (history, weights)})."""
+def runs(tmp_path_factory):
+    """(folder, initial policy weights, {backend: CompletedChild}): one child per backend
+    (TensorFlow's too: the same script) runs both algorithms; all start at once."""
     import keras
 
     from kzoo.models import CausalLM
@@ -94,27 +88,29 @@ def tensorflow_runs(tmp_path_factory):
         model.save_weights(folder / f"{name}.weights.h5")
         if name == "policy":
             initial = model.get_weights()
-    return folder, initial, {}
+    return folder, initial, run_backend_children(["-c", CHILD, folder, ",".join(ALGORITHMS)],
+                                                 ("tensorflow", *installed(BACKENDS)))
 
 
-@pytest.mark.parametrize("backend", ["jax", "torch"])
-@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
-def test_two_generation_batches_equal_tensorflow(backend, algorithm, tensorflow_runs):
+def _result(runs, backend, algorithm):
+    """(history, final policy weights) of `algorithm` on `backend`."""
+    folder, _, children = runs
+    result = children[backend].json()
+    assert result["backend"] == backend
+    saved = np.load(folder / f"{backend}_{algorithm}.npz")
+    return result["histories"][algorithm], [saved[k] for k in saved.files]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_two_generation_batches_equal_tensorflow(backend, algorithm, runs):
     pytest.importorskip(backend)
-    folder, initial, done = tensorflow_runs
-    if algorithm not in done:
-        done[algorithm] = _run("tensorflow", algorithm, folder)
-    tf_history, tf_weights = done[algorithm]
-    history, weights = _run(backend, algorithm, folder)
+    initial = runs[1]
+    tf_history, tf_weights = _result(runs, "tensorflow", algorithm)
+    history, weights = _result(runs, backend, algorithm)
     assert len(history) == len(tf_history) == 2
     for tf_logs, logs in zip(tf_history, history):
-        assert logs.keys() == tf_logs.keys()
-        for key, value in tf_logs.items():
-            if not key.startswith(TIMINGS):
-                assert logs[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+        assert_logs_close(logs, tf_logs, skip=TIMINGS, where=algorithm)
     assert any(abs(logs["loss"]) > 1e-3 for logs in tf_history)
     assert tf_history[-1]["reward_std"] > 0  # the groups' advantages are not zero
-    moved = max(float(np.max(np.abs(a - b))) for a, b in zip(tf_weights, initial))
-    assert moved > 1e-3
-    for a, b in zip(tf_weights, weights):
-        np.testing.assert_allclose(b, a, atol=1e-5)
+    assert_weights_close(weights, tf_weights, initial, moved_more_than=1e-3)

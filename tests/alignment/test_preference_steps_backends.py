@@ -4,19 +4,22 @@ KERAS_BACKEND=jax or torch gives the loss, the metrics and the updated weights t
 gives from the same weights and batch (float32, SGD, to 1e-5); a 2-step `DPOModel.fit` runs
 through each backend's own Keras trainer (jitted on JAX) and gives TensorFlow's history.
 
-Each backend runs every case in one child process (imports dominate the time), cached for the
-module."""
+Each backend runs every case in one child process (imports dominate the time; the JAX one also
+runs the dropout check), all started at once, once for the module."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import (
+    assert_logs_close,
+    assert_weights_close,
+    installed,
+    run_backend_children,
+)
+
+BACKENDS = ("jax", "torch")
 CONFIG = dict(vocab_size=12, num_layers=1, num_heads=2, hidden_dim=16, intermediate_dim=32,
               max_sequence_length=16, dropout=0.0)
 CASES = ("dpo", "rpo", "kto", "reward", "dpo_fit", "dpo_precomputed", "kto_precomputed")
@@ -25,7 +28,7 @@ CHILD = r'''
 import json, sys
 import numpy as np
 import keras
-from kzoo.alignment.dpo import DPOModel, compute_reference_logps
+from kzoo.alignment.dpo import DPOModel, compute_reference_logps, frozen_copy
 from kzoo.alignment.kto import KTOModel, compute_unpaired_reference_logps, implied_reward_accuracy
 from kzoo.alignment.reward import RewardModel
 from kzoo.models import CausalLM
@@ -81,8 +84,28 @@ def run(case):
     return {"train": floats(train), "test": floats(test), **extra}, policy.get_weights()
 
 
+def dropout():
+    """Two SGD(0) steps of a DPOModel whose policy has dropout 0.3: only the masks differ."""
+    policy = CausalLM(**{**config, "dropout": 0.3})
+    policy(np.zeros((1, 4), "int32"))
+    mask = np.zeros((4, 2, 8), "float32")
+    mask[:, :, 3:] = 1.0
+    x = {"token_ids": np.random.default_rng(0).integers(0, 12, (4, 2, 8)).astype("int32"),
+         "loss_mask": mask}
+    model = DPOModel(policy, frozen_copy(policy), beta=0.5)
+    model.compile(optimizer=keras.optimizers.SGD(0.0))  # the weights stay: only dropout differs
+    seeds = [v for v in policy.non_trainable_variables if "seed_generator" in v.path]
+    before = [np.asarray(v.value).copy() for v in seeds]
+    losses = [float(model.train_on_batch(x, return_dict=True)["loss"]) for _ in range(2)]
+    moved = any((np.asarray(v.value) != b).any() for v, b in zip(seeds, before))
+    return {"losses": losses, "seeds": len(seeds), "moved": bool(moved)}
+
+
 out = {"backend": keras.backend.backend()}
 for case in sys.argv[3].split(","):
+    if case == "dropout":
+        out[case] = dropout()
+        continue
     out[case], weights = run(case)
     np.savez(f"{folder}/{keras.backend.backend()}_{case}.npz", *[np.asarray(w) for w in weights])
 print(json.dumps(out))
@@ -120,14 +143,26 @@ def _write_inputs(folder):
     return initial, initial_reward
 
 
-def _run(backend, folder):
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(folder), json.dumps(CONFIG),
-                           ",".join(CASES)], capture_output=True, text=True, env=env,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+def _cases(backend) -> str:
+    # The dropout seeds only have a JAX-specific path (state assigned inside the gradient).
+    return ",".join([*CASES, "dropout"] if backend == "jax" else CASES)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """(folder, initial policy weights, initial reward weights, {backend: CompletedChild})."""
+    folder = tmp_path_factory.mktemp("preference_steps")
+    initial, initial_reward = _write_inputs(folder)
+    children = run_backend_children(
+        lambda backend: ["-c", CHILD, folder, json.dumps(CONFIG), _cases(backend)],
+        ("tensorflow", *installed(BACKENDS)), timeout_s=600)
+    return folder, initial, initial_reward, children
+
+
+def _result(runs, backend):
+    """({case: {"train": logs, "test": logs, ...}}, {case: final weights}) of `backend`."""
+    folder, _, _, children = runs
+    result = children[backend].json()
     assert result.pop("backend") == backend
     weights = {}
     for case in CASES:
@@ -136,69 +171,27 @@ def _run(backend, folder):
     return result, weights
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("preference_steps")
-    initial, initial_reward = _write_inputs(folder)
-    return folder, initial, initial_reward, {"tensorflow": _run("tensorflow", folder)}
-
-
-@pytest.mark.parametrize("backend", ["jax", "torch"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", CASES)
 def test_step_equals_tensorflow(backend, case, runs):
     pytest.importorskip(backend)
-    folder, initial, initial_reward, done = runs
-    if backend not in done:
-        done[backend] = _run(backend, folder)
-    (tf_logs, tf_weights), (logs, weights) = done["tensorflow"], done[backend]
+    _, initial, initial_reward, _ = runs
+    (tf_logs, tf_weights), (logs, weights) = _result(runs, "tensorflow"), _result(runs, backend)
+    assert logs[case].keys() == tf_logs[case].keys()
     for phase in tf_logs[case]:
-        assert logs[case][phase].keys() == tf_logs[case][phase].keys()
-        for key, value in tf_logs[case][phase].items():
-            assert logs[case][phase][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (
-                phase, key)
+        assert_logs_close(logs[case][phase], tf_logs[case][phase], where=phase)
     assert tf_logs[case]["train"]["loss"] > 0
     if case == "rpo":
         assert tf_logs[case]["train"]["nll_loss"] > 0
     start = initial_reward if case == "reward" else initial
-    moved = max(float(np.max(np.abs(a - b))) for a, b in zip(tf_weights[case], start))
-    assert moved > 1e-4  # the step did change the weights
-    for a, b in zip(tf_weights[case], weights[case]):
-        np.testing.assert_allclose(b, a, atol=1e-5)
+    assert_weights_close(weights[case], tf_weights[case], start, moved_more_than=1e-4)
 
 
-DROPOUT = r'''
-import json
-import numpy as np
-import keras
-from kzoo.alignment.dpo import DPOModel, frozen_copy
-from kzoo.models import CausalLM
-
-policy = CausalLM(vocab_size=12, num_layers=1, num_heads=2, hidden_dim=16, intermediate_dim=32,
-                  max_sequence_length=16, dropout=0.3)
-policy(np.zeros((1, 4), "int32"))
-mask = np.zeros((4, 2, 8), "float32")
-mask[:, :, 3:] = 1.0
-x = {"token_ids": np.random.default_rng(0).integers(0, 12, (4, 2, 8)).astype("int32"),
-     "loss_mask": mask}
-model = DPOModel(policy, frozen_copy(policy), beta=0.5)
-model.compile(optimizer=keras.optimizers.SGD(0.0))  # the weights stay: only dropout differs
-seeds = [v for v in policy.non_trainable_variables if "seed_generator" in v.path]
-before = [np.asarray(v.value).copy() for v in seeds]
-losses = [float(model.train_on_batch(x, return_dict=True)["loss"]) for _ in range(2)]
-moved = any((np.asarray(v.value) != b).any() for v, b in zip(seeds, before))
-print(json.dumps({"losses": losses, "seeds": len(seeds), "moved": bool(moved)}))
-'''
-
-
-def test_dropout_seeds_advance_through_the_jax_gradient():
+def test_dropout_seeds_advance_through_the_jax_gradient(runs):
     """The dropout seed state is assigned inside `jax.value_and_grad`: it must leave the
     gradient and reach the new state, or every step would draw the same dropout masks."""
     pytest.importorskip("jax")
-    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", DROPOUT], capture_output=True, text=True,
-                          env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = runs[3]["jax"].json()["dropout"]
     assert result["seeds"] > 0 and result["moved"]
     first, second = result["losses"]
     assert first != pytest.approx(second, rel=1e-4)

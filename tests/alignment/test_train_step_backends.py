@@ -3,16 +3,18 @@ stateless under `backend.stateful_step`) and on PyTorch (child processes with KE
 or torch) gives the loss, the metrics and the updated weights that TensorFlow gives from the same
 weights and batch (float32, to 1e-5); so does a `test_on_batch` after it."""
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import (
+    assert_logs_close,
+    assert_weights_close,
+    installed,
+    run_backend_children,
+)
+
+BACKENDS = ("jax", "torch")
+ALGORITHMS = ("grpo", "rloo")
 
 STEP = r'''
 import json, sys
@@ -21,21 +23,23 @@ import keras
 from kzoo.alignment.online import PolicyGradientModel
 from kzoo.models import CausalLM
 
-algorithm, weights, out = sys.argv[1:4]
-model = CausalLM(vocab_size=12, num_layers=1, num_heads=2, hidden_dim=16, intermediate_dim=32,
-                 max_sequence_length=16, dropout=0.0)
-model(np.zeros((1, 4), "int32"))
-model.load_weights(weights)
-trainer = PolicyGradientModel(model, algorithm=algorithm, beta=0.1, epsilon=0.2,
-                              prompt_kl_coef=0.5)
-trainer.compile(optimizer=keras.optimizers.SGD(0.5))
-batch = dict(np.load(sys.argv[4]))
-logs = trainer.train_on_batch(batch, return_dict=True)
-test = trainer.test_on_batch(batch, return_dict=True)
-np.savez(out, *[np.asarray(w) for w in model.get_weights()])
-print(json.dumps({"backend": keras.backend.backend(),
-                  "logs": {k: float(v) for k, v in logs.items()},
-                  "test": {k: float(v) for k, v in test.items()}}))
+weights, folder, batch = sys.argv[1], sys.argv[2], dict(np.load(sys.argv[3]))
+results = {}
+for algorithm in sys.argv[4].split(","):  # one process, every algorithm: imports dominate
+    model = CausalLM(vocab_size=12, num_layers=1, num_heads=2, hidden_dim=16,
+                     intermediate_dim=32, max_sequence_length=16, dropout=0.0)
+    model(np.zeros((1, 4), "int32"))
+    model.load_weights(weights)
+    trainer = PolicyGradientModel(model, algorithm=algorithm, beta=0.1, epsilon=0.2,
+                                  prompt_kl_coef=0.5)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.5))
+    logs = trainer.train_on_batch(batch, return_dict=True)
+    test = trainer.test_on_batch(batch, return_dict=True)
+    np.savez(f"{folder}/{keras.backend.backend()}_{algorithm}.npz",
+             *[np.asarray(w) for w in model.get_weights()])
+    results[algorithm] = {"logs": {k: float(v) for k, v in logs.items()},
+                          "test": {k: float(v) for k, v in test.items()}}
+print(json.dumps({"backend": keras.backend.backend(), "results": results}))
 '''
 
 
@@ -51,24 +55,10 @@ def _batch(path):
              ref_logps=rng.normal(-2.3, 0.4, (4, 7)).astype("float32"))
 
 
-def _step(backend, algorithm, tmp_path):
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONPATH": str(ROOT)}
-    out = tmp_path / f"{backend}_{algorithm}.npz"
-    proc = subprocess.run(
-        [sys.executable, "-c", STEP, algorithm, str(tmp_path / "w.weights.h5"), str(out),
-         str(tmp_path / "batch.npz")], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["backend"] == backend
-    weights = np.load(out)
-    return {**result["logs"], **{f"test/{k}": v for k, v in result["test"].items()}}, [
-        weights[k] for k in weights.files]
-
-
 @pytest.fixture(scope="module")
-def tensorflow_steps(tmp_path_factory):
-    """(folder, initial weights, {algorithm: TensorFlow's (logs, weights)}), filled lazily."""
+def steps(tmp_path_factory):
+    """(folder, initial weights, {backend: CompletedChild}): one child per backend (TensorFlow's
+    too: the same script) steps every algorithm; all start at once."""
     import keras
 
     from kzoo.models import CausalLM
@@ -80,24 +70,31 @@ def tensorflow_steps(tmp_path_factory):
     model(np.zeros((1, 4), "int32"))
     model.save_weights(folder / "w.weights.h5")
     _batch(folder / "batch.npz")
-    return folder, model.get_weights(), {}
+    children = run_backend_children(
+        ["-c", STEP, folder / "w.weights.h5", folder, folder / "batch.npz", ",".join(ALGORITHMS)],
+        ("tensorflow", *installed(BACKENDS)))
+    return folder, model.get_weights(), children
 
 
-@pytest.mark.parametrize("backend", ["jax", "torch"])
-@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
-def test_one_step_equals_tensorflow(backend, algorithm, tensorflow_steps):
+def _step(steps, backend, algorithm):
+    """(logs with the test_on_batch ones as `test/...`, updated weights)."""
+    folder, _, children = steps
+    result = children[backend].json()
+    assert result["backend"] == backend
+    logs, test = result["results"][algorithm]["logs"], result["results"][algorithm]["test"]
+    weights = np.load(folder / f"{backend}_{algorithm}.npz")
+    return {**logs, **{f"test/{k}": v for k, v in test.items()}}, [
+        weights[k] for k in weights.files]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_one_step_equals_tensorflow(backend, algorithm, steps):
     pytest.importorskip(backend)
-    folder, initial, done = tensorflow_steps
-    if algorithm not in done:
-        done[algorithm] = _step("tensorflow", algorithm, folder)
-    tf_logs, tf_weights = done[algorithm]
-    logs, weights = _step(backend, algorithm, folder)
-    assert tf_logs.keys() == logs.keys()
-    for key in tf_logs:
-        assert logs[key] == pytest.approx(tf_logs[key], rel=1e-5, abs=1e-6), key
+    initial = steps[1]
+    tf_logs, tf_weights = _step(steps, "tensorflow", algorithm)
+    logs, weights = _step(steps, backend, algorithm)
+    assert_logs_close(logs, tf_logs, where=algorithm)
     assert tf_logs["kl/prompt"] > 0 and tf_logs["loss"] != 0
     assert tf_logs["test/loss"] != tf_logs["loss"]  # evaluated after the step, on new weights
-    moved = max(float(np.max(np.abs(a - b))) for a, b in zip(tf_weights, initial))
-    assert moved > 1e-4  # the step did change the weights
-    for a, b in zip(tf_weights, weights):
-        np.testing.assert_allclose(b, a, atol=1e-5)
+    assert_weights_close(weights, tf_weights, initial, moved_more_than=1e-4)  # the step moved

@@ -15,11 +15,6 @@ from the order of float additions in each backend's kernels).
 The checks themselves are in `cross_backend_checks.py`.
 """
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -30,11 +25,10 @@ from tests.backends.cross_backend_checks import (
     set_fixed_weights,
     token_ids,
 )
+from tests.helpers import start_backend_children
 
 BACKENDS = ("jax", "torch")
 RTOL = ATOL = 1e-5  # float32
-CHILD_TIMEOUT_S = 300
-_REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -56,36 +50,25 @@ def runs(tmp_path_factory):
         set_fixed_weights(model, seed=50 + i)
         model.save_lora(workdir / f"{family}.lora.safetensors")
 
-    children = {}
-    for backend in BACKENDS:
-        env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
-               "PYTHONPATH": os.pathsep.join([str(_REPO), os.environ.get("PYTHONPATH", "")])}
-        # Both children at once: each is mostly import time.
-        children[backend] = subprocess.Popen(
-            [sys.executable, "-m", "tests.backends.cross_backend_checks", str(workdir),
-             str(workdir / f"{backend}.npz")],
-            env=env, cwd=_REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    reference = compute(workdir)
-    results = {}
-    for backend, child in children.items():
-        try:
-            _, stderr = child.communicate(timeout=CHILD_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.communicate()
-            stderr = f"timed out after {CHILD_TIMEOUT_S} s"
-        if child.returncode == 0:
-            with np.load(workdir / f"{backend}.npz") as data:
-                results[backend] = dict(data)
-        else:
-            results[backend] = stderr[-4000:]
+    # Both children at once, while the parent computes: each is mostly import time.
+    with start_backend_children(lambda backend: [
+            "-m", "tests.backends.cross_backend_checks", workdir, workdir / f"{backend}.npz"],
+            BACKENDS) as children:
+        reference = compute(workdir)
+        results = {}
+        for backend, child in children.wait().items():
+            if child.ok:
+                with np.load(workdir / f"{backend}.npz") as data:
+                    results[backend] = dict(data)
+            else:
+                results[backend] = child.failure()
     return {"workdir": workdir, "tensorflow": reference, **results}
 
 
 def _child(runs, backend) -> dict:
     result = runs[backend]
     if isinstance(result, str):
-        pytest.fail(f"the KERAS_BACKEND={backend} child failed:\n{result}")
+        pytest.fail(result, pytrace=False)
     return result
 
 

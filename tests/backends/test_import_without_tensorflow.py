@@ -6,14 +6,10 @@ answers None, as on a machine without the package. The child imports every libra
 generates a few tokens; a second child (TensorFlow importable) checks that nothing imported it.
 """
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import run_backend_children
+
 PACKAGES = ["kzoo", "kzoo.layers", "kzoo.models", "kzoo.samplers", "kzoo.generation",
             "kzoo.losses", "kzoo.viz", "kzoo.tokenizers", "kzoo.interop", "kzoo.alignment",
             "kzoo.alignment.dpo", "kzoo.alignment.kto", "kzoo.alignment.rl", "kzoo.training",
@@ -32,25 +28,33 @@ assert len(tokens) == 4, tokens
 print("tensorflow imported:", sys.modules.get("tensorflow") is not None)
 '''
 
-
-def _child(backend, block_tensorflow):
-    prelude = 'import sys; sys.modules["tensorflow"] = None\n' if block_tensorflow else ""
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-c", prelude + USE, "x", ",".join(PACKAGES)],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+BACKENDS = ("jax", "torch")
+# label ("backend/tensorflow missing or there") -> backend. Missing and there need a process
+# each: `import kzoo` happens once a process.
+CHILDREN = {**{f"{b}/{state}": b for b in BACKENDS for state in ("missing", "there")},
+            "tensorflow/there": "tensorflow"}
 
 
-@pytest.mark.parametrize("backend", ["jax", "torch"])
+def _script(label: str) -> str:
+    blocked = label.endswith("/missing")
+    return ('import sys; sys.modules["tensorflow"] = None\n' if blocked else "") + USE
+
+
+@pytest.fixture(scope="module")
+def children():
+    """{label: CompletedChild}, all five children started at once."""
+    return run_backend_children(lambda label: ["-c", _script(label), "x", ",".join(PACKAGES)],
+                                CHILDREN)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("block", [True, False], ids=["tensorflow-missing", "tensorflow-there"])
-def test_import_kzoo_without_tensorflow(backend, block):
-    proc = _child(backend, block)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "tensorflow imported: False" in proc.stdout, proc.stdout
+def test_import_kzoo_without_tensorflow(children, backend, block):
+    child = children[f"{backend}/{'missing' if block else 'there'}"].check()
+    assert "tensorflow imported: False" in child.stdout, child.stdout
 
 
-def test_the_check_can_tell():
+def test_the_check_can_tell(children):
     # On TensorFlow the same child reports the import: the probe sees it when it happens.
-    proc = _child("tensorflow", False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "tensorflow imported: True" in proc.stdout
+    child = children["tensorflow/there"].check()
+    assert "tensorflow imported: True" in child.stdout

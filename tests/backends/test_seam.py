@@ -6,21 +6,19 @@ own per-backend modules `keras.src.backend.<name>`) outside kzoo/backend and kzo
 each reading of the backend's name (`keras.backend.backend()`, `keras.config.backend()`) outside
 kzoo/backend. The few that are kept on purpose are listed in ALLOWED with the reason.
 
-The seam's functions are then checked on every backend: here on TensorFlow, and in one child
-process per other backend (KERAS_BACKEND=jax / torch), as tests/backends/test_cross_backend.py.
+The seam's functions are then checked on every backend, in one child process per backend
+(KERAS_BACKEND=tensorflow / jax / torch, all started at once: devices are split before the first
+op, so each wants a fresh process).
 """
 
 import ast
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT, run_backend_children
+
 PACKAGE = ROOT / "kzoo"
 BACKEND_PACKAGES = {"tensorflow", "tensorflow_datasets", "jax", "jaxlib", "torch"}
 BACKEND_NAMES = ("tensorflow", "jax", "torch")
@@ -38,8 +36,9 @@ ALLOWED = {
         "sliced assignment of large tensors into TensorFlow variables (interop)",
 }
 # Features dispatched by `_module` that only one backend needs (`stateful_step`: only JAX's
-# trainer calls a step with its state).
-ONE_BACKEND_FEATURES = {"stateful_step": "jax"}
+# trainer calls a step with its state; `update_slice`: only PyTorch writes in place, the
+# others take Keras' `slice_update`).
+ONE_BACKEND_FEATURES = {"stateful_step": "jax", "update_slice": "torch"}
 
 
 def _is_backend_module(module: str) -> bool:
@@ -214,18 +213,10 @@ print("SEAM " + json.dumps(out))
 
 @pytest.fixture(scope="module")
 def seams():
-    """The CHECKS results per backend, each from its own child process."""
-    out = {}
-    for backend in BACKEND_NAMES:
-        env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
-               "PYTHONPATH": str(ROOT)}
-        env.pop("TF_CONFIG", None)  # multi_worker must refuse to start without it
-        proc = subprocess.run([sys.executable, "-c", CHECKS], env=env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=300)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("SEAM ")]
-        assert proc.returncode == 0 and lines, f"{backend}: {proc.stderr[-3000:]}"
-        out[backend] = json.loads(lines[-1][len("SEAM "):])
-    return out
+    """The CHECKS results per backend, each from its own child process, all started at once."""
+    children = run_backend_children(["-c", CHECKS], BACKEND_NAMES,
+                                    env={"TF_CONFIG": None})  # multi_worker must refuse
+    return {backend: child.json("SEAM ") for backend, child in children.items()}
 
 
 @pytest.mark.parametrize("backend", BACKEND_NAMES)

@@ -4,9 +4,9 @@ weights saved on TensorFlow.
 
 The parent (pytest, TensorFlow) writes the inputs (`write_inputs`) and makes its own reference
 runs with `pretrain_config` / `sft_args`; a child process
-(`python -m tests.training.backend_checks WORKDIR OUT MODE`, KERAS_BACKEND set) runs `main`,
-which writes its findings into OUT (JSON) and leaves its run folders in
-WORKDIR/<backend>_<mode>/ for the parent to read.
+(`python -m tests.training.backend_checks WORKDIR OUT MODES`, KERAS_BACKEND set) runs `main`,
+which runs the modes one after the other, writes its findings into OUT (JSON) and leaves its run
+folders in WORKDIR/<backend>_<mode>/ for the parent to read.
 """
 
 from __future__ import annotations
@@ -186,9 +186,16 @@ def _sft_checks(work: Path, init: Path, data: Path) -> dict:
     return out
 
 
+MODES = ("pretrain", "parallel", "sft")
+
+
 def main(argv) -> int:
-    """argv: WORKDIR OUT MODE, MODE one of pretrain, parallel, sft."""
-    workdir, out_path, mode = Path(argv[0]), Path(argv[1]), argv[2]
+    """argv: WORKDIR OUT MODES, MODES comma-separated names from `MODES`, run in that order in
+    this one process (imports and compiles are most of a child's time); `parallel` wants a
+    process of its own, started with two JAX host devices."""
+    workdir, out_path, modes = Path(argv[0]), Path(argv[1]), argv[2].split(",")
+    if not modes or any(m not in MODES for m in modes):
+        raise ValueError(f"MODES must be comma-separated names from {list(MODES)}, got {argv[2]!r}")
     began = time.perf_counter()
     import keras
 
@@ -198,18 +205,21 @@ def main(argv) -> int:
     import kzoo.training  # noqa: F401
 
     backend = keras.backend.backend()
-    out = {"backend": backend,
+    out = {"backend": backend, "modes": modes, "seconds": {},
            "tf_at_import": sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow")}
-    work = workdir / f"{backend}_{mode}"
-    work.mkdir()
-    if mode == "pretrain":
-        out.update(_pretrain_checks(work, workdir / "init.keras", backend))
-    elif mode == "parallel":
-        out.update(_parallel_checks(work, workdir / "init.keras"))
-    else:
-        out.update(_sft_checks(work, workdir / "sft_init.keras", workdir / "sft.json"))
+    for mode in modes:
+        started = time.perf_counter()
+        work = workdir / f"{backend}_{mode}"
+        work.mkdir()
+        if mode == "pretrain":
+            out.update(_pretrain_checks(work, workdir / "init.keras", backend))
+        elif mode == "parallel":
+            out.update(_parallel_checks(work, workdir / "init.keras"))
+        else:
+            out.update(_sft_checks(work, workdir / "sft_init.keras", workdir / "sft.json"))
+        out["seconds"][mode] = time.perf_counter() - started
     out["tf_after_data"] = "tensorflow" in sys.modules  # tf.data is the input path
-    out["seconds"] = time.perf_counter() - began
+    out["seconds"]["total"] = time.perf_counter() - began
     out_path.write_text(json.dumps(out))
     return 0
 

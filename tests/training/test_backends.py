@@ -1,9 +1,10 @@
 """Pre-training, SFT, run folders and distribution on JAX and PyTorch, against TensorFlow.
 
-The parent (pytest) runs on TensorFlow: it saves the starting weights, runs the reference
-pre-training and SFT, and starts one child process per backend and check group
-(`python -m tests.training.backend_checks`, KERAS_BACKEND=jax / torch; JAX data parallel in a
-child with `XLA_FLAGS=--xla_force_host_platform_device_count=2`). What is checked on each
+The parent (pytest) runs on TensorFlow: it saves the starting weights, starts the children and
+runs the reference pre-training and SFT while they run: one child per backend
+(`python -m tests.training.backend_checks`, KERAS_BACKEND=jax / torch) runs the pre-training
+checks and then SFT; JAX data parallel has a child of its own, started with
+`XLA_FLAGS=--xla_force_host_platform_device_count=2`. What is checked on each
 backend: importing kzoo.training / kzoo.data / the recipes imports no TensorFlow (tf.data comes
 with the first pipeline); `model.fit` on the tf.data pipeline gives TensorFlow's losses and
 weights from the same starting weights; the run folder holds the same files; a resume after a
@@ -20,13 +21,12 @@ relative error); a resume, and 2 devices against 1 on JAX, `rtol = atol = 1e-5`.
 import ast
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.helpers import ROOT, start_backend_children
 from tests.training.backend_checks import (
     INTERVAL,
     STEPS,
@@ -36,43 +36,80 @@ from tests.training.backend_checks import (
     write_inputs,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
 BACKENDS = ("jax", "torch")
 LOSS_RTOL = 1e-5
 WEIGHT_ATOL = 1e-5
-CHILD_TIMEOUT_S = 300
+# Three children share 2 CPU cores with the TensorFlow runs of the parent.
+CHILD_TIMEOUT_S = 600
+# label -> backend: one child per backend runs pre-training and SFT; JAX's data parallel run
+# has a process of its own (two host devices are set before JAX starts).
+CHILDREN = {"jax": "jax", "torch": "torch", "jax_parallel": "jax"}
 
 
-def _start(workdir: Path, backend: str, mode: str, devices: int = 1):
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    if devices > 1:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    out = workdir / f"{backend}_{mode}.json"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.training.backend_checks", str(workdir), str(out), mode],
-        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return proc, out
+def _instruction_data() -> Path | None:
+    root = os.environ.get("KZOO_TEST_DATA")
+    return Path(root) / "instruction-data.json" if root else None
 
 
-def _collect(children: dict) -> dict:
-    results = {}
-    for key, (proc, out) in children.items():
-        try:
-            _, stderr = proc.communicate(timeout=CHILD_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            stderr = f"timed out after {CHILD_TIMEOUT_S} s"
-        results[key] = json.loads(out.read_text()) if proc.returncode == 0 else stderr[-4000:]
-    return results
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The children's results ({label: CompletedChild}) and TensorFlow's reference runs."""
+    import keras
 
+    from kzoo.recipes import sft
+    from kzoo.training import pretrain
 
-def _child(runs: dict, key: str) -> dict:
-    result = runs[key]
-    if isinstance(result, str):
-        pytest.fail(f"the {key} child failed:\n{result}")
+    assert keras.backend.backend() == "tensorflow", "the parent must run on TensorFlow"
+    workdir = tmp_path_factory.mktemp("backends")
+    data = _instruction_data()
+    if data is not None and not data.is_file():  # sft_runs fails the SFT tests for it
+        data = None
+    write_inputs(workdir, data)
+    modes = "pretrain,sft" if data else "pretrain"
+
+    def args(label):
+        return ["-m", "tests.training.backend_checks", workdir, workdir / f"{label}.json",
+                "parallel" if label == "jax_parallel" else modes]
+
+    def env(label):
+        return ({"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+                if label == "jax_parallel" else {})
+
+    with start_backend_children(args, CHILDREN, env=env, timeout_s=CHILD_TIMEOUT_S) as children:
+        result = {"workdir": workdir, "sft": data is not None}
+        pretrain(pretrain_config(workdir / "tf_run", workdir / "init.keras"))
+        result.update(tf_rows=rows(workdir / "tf_run"),
+                      tf_files=sorted(p.name for p in (workdir / "tf_run").iterdir()))
+        if data:
+            result["tf_sft_code"] = sft.main(sft_args(
+                workdir / "tf_sft", workdir / "sft_init.keras", workdir / "sft.json"))
+            metrics = workdir / "tf_sft/metrics.json"
+            result["tf_sft"] = json.loads(metrics.read_text()) if metrics.exists() else None
+        result["children"] = children.wait()
     return result
+
+
+@pytest.fixture(scope="module")
+def pretrain_runs(runs):
+    """The pre-training results: `runs` (the name the pre-training tests ask for)."""
+    return runs
+
+
+@pytest.fixture(scope="module")
+def sft_runs(runs):
+    data = _instruction_data()
+    if data is None:
+        pytest.skip("KZOO_TEST_DATA is unset; set it to ../shared/data to run this test")
+    if not runs["sft"]:
+        pytest.fail(f"KZOO_TEST_DATA is set but {data} does not exist")
+    assert runs["tf_sft_code"] == 0
+    return {**runs, "tensorflow": runs["tf_sft"]}
+
+
+def _child(runs: dict, label: str) -> dict:
+    """What the child `label` found (its OUT file), or the test fails with its stderr tail."""
+    runs["children"][label].check()
+    return json.loads((runs["workdir"] / f"{label}.json").read_text())
 
 
 def _weights(path: Path) -> list:
@@ -90,22 +127,14 @@ def _assert_weights_close(a: Path, b: Path, atol: float) -> None:
     assert worst <= atol, f"{a} and {b} differ by up to {worst:.3g}"
 
 
-@pytest.fixture(scope="module")
-def pretrain_runs(tmp_path_factory):
-    import keras
-
-    from kzoo.training import pretrain
-
-    assert keras.backend.backend() == "tensorflow", "the parent must run on TensorFlow"
-    workdir = tmp_path_factory.mktemp("backends")
-    write_inputs(workdir)
-    children = {f"{b}_pretrain": _start(workdir, b, "pretrain") for b in BACKENDS}
-    children["jax_parallel"] = _start(workdir, "jax", "parallel", devices=2)
-    reference = pretrain(pretrain_config(workdir / "tf_run", workdir / "init.keras"))
-    runs = _collect(children)
-    runs.update(workdir=workdir, tensorflow=reference, tf_rows=rows(workdir / "tf_run"),
-                tf_files=sorted(p.name for p in (workdir / "tf_run").iterdir()))
-    return runs
+def _assert_same_run(runs: dict, got: dict, ref: dict, run: str, tf_run: str) -> None:
+    """A backend's run (folder `run` under the workdir) is TensorFlow's (`tf_run`): each series
+    of `got` (name -> values by step) to LOSS_RTOL, the final weights to WEIGHT_ATOL."""
+    assert got.keys() == ref.keys()
+    for key in ref:
+        np.testing.assert_allclose(got[key], ref[key], rtol=LOSS_RTOL, err_msg=key)
+    _assert_weights_close(runs["workdir"] / run / "model.keras",
+                          runs["workdir"] / tf_run / "model.keras", WEIGHT_ATOL)
 
 
 def test_training_and_data_modules_import_no_tensorflow_at_module_level():
@@ -124,7 +153,7 @@ def test_training_and_data_modules_import_no_tensorflow_at_module_level():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_import_loads_no_tensorflow_until_data_is_loaded(pretrain_runs, backend):
-    child = _child(pretrain_runs, f"{backend}_pretrain")
+    child = _child(pretrain_runs, backend)
     assert child["backend"] == backend
     assert child["tf_at_import"] == []
     assert child["tf_after_data"] is True
@@ -132,22 +161,19 @@ def test_import_loads_no_tensorflow_until_data_is_loaded(pretrain_runs, backend)
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_pretraining_gives_tensorflows_losses_and_weights(pretrain_runs, backend):
-    child = _child(pretrain_runs, f"{backend}_pretrain")
+    child = _child(pretrain_runs, backend)
     ref = pretrain_runs["tf_rows"]
     got = child["run_rows"]
     assert [r["step"] for r in got] == [r["step"] for r in ref] == [INTERVAL, STEPS]
-    for key in ("loss", "val_loss", "lr"):
-        np.testing.assert_allclose([r[key] for r in got], [r[key] for r in ref],
-                                   rtol=LOSS_RTOL, err_msg=key)
     assert ref[-1]["loss"] < ref[0]["loss"]  # it trained
-    workdir = pretrain_runs["workdir"]
-    _assert_weights_close(workdir / f"{backend}_pretrain/run/model.keras",
-                          workdir / "tf_run/model.keras", WEIGHT_ATOL)
+    _assert_same_run(pretrain_runs, {k: [r[k] for r in got] for k in ("loss", "val_loss", "lr")},
+                     {k: [r[k] for r in ref] for k in ("loss", "val_loss", "lr")},
+                     f"{backend}_pretrain/run", "tf_run")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_run_folder_is_tensorflows(pretrain_runs, backend):
-    child = _child(pretrain_runs, f"{backend}_pretrain")
+    child = _child(pretrain_runs, backend)
     assert child["run_files"] == pretrain_runs["tf_files"]
     assert "run.lock" not in child["run_files"]  # released at the end
     assert child["marker"]["recipe"] == "pretrain" and child["marker"]["status"] == "finished"
@@ -155,7 +181,7 @@ def test_run_folder_is_tensorflows(pretrain_runs, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_resume_continues_at_the_saved_step_with_the_optimizer_state(pretrain_runs, backend):
-    child = _child(pretrain_runs, f"{backend}_pretrain")
+    child = _child(pretrain_runs, backend)
     assert child["resumed"]["resumed_from"] == INTERVAL
     (record,) = child["resumes"]
     assert record["from_step"] == INTERVAL and not record["override"]
@@ -178,7 +204,7 @@ def test_checkpoints_are_intact_and_resume_on_tensorflow(pretrain_runs, backend,
     from kzoo.training import pretrain
     from kzoo.training.checkpoints import list_checkpoints, verify_checkpoint
 
-    child = _child(pretrain_runs, f"{backend}_pretrain")
+    child = _child(pretrain_runs, backend)
     workdir = pretrain_runs["workdir"]
     run = shutil.copytree(workdir / f"{backend}_pretrain/run", tmp_path / "run")
     found = list_checkpoints(run / "backup")
@@ -194,7 +220,7 @@ def test_checkpoints_are_intact_and_resume_on_tensorflow(pretrain_runs, backend,
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(pretrain_runs, backend):
-    child = _child(pretrain_runs, f"{backend}_pretrain")
+    child = _child(pretrain_runs, backend)
     name = f"step-{STEPS:07d}"
     # Step 5 runs on good weights, its update overflows: step 6 is the first NaN loss.
     assert child["nan_error"] is not None
@@ -205,11 +231,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(pretrain_runs, backen
 
 
 def test_unsupported_distributions_name_the_valid_ones(pretrain_runs):
-    torch_child = _child(pretrain_runs, "torch_pretrain")
+    torch_child = _child(pretrain_runs, "torch")
     for name in ("data_parallel", "mirrored", "multi_worker"):
         assert torch_child["strategies"][name] == (
             f"ValueError: unknown distribution {name!r} for the torch backend; valid: ['none']")
-    jax_child = _child(pretrain_runs, "jax_pretrain")
+    jax_child = _child(pretrain_runs, "jax")
     assert jax_child["strategies"]["multi_worker"] == (
         "ValueError: unknown distribution 'multi_worker' for the jax backend; valid: "
         "['data_parallel', 'mirrored', 'none']")
@@ -221,7 +247,7 @@ def test_unsupported_distributions_name_the_valid_ones(pretrain_runs):
 
 def test_jax_data_parallel_on_two_devices_equals_one_device(pretrain_runs):
     parallel = _child(pretrain_runs, "jax_parallel")
-    single = _child(pretrain_runs, "jax_pretrain")
+    single = _child(pretrain_runs, "jax")
     assert parallel["devices"] == parallel["replicas"] == parallel["variable_devices"] == 2
     got, ref = parallel["parallel_rows"], single["run_rows"]
     assert [r["step"] for r in got] == [r["step"] for r in ref]
@@ -236,45 +262,23 @@ def test_jax_data_parallel_on_two_devices_equals_one_device(pretrain_runs):
 
 
 # ---------------------------------------------------------------------------------------- SFT
-@pytest.fixture(scope="module")
-def sft_runs(tmp_path_factory):
-    from kzoo.recipes import sft
-
-    root = os.environ.get("KZOO_TEST_DATA")
-    if not root:
-        pytest.skip("KZOO_TEST_DATA is unset; set it to ../shared/data to run this test")
-    data = Path(root) / "instruction-data.json"
-    workdir = tmp_path_factory.mktemp("sft_backends")
-    write_inputs(workdir, data)
-    children = {f"{b}_sft": _start(workdir, b, "sft") for b in BACKENDS}
-    code = sft.main(sft_args(workdir / "tf_sft", workdir / "sft_init.keras",
-                             workdir / "sft.json"))
-    runs = _collect(children)
-    assert code == 0
-    runs.update(workdir=workdir,
-                tensorflow=json.loads((workdir / "tf_sft/metrics.json").read_text()))
-    return runs
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sft_gives_tensorflows_losses(sft_runs, backend):
-    child = _child(sft_runs, f"{backend}_sft")
+    child = _child(sft_runs, backend)
     assert child["sft_code"] == 0
     got, ref = child["sft_metrics"], sft_runs["tensorflow"]
     assert got["split"] == ref["split"]
     for key in ("val_response_loss_before", "val_response_loss_after"):
         assert got[key] == pytest.approx(ref[key], rel=LOSS_RTOL), key
-    for key in ("loss", "val_loss"):
-        np.testing.assert_allclose(got["history"][key], ref["history"][key], rtol=LOSS_RTOL)
     assert ref["val_response_loss_after"] < ref["val_response_loss_before"]
-    workdir = sft_runs["workdir"]
-    _assert_weights_close(workdir / f"{backend}_sft/sft/model.keras",
-                          workdir / "tf_sft/model.keras", WEIGHT_ATOL)
+    _assert_same_run(sft_runs, {k: got["history"][k] for k in ("loss", "val_loss")},
+                     {k: ref["history"][k] for k in ("loss", "val_loss")},
+                     f"{backend}_sft/sft", "tf_sft")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sft_nan_stops_with_exit_code_3_and_saves_no_model(sft_runs, backend):
-    child = _child(sft_runs, f"{backend}_sft")
+    child = _child(sft_runs, backend)
     assert child["sft_nan_code"] == 3
     assert not child["sft_nan_model"]
 
