@@ -201,7 +201,7 @@ def test_pretrain_by_name_exit_codes_0_2_3(tmp_path, tiny_text):
                              f"run_dir={tmp_path / 'nan'}", "train.learning_rate=1e38",
                              "train.clip_norm=null", "train.warmup_steps=0"), cwd=tmp_path)
     assert nan.returncode == 3, (nan.stdout[-2000:], nan.stderr)
-    assert nan.stderr.startswith("error: ")
+    assert nan.stderr.startswith("error: "), nan.stderr
 
 
 def test_generate_by_config_name_in_process(tmp_path, capsys):
