@@ -3,6 +3,7 @@
 import importlib.util
 import os
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -73,12 +74,15 @@ def test_page_python_blocks_run(page, tmp_path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     os.symlink(ROOT / "recipes", tmp_path / "recipes")
     namespace = {"__name__": "__docs__"}
-    for block in blocks_lib.blocks_of(page):
-        if block.language != "python" or block.skip_reason is not None:
-            continue
-        # Line numbers in tracebacks point into the page: pad the code to the fence's line.
-        code = "\n" * block.line + block.code
-        try:
-            exec(compile(code, str(page.relative_to(ROOT)), "exec"), namespace)
-        except Exception as error:
-            raise AssertionError(f"{block.where}: the example raised {error!r}") from error
+    # An example may set environment variables (the backends guide sets KERAS_BACKEND=jax):
+    # they must not reach later tests of this process, whose child commands would inherit them.
+    with mock.patch.dict(os.environ):
+        for block in blocks_lib.blocks_of(page):
+            if block.language != "python" or block.skip_reason is not None:
+                continue
+            # Line numbers in tracebacks point into the page: pad the code to the fence's line.
+            code = "\n" * block.line + block.code
+            try:
+                exec(compile(code, str(page.relative_to(ROOT)), "exec"), namespace)
+            except Exception as error:
+                raise AssertionError(f"{block.where}: the example raised {error!r}") from error
