@@ -256,7 +256,7 @@ class CausalSelfAttention(keras.layers.Layer):
         scores = ops.einsum("btkgh,bksh->bkgts", query, key)  # (batch, kv, groups, seq, keys)
         scores = ops.where(mask[:, None, None], ops.cast(scores, "float32"), _MASK_VALUE)
         probs = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
-        if training and self.dropout:  # a Layer call costs a PyTorch decode step time
+        if training and self.dropout:  # skip the Layer call: eager PyTorch pays it per token
             probs = self.dropout_layer(probs, training=True)
         out = ops.einsum("bkgts,bksh->btkgh", probs, value)  # (batch, seq, kv, groups, head_dim)
         return ops.reshape(out, (batch, seq, self.num_heads, h))
