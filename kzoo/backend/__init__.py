@@ -84,6 +84,36 @@ def _nothing():
     pass
 
 
+def compile_step(fn, variables=list):
+    """One step of a loop that runs eagerly, captured as a program: on PyTorch, whose decode
+    loops are Python loops, `fn` is traced once per input signature into a graph of ATen ops
+    (shapes, dtypes and Python constants of the arguments) and replayed without the Python of
+    Keras' layers and ops; `variables()` are inputs of that graph, so it reads their current
+    values. A step that reads a tensor's value in Python runs eagerly instead. On TensorFlow and
+    JAX, which compile the whole loop, it is `fn`.
+
+    Args:
+        fn: callable. takes nested tuples/dicts of tensors and Python constants, returns
+            tensors; it may write into its tensor arguments (`update_slice`).
+        variables: callable. returns the Keras variables `fn` reads.
+
+    Example:
+    ```python
+    from keras import ops
+    from kzoo import backend
+    from kzoo.models import CausalLM
+    model = CausalLM.from_preset("gpt_nano", vocab_size=256)
+    step = backend.compile_step(lambda ids: model(ids), lambda: model.variables)
+    step(ops.convert_to_tensor([[1, 2, 3]]))  # (1, 3, 256); traced on PyTorch
+    ```
+    """
+    return _module("compile_step", _uncompiled_step)(fn, variables)
+
+
+def _uncompiled_step(fn, variables):
+    return fn
+
+
 def matmul_transposed(x, kernel, int_accumulate=False):
     """`x @ kernel.T` for x (..., in) and kernel (out, in); int8 inputs with
     `int_accumulate=True` give the int32 (TensorFlow, JAX) or exact float32 (PyTorch) sums."""
@@ -318,6 +348,6 @@ def split_cpu(logical_cpus: int) -> None:
 
 
 __all__ = ["KerasStrategy", "apply_gradients", "average_loss", "clip_global_batch",
-           "compile_function", "control_dependencies", "distribution", "distribution_names",
-           "is_concrete", "matmul_transposed", "name", "replica_mean", "replica_sum", "split_cpu",
-           "stateful_step", "train_jit_compile", "update_slice"]
+           "compile_function", "compile_step", "control_dependencies", "distribution",
+           "distribution_names", "is_concrete", "matmul_transposed", "name", "replica_mean",
+           "replica_sum", "split_cpu", "stateful_step", "train_jit_compile", "update_slice"]

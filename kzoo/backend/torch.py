@@ -38,9 +38,27 @@ def update_slice(x, start_indices, updates):
     if not getattr(_PROGRAM, "depth", 0) or not isinstance(x, torch.Tensor):
         return ops.slice_update(x, start_indices, updates)
     updates = ops.convert_to_tensor(updates, x.dtype)
+    moving = [d for d, i in enumerate(start_indices) if isinstance(i, torch.Tensor)]
+    if len(moving) == 1:
+        # One tensor index (a decode step's cache slot): written at that index by a tensor op,
+        # so a traced step stays valid at every slot and no value is read back to Python.
+        (axis,) = moving
+        length = updates.shape[axis]
+        index = start_indices[axis].to(torch.int64).reshape(1) + torch.arange(
+            length, device=x.device)
+        view = x[tuple(slice(None) if d == axis else slice(int(i), int(i) + n)
+                       for d, (i, n) in enumerate(zip(start_indices, updates.shape)))]
+        view.index_copy_(axis, index, updates)
+        return x
     index = [int(i) for i in start_indices]  # a Python loop: the indices are concrete
     x[tuple(slice(i, i + n) for i, n in zip(index, updates.shape))] = updates
     return x
+
+
+def compile_step(fn, variables):
+    from kzoo.backend.torch_graph import TracedStep
+
+    return TracedStep(fn, variables)
 
 
 def matmul_transposed(x, kernel, int_accumulate=False):

@@ -14,6 +14,7 @@ cache)`; the loops read only the last position's logits.
 
 from keras import ops
 
+from kzoo import backend
 from kzoo.generation import quantization as q
 
 
@@ -57,6 +58,9 @@ class PreparedDecoder(ModelDecoder):
         model: kzoo `CausalLM`.
         weights: `GenerationWeights` or None. None: transpose the live float weights inside
             every compiled program (always current, no extra memory between calls).
+        compile_steps: bool. run one-token steps through `kzoo.backend.compile_step` (on
+            PyTorch, whose decode loops run eagerly, a graph traced once per shape; elsewhere
+            the loop around the step is compiled already). False: the step's Python every time.
 
     Example:
     ```python
@@ -70,7 +74,7 @@ class PreparedDecoder(ModelDecoder):
     ```
     """
 
-    def __init__(self, model, weights=None):
+    def __init__(self, model, weights=None, compile_steps=True):
         super().__init__(model)
         if not supports_prepared(model):
             raise ValueError(
@@ -80,6 +84,15 @@ class PreparedDecoder(ModelDecoder):
         if weights is not None:
             _check_matches(weights, model)
         self.weights = weights
+        self.step = backend.compile_step(self._step, self._variables) if compile_steps else None
+
+    def _variables(self):
+        return list(self.model.variables) + (self.weights.variables if self.weights else [])
+
+    def _step(self, entries, token_ids, cache, cache_index, padding_mask, position_ids):
+        # A snapshot's entries are variables the step reads (None is passed for them).
+        bound = _Bound(self.model, self.weights.entries if entries is None else entries)
+        return bound.call_with_cache(token_ids, cache, cache_index, padding_mask, position_ids)
 
     def prepare(self):
         if self.weights is not None:
@@ -96,7 +109,9 @@ class PreparedDecoder(ModelDecoder):
         return prepared
 
     def bind(self, prepared):
-        return _Bound(self.model, prepared if self.weights is None else self.weights.entries)
+        if self.weights is None:
+            return _Bound(self.model, prepared, self.step, prepared)
+        return _Bound(self.model, self.weights.entries, self.step, None)
 
 
 def _check_matches(weights, model):
@@ -148,11 +163,14 @@ def _norm(layer, x):
 
 
 class _Bound:
-    """`init_cache` / `call_with_cache` over one set of (out, in) projection entries."""
+    """`init_cache` / `call_with_cache` over one set of (out, in) projection entries; one-token
+    steps go through `step(step_entries, ...)` when there is one."""
 
-    def __init__(self, model, entries):
+    def __init__(self, model, entries, step=None, step_entries=None):
         self.model = model
         self.entries = entries
+        self.step = step
+        self.step_entries = step_entries
 
     def init_cache(self, batch, length):
         return self.model.init_cache(batch, length)
@@ -162,6 +180,10 @@ class _Bound:
 
     def call_with_cache(self, token_ids, cache, cache_index, padding_mask, position_ids,
                         last_only=True):
+        if self.step is not None and last_only and ops.shape(token_ids)[1] == 1:
+            return self.step(self.step_entries, token_ids, tuple(cache),
+                             ops.convert_to_tensor(cache_index, "int32"), padding_mask,
+                             position_ids)
         model = self.model
         x = model._embed(token_ids, position_ids, cache_index, False)  # (batch, T, hidden)
         rope_positions = model._rope_positions(position_ids)

@@ -53,7 +53,8 @@ class Generator:
     number of slots N (both clipped to the context). One program per (batch, P, N, stop table
     shape) runs prefill over the prompt and the whole decode loop with the KV cache, compiled
     by `kzoo.backend.compile_function`: XLA through `tf.function` on TensorFlow, `jax.jit` on
-    JAX (the weights passed in, never baked in), eager without autograd on PyTorch.
+    JAX (the weights passed in, never baked in), eager without autograd on PyTorch, where each
+    one-token model step is a graph traced once per bucket (`kzoo.backend.compile_step`).
     `max_new_tokens`, the prompts and the stop ids are tensors, so new prompts in the same
     bucket reuse it. `trace_count` counts the traces (on PyTorch: the programs made), to
     check that.
@@ -66,7 +67,7 @@ class Generator:
         tokenizer: kzoo tokenizer or None. enables text prompts, text stop sequences and
             decoded texts.
         jit_compile: bool. compile with XLA (True) or plain `tf.function` graphs / eager JAX
-            (False); PyTorch runs eagerly either way.
+            (False); on PyTorch, True traces the model step and False runs it eagerly.
         pad_id: int. id written into pad slots and after a row stops (never attended to).
         weights: None, str or `GenerationWeights`. how the projections are read while
             decoding: None (default) transposes the live float weights to the (out, in) layout
@@ -89,10 +90,10 @@ class Generator:
     def __init__(self, model, sampler="greedy", tokenizer=None, jit_compile=True, pad_id=0,
                  weights=None):
         self.model = model
-        self.decoder = _decoder(model, weights)
+        self.jit_compile = bool(jit_compile)
+        self.decoder = _decoder(model, weights, self.jit_compile)
         self.sampler = samplers_lib.get(sampler)
         self.tokenizer = tokenizer
-        self.jit_compile = bool(jit_compile)
         self.pad_id = int(pad_id)
         self.trace_count = 0
         self._functions = {}
@@ -287,18 +288,20 @@ class Generator:
         return text, piece
 
 
-def _decoder(model, weights):
-    """The decoder for `Generator(model, weights=...)`."""
+def _decoder(model, weights, compile_steps):
+    """The decoder for `Generator(model, weights=..., jit_compile=compile_steps)`."""
     if isinstance(weights, str) and weights == "reference":
         return ModelDecoder(model)
     if weights is None:
-        return PreparedDecoder(model) if supports_prepared(model) else ModelDecoder(model)
+        if not supports_prepared(model):
+            return ModelDecoder(model)
+        return PreparedDecoder(model, compile_steps=compile_steps)
     if isinstance(weights, str):
         if weights not in quantization.MODES:
             raise ValueError(f"Unknown `weights`: {weights!r}. Valid values: None, "
                              f"'reference', {list(quantization.MODES)} or GenerationWeights.")
         weights = quantization.quantize_for_generation(model, weights)
-    return PreparedDecoder(model, weights)
+    return PreparedDecoder(model, weights, compile_steps)
 
 
 def _tensor(array):

@@ -28,8 +28,6 @@ NAME_READS_EXEMPT = ("kzoo/backend/",)
 ALLOWED = {
     ("kzoo/_quiet.py", "import tensorflow"):
         "the quiet import of the TensorFlow backend itself (file descriptor 2 muted)",
-    ("kzoo/alignment/reward.py", "import tensorflow"):
-        "reward_dataset builds a tf.data pipeline: the data path",
     ("kzoo/layers/attention.py", "backend name"):
         "attention_impl='auto' picks the fused kernel off TensorFlow (kzoo/layers)",
     ("kzoo/interop/hf_weights.py", "backend name"):
@@ -37,8 +35,8 @@ ALLOWED = {
 }
 # Features dispatched by `_module` that only one backend needs (`stateful_step`: only JAX's
 # trainer calls a step with its state; `update_slice`: only PyTorch writes in place, the
-# others take Keras' `slice_update`).
-ONE_BACKEND_FEATURES = {"stateful_step": "jax", "update_slice": "torch"}
+# others take Keras' `slice_update`; `compile_step`: only PyTorch runs its loops eagerly).
+ONE_BACKEND_FEATURES = {"stateful_step": "jax", "update_slice": "torch", "compile_step": "torch"}
 
 
 def _is_backend_module(module: str) -> bool:
