@@ -2,9 +2,13 @@
 
 TensorFlow 2.21 writes "All log messages before absl::InitializeLog() ..." and two INFO lines
 straight to file descriptor 2 on import, whatever `TF_CPP_MIN_LOG_LEVEL` says. When that
-variable asks for quiet (>= 1, as the recipes set it) and the Keras backend is TensorFlow,
-the import runs with descriptor 2 pointed at /dev/null, so a recipe's stderr holds its own
-messages only. Python-level errors are raised after the descriptor is restored.
+variable asks for quiet (>= 1, as the recipes set it), the import runs with descriptor 2
+pointed at /dev/null, so a recipe's stderr holds its own messages only. Python-level errors are
+raised after the descriptor is restored.
+
+On the TensorFlow backend that happens before Keras imports it. On JAX and PyTorch TensorFlow is
+imported only where it is used: the tf.data path (`tensorflow()`) and Keras' own
+`set_random_seed`, which seeds TensorFlow when it is installed (`set_random_seed()` here).
 """
 
 import importlib.util
@@ -12,9 +16,15 @@ import os
 import sys
 
 
-def import_tensorflow_quietly() -> None:
-    """Import TensorFlow now, with its native start-up lines muted if asked for."""
-    if "tensorflow" in sys.modules or os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+def import_tensorflow_quietly(any_backend: bool = False) -> None:
+    """Import TensorFlow now, with its native start-up lines muted if asked for.
+
+    Args:
+        any_backend: bool. also when the Keras backend is JAX or PyTorch (False: only on the
+            TensorFlow backend, where Keras imports it anyway).
+    """
+    on_tensorflow = os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow"
+    if "tensorflow" in sys.modules or not (on_tensorflow or any_backend):
         return
     try:
         quiet = int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") or 0) >= 1
@@ -31,3 +41,27 @@ def import_tensorflow_quietly() -> None:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def tensorflow():
+    """The `tensorflow` module, imported quietly on any backend (the tf.data path).
+
+    Example: `tf = tensorflow(); tf.data.Dataset.range(3)`.
+    """
+    import_tensorflow_quietly(any_backend=True)
+    import tensorflow as tf
+
+    return tf
+
+
+def set_random_seed(seed: int) -> None:
+    """`keras.utils.set_random_seed(seed)`, with the TensorFlow import it makes when TensorFlow
+    is installed muted as above, on every backend.
+
+    Example: `set_random_seed(0)` before building a model gives the same initial weights.
+    """
+    import keras
+
+    if importlib.util.find_spec("tensorflow") is not None:
+        import_tensorflow_quietly(any_backend=True)
+    keras.utils.set_random_seed(seed)

@@ -33,6 +33,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from kzoo._quiet import set_random_seed
 from kzoo.alignment.dpo import DPOModel, compute_reference_logps
 from kzoo.alignment.sft import response_nll
 from kzoo.data.preference import encode_pairs, preference_dataset
@@ -191,7 +192,7 @@ def validation_loss(model, rows: np.ndarray, answer_only: bool = False) -> float
 
 # ----------------------------------------------------------------------------- stages
 def pretrain(config: LoopConfig, tokenizer, rows: np.ndarray) -> CausalLM:
-    keras.utils.set_random_seed(config.seed)
+    set_random_seed(config.seed)
     model = CausalLM(vocab_size=tokenizer.vocab_size, **config.model)
     model.compile(optimizer=keras.optimizers.AdamW(config.pretrain_learning_rate))
     model.fit(rows[:, :-1], rows[:, 1:], batch_size=config.pretrain_batch_size,

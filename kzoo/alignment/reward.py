@@ -101,7 +101,9 @@ def reward_dataset(arrays: dict, batch_size: int, shuffle: bool = True, seed: in
     ds = reward_dataset(arrays, batch_size=16)
     ```
     """
-    import tensorflow as tf
+    from kzoo._quiet import tensorflow
+
+    tf = tensorflow()
 
     n = len(arrays["token_ids"])
     x = {"token_ids": arrays["token_ids"], "lengths": arrays["lengths"]}

@@ -280,7 +280,9 @@ def sft_dataset(arrays: dict, batch_size: int, shuffle: bool = True, seed: int =
     ds = sft_dataset(arrays, batch_size=1)
     ```
     """
-    import tensorflow as tf
+    from kzoo._quiet import tensorflow
+
+    tf = tensorflow()
 
     ids, mask = arrays["token_ids"], arrays["loss_mask"]
     if len(ids) == 0:  # tf.data would fail on an empty shuffle buffer

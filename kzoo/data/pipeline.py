@@ -35,10 +35,11 @@ if TYPE_CHECKING:
 
 def _tf():
     """TensorFlow, imported when a pipeline is built: tf.data is the input path on every Keras
-    backend, and `import kzoo.data` on JAX or PyTorch must not pay for (or need) it."""
-    import tensorflow as tf
+    backend, and `import kzoo.data` on JAX or PyTorch must not pay for (or need) it. Imported
+    quietly (`kzoo._quiet`): on JAX and PyTorch too, its start-up lines stay off stderr."""
+    from kzoo._quiet import tensorflow
 
-    return tf
+    return tensorflow()
 
 
 def split_tokens(tokens: np.ndarray, validation_fraction: float) -> tuple[np.ndarray, np.ndarray]:

@@ -55,6 +55,9 @@ def _normalize(where: str, record) -> dict:
 
 
 def _tfds_records(name: str, split: str, data_dir: str | None, fields: dict):
+    from kzoo._quiet import import_tensorflow_quietly
+
+    import_tensorflow_quietly(any_backend=True)  # TFDS imports it, loudly
     import tensorflow_datasets as tfds
 
     try:
@@ -288,7 +291,9 @@ def preference_dataset(arrays: dict, batch_size: int, shuffle: bool = True, seed
     ds = preference_dataset(arrays, batch_size=8)
     ```
     """
-    import tensorflow as tf
+    from kzoo._quiet import tensorflow
+
+    tf = tensorflow()
 
     if len(arrays["token_ids"]) == 0:  # tf.data would fail on an empty shuffle buffer
         raise ValueError("no pairs to batch (0 rows): the data is empty or every pair was "

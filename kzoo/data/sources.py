@@ -116,6 +116,9 @@ def tfds_documents(
             (for `tiny_shakespeare`: `manual_dir/input.txt`).
         text_key: str. feature holding the text.
     """
+    from kzoo._quiet import import_tensorflow_quietly
+
+    import_tensorflow_quietly(any_backend=True)  # TFDS imports it, loudly
     import tensorflow_datasets as tfds
 
     try:

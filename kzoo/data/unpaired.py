@@ -349,7 +349,9 @@ def unpaired_dataset(arrays: dict, batch_size: int, shuffle: bool = False, seed:
     ds = unpaired_dataset(with_kl_rows(arrays, 8), batch_size=8)
     ```
     """
-    import tensorflow as tf
+    from kzoo._quiet import tensorflow
+
+    tf = tensorflow()
 
     if len(arrays["token_ids"]) == 0:
         raise ValueError("no unpaired rows to batch (0 rows): the data is empty or every "

@@ -13,6 +13,7 @@ import dataclasses
 import json
 from typing import Any
 
+from kzoo._quiet import set_random_seed
 from kzoo.training.config import checked
 from kzoo.training.lora import LoRAConfig
 from kzoo.training.recipe import DivergedError, FineTuneModel, MemoryOptions
@@ -141,7 +142,7 @@ def _run_in(run_dir, config, online, reference_mode: str, header: str) -> dict:
     from kzoo.training import save_config
     from kzoo.training.recipe import prepare_tuning, save_tuned, tuning_optimizer
 
-    keras.utils.set_random_seed(config.seed)
+    set_random_seed(config.seed)
     data, train = config.data, config.train
     prompts = read_prompts(data.path)
     held = None

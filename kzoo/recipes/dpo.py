@@ -26,6 +26,7 @@ import sys
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from kzoo._quiet import set_random_seed  # noqa: E402
 from kzoo.training.config import between, checked  # noqa: E402
 from kzoo.training.lora import LoRAConfig  # noqa: E402
 from kzoo.training.recipe import (  # noqa: E402
@@ -104,7 +105,7 @@ def _run_in(run_dir, config: DPOConfig) -> dict:
     from kzoo.training.guard import NaNGuard
     from kzoo.training.recipe import prepare_tuning, save_tuned, tuning_optimizer
 
-    keras.utils.set_random_seed(config.seed)
+    set_random_seed(config.seed)
     data, pref = config.data, config.dpo
     tokenizer, policy, train, val, counts = load_pairs(data, config.model)
     mode = pref.reference

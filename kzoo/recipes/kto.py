@@ -31,6 +31,7 @@ import warnings
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from kzoo._quiet import set_random_seed  # noqa: E402
 from kzoo.training.config import checked  # noqa: E402
 from kzoo.training.lora import LoRAConfig  # noqa: E402
 from kzoo.training.recipe import (  # noqa: E402
@@ -171,7 +172,7 @@ def _run_in(run_dir, config: KTOConfig) -> dict:
     from kzoo.training.guard import NaNGuard
     from kzoo.training.recipe import prepare_tuning, save_tuned, tuning_optimizer
 
-    keras.utils.set_random_seed(config.seed)
+    set_random_seed(config.seed)
     data, kto, train_cfg = config.data, config.kto, config.train
     tokenizer, policy = load_tokenizer_and_model(
         config.model.preset, config.model.args, config.model.init_from, config.model.tokenizer,

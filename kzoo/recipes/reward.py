@@ -18,6 +18,7 @@ import sys
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from kzoo._quiet import set_random_seed  # noqa: E402
 from kzoo.training.config import checked  # noqa: E402
 from kzoo.training.lora import LoRAConfig  # noqa: E402
 from kzoo.training.recipe import (  # noqa: E402
@@ -59,13 +60,12 @@ def run(config: RewardConfig) -> dict:
 
 
 def _run_in(run_dir, config: RewardConfig) -> dict:
-    import keras
 
     from kzoo.alignment.reward import RewardModel, reward_dataset
     from kzoo.training import NaNGuard, save_config
     from kzoo.training.recipe import diverged, prepare_tuning, save_tuned, tuning_optimizer
 
-    keras.utils.set_random_seed(config.seed)
+    set_random_seed(config.seed)
     data = config.data
     tokenizer, backbone, train, val, counts = load_pairs(data, config.model)
     model = RewardModel(prepare_tuning(backbone, config.lora, config.train))  # head trains too

@@ -20,6 +20,7 @@ import sys
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from kzoo._quiet import set_random_seed  # noqa: E402
 from kzoo.training.config import checked  # noqa: E402
 from kzoo.training.lora import LoRAConfig  # noqa: E402
 from kzoo.training.recipe import (  # noqa: E402
@@ -64,7 +65,6 @@ def run(config: SFTConfig) -> dict:
 
 
 def _run_in(run_dir, config: SFTConfig) -> dict:
-    import keras
 
     from kzoo.alignment.sft import compile_sft, load_tokenizer_and_model, response_nll
     from kzoo.data.instruction import (
@@ -83,7 +83,7 @@ def _run_in(run_dir, config: SFTConfig) -> dict:
         tuning_optimizer,
     )
 
-    keras.utils.set_random_seed(config.seed)
+    set_random_seed(config.seed)
     data = config.data
     tokenizer, model = load_tokenizer_and_model(
         config.model.preset, config.model.args, config.model.init_from, config.model.tokenizer,

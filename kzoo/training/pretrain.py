@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import keras
 
+from kzoo._quiet import set_random_seed
 from kzoo.data import check_token_counts, eval_dataset, load_documents, split_tokens
 from kzoo.data import train_dataset as make_train_dataset
 from kzoo.data.pipeline import eval_windows
@@ -248,7 +249,7 @@ def _pretrain_in(run: RunDir, config: PretrainConfig, strategy, chief: bool) -> 
     resume, changed, override = (resume_point(config, run) if chief
                                  else (run.has_checkpoint(), {}, False))
     tokenizer, train_tokens, val_tokens = _load_tokens(config, run, resume)
-    keras.utils.set_random_seed(config.seed)  # same initial weights for the same seed
+    set_random_seed(config.seed)  # same initial weights for the same seed
 
     with strategy.scope():
         model = build_model(config, tokenizer.vocab_size)

@@ -72,8 +72,10 @@ def runs(tmp_path_factory):
                 "parallel" if label == "jax_parallel" else modes]
 
     def env(label):
-        return ({"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-                if label == "jax_parallel" else {})
+        # What the recipes set: TensorFlow's start-up lines are then kept off stderr.
+        quiet = {"TF_CPP_MIN_LOG_LEVEL": "3"}
+        return ({**quiet, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+                if label == "jax_parallel" else quiet)
 
     with start_backend_children(args, CHILDREN, env=env, timeout_s=CHILD_TIMEOUT_S) as children:
         result = {"workdir": workdir, "sft": data is not None}
@@ -110,6 +112,21 @@ def _child(runs: dict, label: str) -> dict:
     """What the child `label` found (its OUT file), or the test fails with its stderr tail."""
     runs["children"][label].check()
     return json.loads((runs["workdir"] / f"{label}.json").read_text())
+
+
+# What TensorFlow 2.21 writes to file descriptor 2 when it is imported without being muted.
+TF_START_UP_LINES = ("All log messages before absl::InitializeLog()",
+                     "oneDNN custom operations are on", "Could not find cuda drivers")
+
+
+@pytest.mark.parametrize("label", BACKENDS)
+def test_tensorflow_start_up_lines_stay_off_stderr(pretrain_runs, label):
+    """On JAX and PyTorch the pre-training imports TensorFlow for tf.data and Keras'
+    `set_random_seed`; with TF_CPP_MIN_LOG_LEVEL set, as the recipes set it, its native
+    start-up lines must not reach the run's stderr."""
+    child = pretrain_runs["children"][label].check()
+    found = [line for line in TF_START_UP_LINES if line in child.stderr]
+    assert not found, f"KERAS_BACKEND={label} stderr has {found}:\n{child.stderr[-2000:]}"
 
 
 def _weights(path: Path) -> list:
