@@ -121,19 +121,20 @@ _TENSOR = object()
 
 def _simplify(graph, inputs):
     """Drop what the recording repeats: copies of constants and ops computed twice (the masks
-    and position arithmetic every layer recomputes), then chains of views. Nothing downstream
-    of a value an op writes in place is merged, so a read after a write is never replaced by
-    one before it."""
+    and position arithmetic every layer recomputes), then chains of views. Left as recorded:
+    what is downstream of a value an op writes in place (a read after a write is never replaced
+    by one before it), and what the step returns (each call returns tensors of its own, which
+    the caller may write into)."""
     written = _written(graph)
-    tainted, merged = set(written), {}
+    tainted, merged = written | _returned(graph), {}
     for node in list(graph.graph.nodes):
         if node.op != "call_function":
             continue
-        if any(i in tainted for i in node.all_input_nodes):
+        if node in tainted or any(i in tainted for i in node.all_input_nodes):
             tainted.add(node)
             continue
         target = node.target
-        if target is torch.ops.aten.lift_fresh_copy.default and node not in tainted:
+        if target is torch.ops.aten.lift_fresh_copy.default:
             node.replace_all_uses_with(node.args[0])
             graph.graph.erase_node(node)
             continue
@@ -153,6 +154,26 @@ def _simplify(graph, inputs):
     _collapse_views(graph, layouts)
     graph.graph.eliminate_dead_code()
     graph.recompile()
+
+
+def _returned(graph):
+    """The nodes the graph returns, with the bases of views it returns."""
+    returned = set()
+    for node in graph.graph.nodes:
+        if node.op == "output":
+            for out in _nodes(node.args):
+                while True:
+                    returned.add(out)
+                    if not _is_view(out):
+                        break
+                    out = out.args[0]
+    return returned
+
+
+def _nodes(args):
+    found = []
+    torch.fx.node.map_arg(args, lambda n: found.append(n) or n)
+    return found
 
 
 def _written(graph):

@@ -162,6 +162,24 @@ def test_a_read_after_an_in_place_write_is_not_merged_with_the_read_before():
 
 
 @torch_only
+def test_each_call_returns_tensors_of_its_own():
+    """A tensor the step makes from constants alone is made again at each call: a caller that
+    writes into what one call returned does not change what the next call returns."""
+    def fresh(x):
+        return ops.zeros((2,)), ops.reshape(ops.arange(4, dtype="float32"), (2, 2)), x + 1
+
+    step = backend.compile_step(fresh)
+    program = _program(lambda x: step(x))
+    zeros, grid, _ = program(ops.zeros(()))
+    zeros.add_(5.0)  # in place, as the decode loops write their caches
+    grid.add_(5.0)
+    zeros, grid, _ = program(ops.zeros(()))
+    assert ops.convert_to_numpy(zeros).tolist() == [0.0, 0.0]
+    assert ops.convert_to_numpy(grid).tolist() == [[0.0, 1.0], [2.0, 3.0]]
+    assert step.traces == 1 and list(step.graphs.values())[0] is not None
+
+
+@torch_only
 def test_views_are_replayed_for_the_layout_they_were_traced_with():
     """A transposed (non-contiguous) input gets its own graph; chains of views in the graph are
     exact for each layout."""
