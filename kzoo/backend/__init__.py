@@ -87,10 +87,11 @@ def _nothing():
 def compile_step(fn, variables=list):
     """One step of a loop that runs eagerly, captured as a program: on PyTorch, whose decode
     loops are Python loops, `fn` is traced once per input signature into a graph of ATen ops
-    (shapes, dtypes and Python constants of the arguments) and replayed without the Python of
-    Keras' layers and ops; `variables()` are inputs of that graph, so it reads their current
-    values. A step that reads a tensor's value in Python runs eagerly instead. On TensorFlow and
-    JAX, which compile the whole loop, it is `fn`.
+    (shapes, layouts, dtypes and Python constants of the arguments) and replayed without the
+    Python of Keras' layers and ops; `variables()` are inputs of that graph, so it reads their
+    current values, and each call returns tensors of its own. A step that reads a tensor's value
+    in Python, or closes over a tensor that is neither an argument nor one of `variables()`,
+    runs eagerly instead. On TensorFlow and JAX, which compile the whole loop, it is `fn`.
 
     Args:
         fn: callable. takes nested tuples/dicts of tensors and Python constants, returns
