@@ -33,15 +33,14 @@ class TracedStep:
         leaves = []
         try:
             key = _structure(args, leaves)
-            hash(key)
+            entry = self.graphs.get(key, _UNSEEN)
         except TypeError:  # an argument that is neither a tensor nor a hashable constant
             return self.fn(*args)
         if self.held is None:  # the model is built by the first call
             self.held = list(self.variables())
         values = [v.value for v in self.held]
-        if key not in self.graphs:
-            self.graphs[key] = self._trace(key, values, leaves)
-        entry = self.graphs[key]
+        if entry is _UNSEEN:
+            entry = self.graphs[key] = self._trace(key, values, leaves)
         if entry is None:
             return self.fn(*args)
         graph, out_key = entry
@@ -117,6 +116,7 @@ def _rebuild(key, leaves):
 
 
 _TENSOR = object()
+_UNSEEN = object()
 
 
 def _simplify(graph, inputs):

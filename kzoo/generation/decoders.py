@@ -30,6 +30,10 @@ class ModelDecoder:
                 )
         self.model = model
 
+    def variables(self) -> list:
+        """The Keras variables the decode programs read."""
+        return list(self.model.variables)
+
     def prepare(self):
         return ()
 
@@ -84,10 +88,11 @@ class PreparedDecoder(ModelDecoder):
         if weights is not None:
             _check_matches(weights, model)
         self.weights = weights
-        self.step = backend.compile_step(self._step, self._variables) if compile_steps else None
+        self.step = backend.compile_step(self._step, self.variables) if compile_steps else None
 
-    def _variables(self):
-        return list(self.model.variables) + (self.weights.variables if self.weights else [])
+    def variables(self) -> list:
+        """The model's variables and a weights snapshot's."""
+        return super().variables() + (self.weights.variables if self.weights else [])
 
     def _step(self, entries, token_ids, cache, cache_index, padding_mask, position_ids):
         # A snapshot's entries are variables the step reads (None is passed for them).

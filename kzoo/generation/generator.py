@@ -107,16 +107,11 @@ class Generator:
         full_key = (kind, *key)
         if full_key not in self._functions:
             self._functions[full_key] = backend.compile_function(
-                fn, self._variables, self.jit_compile, on_trace=self._count_trace)
+                fn, self.decoder.variables, self.jit_compile, on_trace=self._count_trace)
         return self._functions[full_key]
 
     def _count_trace(self):
         self.trace_count += 1
-
-    def _variables(self) -> list:
-        """What the programs read: the model's variables and a weights snapshot's."""
-        snapshot = getattr(self.decoder, "weights", None)
-        return list(self.model.variables) + (snapshot.variables if snapshot else [])
 
     def _seeds(self) -> tuple:
         return tuple(ops.convert_to_tensor(v) for v in seed_variables(self.sampler))
