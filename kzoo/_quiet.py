@@ -62,6 +62,5 @@ def set_random_seed(seed: int) -> None:
     """
     import keras
 
-    if importlib.util.find_spec("tensorflow") is not None:
-        import_tensorflow_quietly(any_backend=True)
+    import_tensorflow_quietly(any_backend=True)  # nothing when TensorFlow is not installed
     keras.utils.set_random_seed(seed)

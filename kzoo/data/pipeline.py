@@ -29,17 +29,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+# TensorFlow, imported when a pipeline is built (quietly, on every backend): tf.data is the input
+# path on every Keras backend, and `import kzoo.data` on JAX or PyTorch must not pay for it.
+from kzoo._quiet import tensorflow as _tf
+
 if TYPE_CHECKING:
     import tensorflow as tf
-
-
-def _tf():
-    """TensorFlow, imported when a pipeline is built: tf.data is the input path on every Keras
-    backend, and `import kzoo.data` on JAX or PyTorch must not pay for (or need) it. Imported
-    quietly (`kzoo._quiet`): on JAX and PyTorch too, its start-up lines stay off stderr."""
-    from kzoo._quiet import tensorflow
-
-    return tensorflow()
 
 
 def split_tokens(tokens: np.ndarray, validation_fraction: float) -> tuple[np.ndarray, np.ndarray]:
