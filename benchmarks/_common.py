@@ -13,6 +13,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 RESULTS = Path(__file__).parent / "results"
 
 
+def run_child(script: str, args: list, backend: str, env: dict | None = None):
+    """Run `script --child ...` in a fresh process on the Keras `backend`; its result is the
+    JSON of its `RESULT ` line. Returns `(result dict or None, stderr)`."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    proc = subprocess.run([sys.executable, script, *map(str, args)], env=env,
+                          capture_output=True, text=True, cwd=Path(script).parent, check=False)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode or not line:
+        return None, proc.stderr
+    return json.loads(line[0][len("RESULT "):]), proc.stderr
+
+
 def best_of(fn, repeats: int = 3) -> float:
     """Fastest wall time of `repeats` calls of `fn` (the least disturbed by other processes)."""
     times = []

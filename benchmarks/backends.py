@@ -14,13 +14,11 @@ Run: `python benchmarks/backends.py [--quick] [--backends tensorflow,jax,torch]`
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _common import best_of, cpu_name, report
+from _common import best_of, cpu_name, report, run_child
 
 HERE = Path(__file__).resolve().parent
 TRAIN = {"gpt_baby": (12, 64), "gpt_mini": (8, 128)}  # preset: (batch, seq)
@@ -184,17 +182,15 @@ def main():
         return
     results = []
     for backend in [*args.backends.split(","), "nanogpt"]:
-        env = {**os.environ, "KERAS_BACKEND": "torch" if backend == "nanogpt" else backend,
-               "TF_CPP_MIN_LOG_LEVEL": "3"}
-        command = [sys.executable, __file__, "--child", backend, "--steps", str(args.steps),
-                   "--repeats", str(args.repeats)] + (["--quick"] if args.quick else [])
         start = time.time()
-        proc = subprocess.run(command, env=env, capture_output=True, text=True, cwd=HERE)
-        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        if proc.returncode or not line:
-            print(f"{backend}: failed\n{proc.stderr[-3000:]}", file=sys.stderr)
+        result, stderr = run_child(__file__, ["--child", backend, "--steps", args.steps,
+                                              "--repeats", args.repeats]
+                                   + (["--quick"] if args.quick else []),
+                                   "torch" if backend == "nanogpt" else backend)
+        if result is None:
+            print(f"{backend}: failed\n{stderr[-3000:]}", file=sys.stderr)
             continue
-        results.append({**json.loads(line[0][7:]), "child seconds": time.time() - start})
+        results.append({**result, "child seconds": time.time() - start})
     rows = []
     for r in results:
         row = {"backend": r["backend"]}

@@ -11,12 +11,9 @@ Run: `python benchmarks/torch_decode.py [--repeats 3]`
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 
-from _common import report
+from _common import report, run_child
 
 SHAPES = {"baby": ("gpt_baby", 256, 8, 16, 64), "124m": ("gpt2_124m", 50257, 1, 16, 32)}
 
@@ -53,15 +50,11 @@ def _measure(backend_kind, repeats):
 
 
 def _child(backend, repeats, threads=None):
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-    command = [sys.executable, __file__, "--child", backend, "--repeats", str(repeats)]
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    if proc.returncode or not line:
-        raise SystemExit(f"{backend} child failed:\n{proc.stderr[-3000:]}")
-    return json.loads(line[0][7:])
+    env = {"OMP_NUM_THREADS": str(threads)} if threads else None
+    result, stderr = run_child(__file__, ["--child", backend, "--repeats", repeats], backend, env)
+    if result is None:
+        raise SystemExit(f"{backend} child failed:\n{stderr[-3000:]}")
+    return result
 
 
 def main():
