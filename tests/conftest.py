@@ -1,6 +1,8 @@
 """Shared test setup: backend, quiet logs, and the team's shared data files."""
 
 import os
+import subprocess
+import uuid
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -59,3 +61,18 @@ def instruction_data_path() -> Path:
 @pytest.fixture
 def preference_data_path() -> Path:
     return shared_data_file("instruction-preference.json")
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 6 MiB tmpfs (root only): a real full disk (checkpoints, prepared folders)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)

@@ -29,6 +29,7 @@ import sys
 from kzoo.recipes import list_recipes
 
 TOOLS = {
+    "prepare": "Tokenize a corpus of any size into token shards for pre-training.",
     "chat": "Chat with a model in the terminal: streamed, multi-turn, /odds shows the odds.",
     "rate": "A local page where you rate and correct completions (TRL-format JSONL).",
     "ls": "List the shipped configs and the command each is for.",
@@ -191,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
             from kzoo.cli.configs import cp_main
 
             return cp_main(args)
+        if command == "prepare":
+            from kzoo.cli.prepare import main as prepare_main
+
+            return prepare_main(args)
         if command == "chat":
             from kzoo.cli.chat import main as chat_main
 

@@ -13,6 +13,11 @@ The order is a pure function of `(seed, global sample index)` through
 - under tf.distribute every input pipeline takes its slice of the same global batch, so the
   union over replicas equals the single-device batch.
 
+`tokens` is an in-memory array or a `kzoo.data.shards.TokenStream` over a prepared folder's
+memory-mapped shards: then only the windows of each batch are read (`tf.numpy_function`). With
+`packing="bos_aligned"` every row starts at a document start (nanochat's rows begin with BOS):
+sample i is document `index_shuffle(i)` of its pass, read from its first token on.
+
 Example:
 
 >>> import numpy as np
@@ -94,16 +99,42 @@ def _layout(batch_size: int, input_context) -> tuple[int, int, int]:
             input_context.get_per_replica_batch_size(batch_size))
 
 
-def _windows(tokens: tf.Tensor, block_size: int):
+def _windows(tokens, block_size: int):
     """Map a batch of window starts (batch,) to (inputs, targets), each (batch, block_size)."""
     tf = _tf()
+    if not hasattr(tokens, "windows"):  # an in-memory stream (a TokenStream reads its own)
+        tokens = tf.constant(np.asarray(tokens, np.int32))
+
+    def read(starts):
+        if isinstance(tokens, tf.Tensor):
+            offsets = starts[:, None] + tf.range(block_size + 1, dtype=tf.int64)[None, :]
+            return tf.gather(tokens, offsets)
+        window = tf.numpy_function(lambda s: tokens.windows(s, block_size + 1), [starts],
+                                   tf.int32, stateful=False)
+        return tf.ensure_shape(window, [None, block_size + 1])
 
     def gather(starts):
-        offsets = starts[:, None] + tf.range(block_size + 1, dtype=tf.int64)[None, :]
-        window = tf.gather(tokens, offsets)  # (batch, block_size + 1)
+        window = read(starts)  # (batch, block_size + 1)
         return window[:, :-1], window[:, 1:]
 
     return gather
+
+
+PACKINGS = ("plain", "bos_aligned")
+
+
+def _aligned_starts(tokens, block_size: int, doc_starts) -> np.ndarray:
+    """Document starts that leave room for a whole window: BOS-aligned packing's rows."""
+    if doc_starts is None:
+        if not hasattr(tokens, "document_starts"):
+            raise ValueError("bos_aligned packing of an array needs its doc_starts")
+        doc_starts = tokens.document_starts()
+    doc_starts = np.asarray(doc_starts, np.int64)
+    fits = doc_starts[doc_starts + block_size + 1 <= len(tokens)]
+    if len(fits) < 1:
+        raise ValueError(f"no document starts {block_size + 1} tokens before the end of the "
+                         "data: too little text for bos_aligned packing")
+    return fits
 
 
 def _options() -> tf.data.Options:
@@ -122,6 +153,8 @@ def train_dataset(
     seed: int,
     start_step: int = 0,
     input_context: tf.distribute.InputContext | None = None,
+    packing: str = "plain",
+    doc_starts: np.ndarray | None = None,
 ) -> tf.data.Dataset:
     """Endless shuffled (inputs, targets) batches of packed blocks.
 
@@ -133,14 +166,23 @@ def train_dataset(
         start_step: int. first step to produce (for resuming).
         input_context: tf.distribute.InputContext | None. set by
             `strategy.distribute_datasets_from_function`; batches are then per replica.
+        packing: str. "plain" (windows anywhere) or "bos_aligned" (each row starts a document).
+        doc_starts: np.ndarray | None. document start offsets, for "bos_aligned" packing of an
+            in-memory array (a `TokenStream` knows its own).
     """
     tf = _tf()
-    # One block_size of slack, so every pass can shift its block grid (see block_start).
-    num_blocks = (len(tokens) - 1 - block_size) // block_size
+    if packing not in PACKINGS:
+        raise ValueError(f"unknown packing {packing!r}; the packings are {list(PACKINGS)}")
+    aligned = packing == "bos_aligned"
+    if aligned:
+        starts = tf.constant(_aligned_starts(tokens, block_size, doc_starts))
+        num_blocks = int(starts.shape[0])
+    else:
+        # One block_size of slack, so every pass can shift its block grid (see block_start).
+        num_blocks = (len(tokens) - 1 - block_size) // block_size
     if num_blocks < 1:
         raise ValueError(f"{len(tokens)} tokens are too few for one block of {block_size + 1}")
     pipeline_id, num_pipelines, per_replica = _layout(batch_size, input_context)
-    token_tensor = tf.constant(np.asarray(tokens, np.int32))
     n = tf.constant(num_blocks, tf.int64)
     seed = int(seed)
 
@@ -150,6 +192,8 @@ def train_dataset(
         epoch = sample // n
         key = tf.stack([tf.constant(seed, tf.int64), epoch])
         block = tf.random.experimental.index_shuffle(sample % n, key, n - 1)
+        if aligned:  # a pass visits every document start once, in its own order
+            return tf.gather(starts, block)
         offset = tf.random.stateless_uniform(
             [], key, minval=0, maxval=block_size, dtype=tf.int64
         )
@@ -157,7 +201,7 @@ def train_dataset(
 
     ids = _pipeline_sample_ids(start_step, batch_size, pipeline_id, num_pipelines)
     ds = ids.map(block_start).batch(per_replica, drop_remainder=True)
-    ds = ds.map(_windows(token_tensor, block_size), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(_windows(tokens, block_size), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 
@@ -181,11 +225,10 @@ def eval_dataset(
     rng = np.random.default_rng(seed)
     starts = rng.integers(0, len(tokens) - block_size, size=num_batches * batch_size)
     pipeline_id, num_pipelines, per_replica = _layout(batch_size, input_context)
-    token_tensor = tf.constant(np.asarray(tokens, np.int32))
     start_tensor = tf.constant(starts, tf.int64)
     ids = _pipeline_sample_ids(0, batch_size, pipeline_id, num_pipelines, num_steps=num_batches)
     ds = ids.map(lambda i: tf.gather(start_tensor, i)).batch(per_replica, drop_remainder=True)
-    ds = ds.map(_windows(token_tensor, block_size)).cache()
+    ds = ds.map(_windows(tokens, block_size)).cache()
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 

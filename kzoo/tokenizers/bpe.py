@@ -78,7 +78,9 @@ class BPETokenizer(Tokenizer):
         return np.asarray(self._tok.encode(text).ids, np.int32)
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
-        return [np.asarray(e.ids, np.int32) for e in self._tok.encode_batch(texts)]
+        # encode_batch_fast (tokenizers >= 0.21) skips the character offsets: 1.2x here
+        encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
+        return [np.asarray(e.ids, np.int32) for e in encode(texts)]
 
     def decode(self, ids) -> str:
         return self._tok.decode(np.asarray(ids).reshape(-1).tolist(), skip_special_tokens=False)

@@ -27,6 +27,7 @@ import time
 from typing import Any, Literal
 
 import keras
+import numpy as np
 
 from kzoo._quiet import set_random_seed
 from kzoo.data import check_token_counts, eval_dataset, load_documents, split_tokens
@@ -58,6 +59,11 @@ class DataConfig:
     validation_fraction: float = checked(0.1, "fraction")  # share of the stream kept for validation
     data_dir: str | None = None  # TFDS data_dir
     manual_dir: str | None = None  # TFDS manual_dir (offline copy of the raw files)
+    # a folder `kzoo prepare` wrote: its shards are streamed from disk (source, splits and the
+    # tokenizer section are then the folder's own)
+    prepared: str | None = None
+    packing: Literal["plain", "bos_aligned"] = "plain"  # bos_aligned: rows start documents
+    verify: bool = True  # check the prepared shards' sha256 at start (sizes always)
 
 
 @dataclasses.dataclass
@@ -141,7 +147,12 @@ def _validate(config: PretrainConfig) -> None:
 
 
 def _load_tokens(config: PretrainConfig, run: RunDir, resume: bool):
+    """The tokenizer, the training and validation streams, and the document starts of an
+    in-memory training stream for bos_aligned packing (None otherwise)."""
     d = config.data
+    if d.prepared:
+        tokenizer, train_tokens, val_tokens = _prepared_tokens(config, run, resume)
+        return tokenizer, train_tokens, val_tokens, None
     train_docs = load_documents(d.source, d.train_split, d.data_dir, d.manual_dir)
     if resume:
         tokenizer = load_tokenizer(run.tokenizer)
@@ -160,6 +171,27 @@ def _load_tokens(config: PretrainConfig, run: RunDir, resume: bool):
         train_tokens, val_tokens = split_tokens(
             tokenizer.encode_documents(train_docs), d.validation_fraction
         )
+    check_token_counts(train_tokens, val_tokens, config.train.block_size, config.train.batch_size)
+    starts = None
+    if d.packing == "bos_aligned":  # each document starts after an end-of-text id
+        starts = np.concatenate([[0], np.flatnonzero(train_tokens == tokenizer.eot_id) + 1])
+    return tokenizer, train_tokens, val_tokens, starts
+
+
+def _prepared_tokens(config: PretrainConfig, run: RunDir, resume: bool):
+    from kzoo.data.shards import PreparedCorpus, check_same_tokenizer
+
+    corpus = PreparedCorpus(config.data.prepared, verify=config.data.verify)
+    tokenizer = corpus.tokenizer()
+    if resume:
+        check_same_tokenizer(corpus, load_tokenizer(run.tokenizer), f"the run {run.root}")
+    elif config.tokenizer.path:
+        check_same_tokenizer(corpus, load_tokenizer(config.tokenizer.path),
+                             f"tokenizer.path {config.tokenizer.path}")
+    train_tokens, val_tokens = corpus.split("train"), corpus.split("validation")
+    if not len(val_tokens):
+        raise ValueError(f"{corpus.folder} holds no validation documents; prepare it again "
+                         "with a larger --validation-fraction")
     check_token_counts(train_tokens, val_tokens, config.train.block_size, config.train.batch_size)
     return tokenizer, train_tokens, val_tokens
 
@@ -248,7 +280,7 @@ def _pretrain_in(run: RunDir, config: PretrainConfig, strategy, chief: bool) -> 
     t = config.train
     resume, changed, override = (resume_point(config, run) if chief
                                  else (run.has_checkpoint(), {}, False))
-    tokenizer, train_tokens, val_tokens = _load_tokens(config, run, resume)
+    tokenizer, train_tokens, val_tokens, doc_starts = _load_tokens(config, run, resume)
     set_random_seed(config.seed)  # same initial weights for the same seed
 
     with strategy.scope():
@@ -306,7 +338,7 @@ def _pretrain_in(run: RunDir, config: PretrainConfig, strategy, chief: bool) -> 
     began = time.perf_counter()
     logs = {}
     for epochs, length in plan:
-        train_ds = _training(strategy, config, train_tokens, cb.global_step(model))
+        train_ds = _training(strategy, config, train_tokens, cb.global_step(model), doc_starts)
         history = model.fit(train_ds, epochs=epochs, steps_per_epoch=length,
                             validation_data=val_ds, validation_steps=t.val_batches,
                             callbacks=callbacks, shuffle=False, verbose=t.verbose)
@@ -376,12 +408,13 @@ def _validation(strategy, config: PretrainConfig, val_tokens):
     return eval_windows(val_tokens, t.block_size, t.batch_size, t.val_batches, config.seed + 1)
 
 
-def _training(strategy, config: PretrainConfig, train_tokens, start_step: int):
+def _training(strategy, config: PretrainConfig, train_tokens, start_step: int, doc_starts):
     t = config.train
 
     def train_fn(ctx=None):
         return make_train_dataset(train_tokens, t.block_size, t.batch_size, config.seed,
-                                  start_step=start_step, input_context=ctx)
+                                  start_step=start_step, input_context=ctx,
+                                  packing=config.data.packing, doc_starts=doc_starts)
 
     if not _distributed(strategy, config):
         return train_fn()

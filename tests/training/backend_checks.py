@@ -54,6 +54,14 @@ def write_inputs(workdir: Path, instruction_data: Path | None = None) -> None:
         model(keras.ops.zeros((1, 4), "int32"))
         model.save(workdir / f"{name}.keras")
     (workdir / "corpus.txt").write_text("\n\n".join(pydocs_documents())[:20_000])
+    # The same text prepared (kzoo prepare), one paragraph a document: a streamed corpus
+    paragraphs = (workdir / "corpus.txt").read_text().split("\n\n")
+    (workdir / "corpus.jsonl").write_text("".join(json.dumps({"text": p}) + "\n"
+                                                  for p in paragraphs if p.strip()))
+    from kzoo.data.prepare import prepare
+
+    prepare([str(workdir / "corpus.jsonl")], workdir / "prepared", tokenizer="byte",
+            shard_tokens=4096, validation_fraction=0.2, progress=False)
     if instruction_data is not None:
         records = json.loads(Path(instruction_data).read_text())[:24]
         (workdir / "sft.json").write_text(json.dumps(records))
@@ -146,7 +154,17 @@ def _pretrain_checks(work: Path, init: Path, backend: str) -> dict:
     except ValueError as error:
         out["refused"] = str(error)
     out["refused_left_folder"] = refused.exists()
+
+    # The prepared folder's memory-mapped shards through tf.data's numpy_function.
+    pretrain(prepared_config(work / "prepared_run", init))
+    out["prepared_rows"] = rows(work / "prepared_run")
     return out
+
+
+def prepared_config(run_dir, init, *extra):
+    """`pretrain_config` on the prepared folder beside `init` (`write_inputs`)."""
+    return pretrain_config(run_dir, init, f"data.prepared={Path(init).parent / 'prepared'}",
+                           *extra)
 
 
 def _parallel_checks(work: Path, init: Path) -> dict:

@@ -30,6 +30,7 @@ from tests.helpers import ROOT, start_backend_children
 from tests.training.backend_checks import (
     INTERVAL,
     STEPS,
+    prepared_config,
     pretrain_config,
     rows,
     sft_args,
@@ -82,6 +83,8 @@ def runs(tmp_path_factory):
         pretrain(pretrain_config(workdir / "tf_run", workdir / "init.keras"))
         result.update(tf_rows=rows(workdir / "tf_run"),
                       tf_files=sorted(p.name for p in (workdir / "tf_run").iterdir()))
+        pretrain(prepared_config(workdir / "tf_prepared", workdir / "init.keras"))
+        result["tf_prepared_rows"] = rows(workdir / "tf_prepared")
         if data:
             result["tf_sft_code"] = sft.main(sft_args(
                 workdir / "tf_sft", workdir / "sft_init.keras", workdir / "sft.json"))
@@ -186,6 +189,19 @@ def test_pretraining_gives_tensorflows_losses_and_weights(pretrain_runs, backend
     _assert_same_run(pretrain_runs, {k: [r[k] for r in got] for k in ("loss", "val_loss", "lr")},
                      {k: [r[k] for r in ref] for k in ("loss", "val_loss", "lr")},
                      f"{backend}_pretrain/run", "tf_run")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pretraining_from_a_prepared_folder_gives_tensorflows_losses(pretrain_runs, backend):
+    got = _child(pretrain_runs, backend)["prepared_rows"]
+    ref = pretrain_runs["tf_prepared_rows"]
+    assert [r["step"] for r in got] == [r["step"] for r in ref] == [INTERVAL, STEPS]
+    keys = ("loss", "val_loss", "lr")
+    _assert_same_run(pretrain_runs, {k: [r[k] for r in got] for k in keys},
+                     {k: [r[k] for r in ref] for k in keys},
+                     f"{backend}_pretrain/prepared_run", "tf_prepared")
+    # not the in-memory corpus's run: the prepared stream is what was read
+    assert [r["loss"] for r in ref] != [r["loss"] for r in pretrain_runs["tf_rows"]]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -2,11 +2,8 @@
 
 import contextlib
 import json
-import os
 import re
 import shutil
-import subprocess
-import uuid
 
 import numpy as np
 import pytest
@@ -147,21 +144,6 @@ def test_low_free_space_is_refused_before_writing(tmp_path, monkeypatch):
     with pytest.raises(RunFolderError, match=rf"not enough free space in {tmp_path} .*MiB"):
         save_checkpoint(model, tmp_path, step=2, state={}, keep=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == [LATEST, "step-0000001"]
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 6 MiB tmpfs (root only): a real full disk."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=False)
 
 
 def test_a_full_disk_is_one_clear_error_and_keeps_the_last_checkpoint(small_tmpfs):
