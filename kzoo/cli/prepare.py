@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--text-column", default="text",
                         help="the text field of .jsonl records and .parquet rows")
     parser.add_argument("--tfds-split", default="train", help="the split of tfds: sources")
+    parser.add_argument("--tfds-data-dir", help="TFDS's data folder")
+    parser.add_argument("--tfds-manual-dir", help="the raw files of an offline TFDS build")
     parser.add_argument("--skip-invalid", action="store_true",
                         help="skip and count documents that are not UTF-8 (default: stop)")
     parser.add_argument("--quiet", action="store_true", help="no progress line or summary")
@@ -78,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                 train_sample_bytes=int(args.train_sample_mb * (1 << 20)),
                 shard_tokens=args.shard_tokens, validation_fraction=args.validation_fraction,
                 seed=args.seed, text_column=args.text_column, skip_invalid=args.skip_invalid,
-                tfds_split=args.tfds_split, progress=False if args.quiet else None)
+                tfds_split=args.tfds_split, tfds_data_dir=args.tfds_data_dir,
+                tfds_manual_dir=args.tfds_manual_dir, progress=False if args.quiet else None)
     except ValueError as error:
         return _error(str(error))
     except KeyboardInterrupt:

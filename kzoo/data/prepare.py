@@ -24,22 +24,19 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
 import os
-import queue
 import shutil
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 
 from kzoo.data.streams import Segment, describe_sources, iter_documents, total_bytes
+from kzoo.data.writing import Progress, ShardWriter, prefetched, say
 
 FORMAT, VERSION = "kzoo-prepared", 1
 INDEX, TOKENIZER_DIR = "index.json", "tokenizer"
@@ -76,6 +73,7 @@ def prepare(sources: list[str], out: str | os.PathLike, tokenizer: str = "bpe",
             vocab_size: int | None = None, train_sample_bytes: int = 64 << 20,
             shard_tokens: int = 1 << 26, validation_fraction: float = 0.01, seed: int = 0,
             text_column: str = "text", skip_invalid: bool = False, tfds_split: str = "train",
+            tfds_data_dir: str | None = None, tfds_manual_dir: str | None = None,
             progress: bool | None = None) -> dict:
     """Tokenize `sources` into the prepared folder `out` (or finish one an interrupted run left).
 
@@ -95,6 +93,8 @@ def prepare(sources: list[str], out: str | os.PathLike, tokenizer: str = "bpe",
         text_column: str. the text field of JSONL records and Parquet rows.
         skip_invalid: bool. skip and count documents that are not UTF-8 instead of stopping.
         tfds_split: str. the split read from "tfds:NAME" sources.
+        tfds_data_dir: str | None. TFDS's data folder; tfds_manual_dir: str | None. the raw
+            files for an offline TFDS build (for tiny_shakespeare: `input.txt`).
         progress: bool | None. a progress line with tokens/s and an ETA (None: on a terminal).
 
     Returns:
@@ -109,7 +109,7 @@ def prepare(sources: list[str], out: str | os.PathLike, tokenizer: str = "bpe",
     if shard_tokens < 1 or shard_tokens >= 1 << 32:
         raise ValueError(f"shard_tokens must lie in [1, 2**32), got {shard_tokens}")
     out = Path(out)
-    described = describe_sources(sources, tfds_split)
+    described = describe_sources(sources, tfds_split, tfds_data_dir, tfds_manual_dir)
     settings = {"sources": described, "text_column": text_column, "skip_invalid": skip_invalid,
                 "shard_tokens": shard_tokens,
                 "split": {"by": "document", "validation_fraction": validation_fraction,
@@ -117,7 +117,7 @@ def prepare(sources: list[str], out: str | os.PathLike, tokenizer: str = "bpe",
                 "tokenizer": {"spec": _spec(tokenizer, vocab_size, train_sample_bytes)}}
     index = _open_folder(out, settings)
     if index.get("complete"):
-        _say(progress, f"{out} is already prepared: nothing to do")
+        say(progress, f"{out} is already prepared: nothing to do")
         return index
     tok = _tokenizer(out, index, tokenizer, vocab_size, train_sample_bytes, described,
                      text_column, skip_invalid, seed, validation_fraction)
@@ -238,15 +238,15 @@ class _Job:
         self.described, self.dtype = described, np.dtype(index["dtype"])
         self.split = index["split"]
         self.eot = np.array([tokenizer.eot_id], self.dtype)
-        self.writers = {s: _Shard(out, s, len(index["splits"][s]["shards"]), self.dtype)
+        self.writers = {s: ShardWriter(out, s, len(index["splits"][s]["shards"]), self.dtype)
                         for s in SPLITS}
         total = total_bytes(described)
-        self.bar = _Progress(total, sys.stderr.isatty() if progress is None else progress,
+        self.bar = Progress(total, sys.stderr.isatty() if progress is None else progress,
                              quiet=progress is False)
 
     def run(self) -> None:
         try:
-            for batch in _prefetched(self._batches()):
+            for batch in prefetched(self._batches()):
                 self._write(batch)
             for split in SPLITS:
                 self._close(split)
@@ -307,7 +307,7 @@ class _Job:
         record["tokens"] += entry["tokens"]
         record["documents"] += entry["documents"]
         _write_index(self.out, self.index)
-        self.writers[split] = _Shard(self.out, split, len(record["shards"]), self.dtype)
+        self.writers[split] = ShardWriter(self.out, split, len(record["shards"]), self.dtype)
 
     def _abort(self) -> None:
         for shard in self.writers.values():
@@ -338,126 +338,3 @@ def _plain(tokenizer, text: str) -> np.ndarray:
         return tokenizer.encode(text, add_special_tokens=False)  # Hugging Face tokenizers
     except TypeError:
         return tokenizer.encode(text)
-
-
-def _prefetched(batches, depth: int = 2):
-    """Iterate `batches` read in a thread, so that reading overlaps encoding."""
-    items: queue.Queue = queue.Queue(depth)
-    stop = threading.Event()
-
-    def read():
-        try:
-            for batch in batches:
-                while not stop.is_set():
-                    try:
-                        items.put(("batch", batch), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            items.put(("end", None))
-        except BaseException as error:  # handed to the consumer, raised there
-            items.put(("error", error))
-
-    reader = threading.Thread(target=read, daemon=True, name="kzoo-prepare-reader")
-    reader.start()
-    try:
-        while True:
-            kind, value = items.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise value
-            yield value
-    finally:
-        stop.set()
-
-
-class _Shard:
-    """The shard being written for one split: tokens to a hidden temporary file, then renamed."""
-
-    def __init__(self, out: Path, split: str, number: int, dtype: np.dtype):
-        self.name = f"{split}-{number:05d}"
-        self.out, self.dtype = out, dtype
-        self.tmp = out / f".{self.name}.bin.tmp"
-        self.file, self.digest = None, hashlib.sha256()
-        self.tokens, self.starts = 0, []
-
-    def append(self, ids: np.ndarray, starts: bool) -> None:
-        if self.file is None:
-            self.file = open(self.tmp, "wb")
-        if starts:
-            self.starts.append(self.tokens)
-        data = ids.astype(self.dtype.newbyteorder("<"), copy=False).tobytes()
-        self.file.write(data)
-        self.digest.update(data)
-        self.tokens += len(ids)
-
-    def close(self) -> dict | None:
-        if self.file is None:
-            return None
-        self.file.close()
-        self.file = None
-        starts = np.asarray(self.starts, "<u4").tobytes()
-        starts_tmp = self.out / f".{self.name}.starts.tmp"
-        starts_tmp.write_bytes(starts)
-        os.replace(starts_tmp, self.out / f"{self.name}.starts")
-        os.replace(self.tmp, self.out / f"{self.name}.bin")
-        return {"file": f"{self.name}.bin", "tokens": self.tokens,
-                "documents": len(self.starts), "sha256": self.digest.hexdigest(),
-                "starts_file": f"{self.name}.starts",
-                "starts_sha256": hashlib.sha256(starts).hexdigest()}
-
-    def discard(self) -> None:
-        if self.file is not None:
-            with contextlib.suppress(OSError):  # a full disk fails the last flush too
-                self.file.close()
-            self.file = None
-        for tmp in (self.tmp, self.out / f".{self.name}.starts.tmp"):
-            tmp.unlink(missing_ok=True)
-
-
-class _Progress:
-    """A one-line progress report on a terminal: tokens, tokens/s, share done, ETA."""
-
-    def __init__(self, total_bytes: int, enabled: bool, quiet: bool):
-        self.total, self.enabled, self.quiet = total_bytes, enabled, quiet
-        self.tokens, self.done_bytes = 0, 0
-        self.began = self.shown = time.perf_counter()
-
-    def update(self, tokens: int, done_bytes: int) -> None:
-        self.tokens += tokens
-        self.done_bytes = max(self.done_bytes, done_bytes)
-        now = time.perf_counter()
-        if not self.enabled or now - self.shown < 0.5:
-            return
-        self.shown = now
-        rate = self.tokens / max(now - self.began, 1e-9)
-        line = f"prepare: {self.tokens / 1e6:,.1f}M tokens, {rate / 1e3:,.0f}k tokens/s"
-        if self.total and self.done_bytes:
-            share = min(self.done_bytes / self.total, 1.0)
-            eta = (now - self.began) * (1 - share) / max(share, 1e-9)
-            line += f", {share:.0%} of {self.total / 1e6:,.0f} MB, ETA {_clock(eta)}"
-        print("\r" + line.ljust(79), end="", file=sys.stderr, flush=True)
-
-    def finish(self, index: dict) -> None:
-        if self.enabled:
-            print(file=sys.stderr)
-        wall = time.perf_counter() - self.began
-        splits = index["splits"]
-        _say(not self.quiet, f"prepared: {splits['train']['tokens']:,} training and "
-             f"{splits['validation']['tokens']:,} validation tokens in "
-             f"{sum(len(s['shards']) for s in splits.values())} shards, {_clock(wall)} "
-             f"({self.tokens / max(wall, 1e-9):,.0f} tokens/s this run)")
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else \
-        f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-def _say(enabled, message: str) -> None:
-    if enabled is not False:
-        print(message, file=sys.stderr, flush=True)

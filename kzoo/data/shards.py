@@ -153,6 +153,34 @@ class PreparedCorpus:
                            [self.folder / s["starts_file"] for s in shards])
 
 
+def open_prepared(folder, verify: bool = True, must_equal=()):
+    """A prepared folder for training: its tokenizer and its two splits, checked.
+
+    Args:
+        folder: str | PathLike. the prepared folder.
+        verify: bool. check every shard's sha256.
+        must_equal: iterable of (tokenizer folder, what it is): tokenizers the folder's must be
+            (a resumed run's, a configured one).
+
+    Returns:
+        tuple. (tokenizer, train TokenStream, validation TokenStream).
+
+    Raises:
+        ValueError: as `PreparedCorpus`; another tokenizer (both named); no validation text.
+    """
+    from kzoo.tokenizers import load_tokenizer
+
+    corpus = PreparedCorpus(folder, verify=verify)
+    tokenizer = corpus.tokenizer()
+    for other, where in must_equal:
+        check_same_tokenizer(corpus, load_tokenizer(other), where)
+    train, validation = corpus.split("train"), corpus.split("validation")
+    if not len(validation):
+        raise ValueError(f"{corpus.folder} holds no validation documents; prepare it again "
+                         "with a larger --validation-fraction")
+    return tokenizer, train, validation
+
+
 def check_same_tokenizer(corpus: PreparedCorpus, tokenizer, where: str) -> None:
     """Refuse a tokenizer other than the one `corpus` was prepared with, naming both."""
     mine, theirs = tokenizer_identity(tokenizer), corpus.index["tokenizer"]

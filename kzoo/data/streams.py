@@ -50,13 +50,17 @@ class InvalidText(ValueError):
     """A document that is not valid UTF-8 (skipped and counted with `skip_invalid`)."""
 
 
-def describe_sources(sources: list[str], tfds_split: str = "train") -> list[dict]:
+def describe_sources(sources: list[str], tfds_split: str = "train",
+                     tfds_data_dir: str | None = None,
+                     tfds_manual_dir: str | None = None) -> list[dict]:
     """Resolve source names into what the index records: each source with its files and sizes.
 
     Args:
         sources: list[str]. "pydocs", "pydocs+docstrings", "tfds:NAME" or paths/globs of text,
             `.jsonl` and `.parquet` files.
         tfds_split: str. the split read from TFDS sources.
+        tfds_data_dir: str | None. where TFDS keeps prepared data (TFDS default when None).
+        tfds_manual_dir: str | None. the raw downloaded files, for offline use.
 
     Returns:
         list[dict]. `{"source", "files": [{"path", "bytes"}]}` per source, files sorted.
@@ -71,7 +75,8 @@ def describe_sources(sources: list[str], tfds_split: str = "train") -> list[dict
         if source in _BUILTIN:
             described.append({"source": source, "files": []})
         elif source.startswith("tfds:"):
-            described.append({"source": source, "split": tfds_split, "files": []})
+            described.append({"source": source, "split": tfds_split, "files": [],
+                              "data_dir": tfds_data_dir, "manual_dir": tfds_manual_dir})
         else:
             paths = sorted(p for p in glob.glob(os.path.expanduser(source), recursive=True)
                            if os.path.isfile(p))
@@ -143,6 +148,7 @@ def _named_documents(source: dict, text_column: str) -> Iterator[Segment]:
     name = source["source"]
     if name.startswith("tfds:"):
         texts = sources.tfds_documents(name[5:], source.get("split", "train"),
+                                       source.get("data_dir"), source.get("manual_dir"),
                                        text_key=text_column)
     else:  # the built-in corpora are small (about 1 MB): a list is fine
         texts = sources.load_documents(name)

@@ -150,8 +150,15 @@ def _load_tokens(config: PretrainConfig, run: RunDir, resume: bool):
     """The tokenizer, the training and validation streams, and the document starts of an
     in-memory training stream for bos_aligned packing (None otherwise)."""
     d = config.data
-    if d.prepared:
-        tokenizer, train_tokens, val_tokens = _prepared_tokens(config, run, resume)
+    if d.prepared:  # the folder's tokenizer, which the run's (or tokenizer.path) must equal
+        from kzoo.data.shards import open_prepared
+
+        must_equal = ([(run.tokenizer, f"the run {run.root}")] if resume else
+                      [(config.tokenizer.path, f"tokenizer.path {config.tokenizer.path}")]
+                      if config.tokenizer.path else [])
+        tokenizer, train_tokens, val_tokens = open_prepared(d.prepared, d.verify, must_equal)
+        check_token_counts(train_tokens, val_tokens, config.train.block_size,
+                           config.train.batch_size)
         return tokenizer, train_tokens, val_tokens, None
     train_docs = load_documents(d.source, d.train_split, d.data_dir, d.manual_dir)
     if resume:
@@ -176,24 +183,6 @@ def _load_tokens(config: PretrainConfig, run: RunDir, resume: bool):
     if d.packing == "bos_aligned":  # each document starts after an end-of-text id
         starts = np.concatenate([[0], np.flatnonzero(train_tokens == tokenizer.eot_id) + 1])
     return tokenizer, train_tokens, val_tokens, starts
-
-
-def _prepared_tokens(config: PretrainConfig, run: RunDir, resume: bool):
-    from kzoo.data.shards import PreparedCorpus, check_same_tokenizer
-
-    corpus = PreparedCorpus(config.data.prepared, verify=config.data.verify)
-    tokenizer = corpus.tokenizer()
-    if resume:
-        check_same_tokenizer(corpus, load_tokenizer(run.tokenizer), f"the run {run.root}")
-    elif config.tokenizer.path:
-        check_same_tokenizer(corpus, load_tokenizer(config.tokenizer.path),
-                             f"tokenizer.path {config.tokenizer.path}")
-    train_tokens, val_tokens = corpus.split("train"), corpus.split("validation")
-    if not len(val_tokens):
-        raise ValueError(f"{corpus.folder} holds no validation documents; prepare it again "
-                         "with a larger --validation-fraction")
-    check_token_counts(train_tokens, val_tokens, config.train.block_size, config.train.batch_size)
-    return tokenizer, train_tokens, val_tokens
 
 
 def build_model(config: PretrainConfig, vocab_size: int):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from kzoo.data import prepare as prep
-from kzoo.data import streams
+from kzoo.data import streams, writing
 from kzoo.data.prepare import in_validation, prepare, tokenizer_identity
 from kzoo.data.shards import PreparedCorpus
 from kzoo.tokenizers import BPETokenizer, CharTokenizer, HFTokenizer, load_tokenizer
@@ -155,7 +155,7 @@ def test_interrupted_anywhere_then_rerun_ends_byte_for_byte(tmp_path, paragraphs
     options = dict(tokenizer="char", shard_tokens=15_000, validation_fraction=0.2,
                    progress=False)
     prepare(sources, tmp_path / "whole", **options)
-    real_close, real_write = prep._Shard.close, prep._write_index
+    real_close, real_write = writing.ShardWriter.close, prep._write_index
     calls = {"close": 0}
 
     def close(self):
@@ -172,7 +172,7 @@ def test_interrupted_anywhere_then_rerun_ends_byte_for_byte(tmp_path, paragraphs
         if where == "after_index" and calls["close"] == 4:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(prep._Shard, "close", close)
+    monkeypatch.setattr(writing.ShardWriter, "close", close)
     monkeypatch.setattr(prep, "_write_index", write_index)
     with pytest.raises(KeyboardInterrupt):
         prepare(sources, tmp_path / "cut", **options)
@@ -212,3 +212,23 @@ def test_the_module_examples_run():
 
     for module in (streams, prep):
         assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0, module
+
+
+def test_tfds_and_pydocs_sources(tmp_path):
+    from tests.conftest import shared_data_file
+
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    (manual / "input.txt").write_bytes(shared_data_file("tinyshakespeare.txt").read_bytes())
+    index = prepare(["tfds:tiny_shakespeare", "pydocs"], tmp_path / "out", tokenizer="byte",
+                    validation_fraction=0.0, tfds_data_dir=str(tmp_path / "tfds"),
+                    tfds_manual_dir=str(manual), progress=False)
+    from kzoo.data import load_documents
+
+    docs = load_documents("tfds:tiny_shakespeare", data_dir=str(tmp_path / "tfds"),
+                          manual_dir=str(manual)) + load_documents("pydocs")
+    tok = load_tokenizer(tmp_path / "out/tokenizer")
+    expected = tok.encode_documents(docs)
+    np.testing.assert_array_equal(
+        PreparedCorpus(tmp_path / "out").split("train").read(0, len(expected)), expected)
+    assert index["splits"]["train"]["documents"] == len(docs)

@@ -158,3 +158,16 @@ def test_the_command_imports_no_tensorflow(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| tensorflow" not in done.stderr and "| keras" not in done.stderr
     assert "prepared: " in done.stderr
+    assert "\r" not in done.stderr and "ETA" not in done.stderr  # quiet in a log
+
+
+def test_the_progress_line_on_a_terminal_shows_tokens_per_second_and_an_eta(capsys):
+    from kzoo.data.writing import Progress
+
+    bar = Progress(total_bytes=4_000_000, enabled=True, quiet=False)
+    bar.began -= 10.0  # 10 s in
+    bar.shown -= 1.0
+    bar.update(3_000_000, 1_000_000)
+    line = capsys.readouterr().err
+    assert line.startswith("\r") and "3.0M tokens, 300k tokens/s" in line
+    assert "25% of 4 MB, ETA 0m30s" in line
