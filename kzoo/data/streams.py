@@ -5,7 +5,8 @@ TFDS data sets and the embedded pydocs corpus. What `kzoo prepare` tokenizes.
 the document being read. A text file is one document, read in pieces of about `piece_bytes` cut
 after a newline that a non-space character follows: a byte-level BPE pre-tokenizer splits there
 anyway, so the pieces encode to the same ids as the whole file. JSONL is read line by line and
-Parquet by row group (pyarrow), each row's `text_column` one document.
+Parquet by row group (pyarrow), each row's `text_column` one document (a `.json` list of records
+is read whole).
 
 Every document carries where it came from ("books/a.txt", "web.parquet row 17") for error
 messages, and how far through its source's bytes the reader is (for a progress bar's ETA).
@@ -31,7 +32,7 @@ from pathlib import Path
 
 PIECE_BYTES = 8 << 20
 _BUILTIN = ("pydocs", "pydocs+docstrings")
-_RECORD_SUFFIXES = (".jsonl", ".parquet")
+_RECORD_SUFFIXES = (".json", ".jsonl", ".parquet")
 
 
 @dataclasses.dataclass
@@ -204,6 +205,14 @@ def _last_safe_cut(text: str) -> int:
 def _records(path: Path, text_column: str, piece_bytes: int):
     if path.suffix == ".parquet":
         yield from _parquet_rows(path, text_column)
+        return
+    if path.suffix == ".json":  # one JSON list: read whole, as `read_records` does
+        from kzoo.data.records import read_records
+
+        for where, record in read_records(path):
+            text = _text_of(record, text_column, where)
+            if text.strip():
+                yield Segment(text, where), path.stat().st_size
         return
     with open(path, "rb") as f:
         offset = 0

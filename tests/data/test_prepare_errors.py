@@ -171,3 +171,13 @@ def test_the_progress_line_on_a_terminal_shows_tokens_per_second_and_an_eta(caps
     line = capsys.readouterr().err
     assert line.startswith("\r") and "3.0M tokens, 300k tokens/s" in line
     assert "25% of 4 MB, ETA 0m30s" in line
+
+
+def test_a_json_list_of_records_is_read_by_its_text_column(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps([{"text": "one"}, {"text": "two"}]))
+    index = prepare([str(tmp_path / "a.json")], tmp_path / "out", tokenizer="byte",
+                    validation_fraction=0.0, progress=False)
+    assert index["splits"]["train"]["tokens"] == len("one") + len("two") + 2
+    (tmp_path / "b.json").write_text(json.dumps([{"body": "one"}]))
+    assert "b.json record 0 has no text column 'text'; it has ['body']" in one_error_line(
+        kzoo("prepare", tmp_path / "b.json", "--out", tmp_path / "o2", "--tokenizer", "byte"))
