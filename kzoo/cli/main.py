@@ -32,6 +32,7 @@ TOOLS = {
     "prepare": "Tokenize a corpus of any size into token shards for pre-training.",
     "chat": "Chat with a model in the terminal: streamed, multi-turn, /odds shows the odds.",
     "rate": "A local page where you rate and correct completions (TRL-format JSONL).",
+    "eval": "Run lm-eval tasks on a model offline: a results table and results.json.",
     "ls": "List the shipped configs and the command each is for.",
     "cp": "Copy a shipped config out: kzoo cp NAME DEST.yaml.",
 }
@@ -202,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
             return chat_main(args)
         if command == "rate":
             return _run_rate(args)
+        if command == "eval":
+            from kzoo.cli.eval import main as eval_main
+
+            return eval_main(args)
     except SystemExit as error:  # argparse: --help (0) or a bad flag (2)
         return _exit_code(error)
     return _error(f"unknown command {argv[0]!r}; the commands: {', '.join(commands())} "

@@ -37,8 +37,8 @@ def test_every_recipe_module_is_a_command():
     assert {"pretrain", "sft", "dpo", "reward", "kto", "generate", "feedback_loop",
             "export_hf"} <= expected
     assert set(recipe_commands().values()) == expected
-    assert set(commands()) == {*(m.replace("_", "-") for m in expected), "chat", "rate", "ls",
-                               "cp"}
+    assert set(commands()) == {*(m.replace("_", "-") for m in expected), "prepare", "chat",
+                               "rate", "eval", "ls", "cp"}
 
 
 def test_each_script_runs_the_package_recipe():

@@ -61,9 +61,12 @@ def installed(tmp_path_factory):
 
 def test_wheel_holds_the_configs(installed):
     names = zipfile.ZipFile(installed["wheel"]).namelist()
-    shipped = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "kzoo/recipes/configs")
-                     .glob("*/*.yaml"))
+    # the recipes' configs and the lm-eval task files of kzoo's evaluation suite
+    shipped = sorted(str(p.relative_to(ROOT)) for p in [
+        *(ROOT / "kzoo/recipes/configs").glob("*/*.yaml"), *(ROOT / "kzoo/eval/tasks").glob(
+            "*.yaml")])
     assert shipped and sorted(n for n in names if n.endswith(".yaml")) == shipped
+    assert "kzoo/eval/tasks/data/arith_test.jsonl" in names
     assert "kzoo/cli/main.py" in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "kzoo = kzoo.cli.main:main" in zipfile.ZipFile(installed["wheel"]).read(entry).decode()
