@@ -6,8 +6,11 @@ STAMP  := $(VENV)/.kzoo-installed
 export KERAS_BACKEND ?= tensorflow
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 DEMO_CONFIG ?= recipes/configs/gpt/nano_pydocs_pretrain.yaml
-TORCH_TESTS ?= tests/layers tests/losses tests/samplers tests/models tests/generation tests/viz
-JAX_TESTS ?= tests/layers tests/losses tests/samplers tests/generation
+# The lm-eval model's parity with lm-eval's hf model runs on each backend too (issue 25).
+EVAL_TESTS := tests/eval/test_model.py tests/eval/test_parity.py
+TORCH_TESTS ?= tests/layers tests/losses tests/samplers tests/models tests/generation tests/viz \
+	$(EVAL_TESTS)
+JAX_TESTS ?= tests/layers tests/losses tests/samplers tests/generation $(EVAL_TESTS)
 # pytest-xdist workers (0: one process). A test file runs whole in one worker (its module
 # fixtures once); tests/conftest.py gives each worker one PyTorch thread.
 WORKERS ?= 2

@@ -128,3 +128,19 @@ def test_bad_prepared_folders_are_one_line_with_exit_code_2(finished, tmp_path):
         assert done.returncode == 2 and "Traceback" not in done.stderr
         assert expected in done.stderr.strip().splitlines()[-1]
         assert not (tmp_path / "run").exists()
+
+
+def test_bos_aligned_packing_of_an_in_memory_corpus_starts_rows_at_documents():
+
+    from kzoo.data import train_dataset
+    from kzoo.training.pretrain import _load_tokens
+
+    cfg = load_config(DEMO, PretrainConfig, ["tokenizer.kind=char", "tokenizer.vocab_size=null",
+                                             "data.packing=bos_aligned"])
+    tok, train, _, starts = _load_tokens(cfg, None, resume=False)
+    assert starts[0] == 0 and len(starts) > 50
+    assert (train[starts[1:-1] - 1] == tok.eot_id).all()  # each start follows an end of text
+    rows = next(iter(train_dataset(train, 16, 8, seed=0, packing="bos_aligned",
+                                   doc_starts=starts)))[0].numpy()
+    firsts = {tuple(train[s:s + 16]) for s in starts}
+    assert all(tuple(row) in firsts for row in rows)
