@@ -15,6 +15,7 @@ from typing import Any
 
 from kzoo._quiet import set_random_seed
 from kzoo.training.config import checked
+from kzoo.training.evaluation import EvalConfig, RecipeEval, compare
 from kzoo.training.lora import LoRAConfig
 from kzoo.training.recipe import DivergedError, FineTuneModel, MemoryOptions
 
@@ -72,6 +73,8 @@ class OnlineRecipeConfig:
     generation: Generation = dataclasses.field(default_factory=Generation)
     train: OnlineTrain = dataclasses.field(default_factory=OnlineTrain)
     lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)
+    # lm-eval tasks scored before and after training, into metrics.json (kzoo.training.evaluation)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
 
 def online_config(config, algorithm: str):
@@ -143,6 +146,7 @@ def _run_in(run_dir, config, online, reference_mode: str, header: str) -> dict:
     from kzoo.training.recipe import prepare_tuning, save_tuned, tuning_optimizer
 
     set_random_seed(config.seed)
+    evaluation = RecipeEval(config.eval)  # tasks and their data checked before any work
     data, train = config.data, config.train
     prompts = read_prompts(data.path)
     held = None
@@ -160,6 +164,7 @@ def _run_in(run_dir, config, online, reference_mode: str, header: str) -> dict:
     trainer = build_trainer(policy, online, tuning_optimizer(train, keras.optimizers.Adam))
     evaluate = lambda s: _held_out(policy, tokenizer, held, rewards, config, online, s)  # noqa: E731
     before = evaluate(config.seed + 7)
+    eval_before = evaluation.score(policy, tokenizer)
     jsonl = run_dir.root / "metrics.jsonl"
 
     def on_step(step, logs):
@@ -196,6 +201,7 @@ def _run_in(run_dir, config, online, reference_mode: str, header: str) -> dict:
         "held_out_after": after,
         "timing": _timing(history),
         "history": history,
+        "eval": compare(eval_before, evaluation.score(policy, tokenizer)),
     }
     (run_dir.root / "metrics.json").write_text(json.dumps(result, indent=1))
     save_tuned(policy, run_dir.model, run_dir.root / "adapters.safetensors")

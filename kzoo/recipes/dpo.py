@@ -28,6 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from kzoo._quiet import set_random_seed  # noqa: E402
 from kzoo.training.config import between, checked  # noqa: E402
+from kzoo.training.evaluation import EvalConfig, RecipeEval, compare  # noqa: E402
 from kzoo.training.lora import LoRAConfig  # noqa: E402
 from kzoo.training.recipe import (  # noqa: E402
     DivergedError,
@@ -75,6 +76,8 @@ class DPOConfig:
     dpo: PreferenceConfig = dataclasses.field(default_factory=PreferenceConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)
+    # lm-eval tasks scored before and after training, into metrics.json (kzoo.training.evaluation)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
 
 REFERENCES = ("auto", "precomputed", "copy", "adapters_off")
@@ -106,6 +109,7 @@ def _run_in(run_dir, config: DPOConfig) -> dict:
     from kzoo.training.recipe import prepare_tuning, save_tuned, tuning_optimizer
 
     set_random_seed(config.seed)
+    evaluation = RecipeEval(config.eval)  # tasks and their data checked before any work
     data, pref = config.data, config.dpo
     tokenizer, policy, train, val, counts = load_pairs(data, config.model)
     mode = pref.reference
@@ -127,6 +131,7 @@ def _run_in(run_dir, config: DPOConfig) -> dict:
                 jit_compile=config.train.jit_compile)
     val_ds = preference_dataset(val, config.train.batch_size, shuffle=False)
     before = dpo.evaluate(val_ds, verbose=0, return_dict=True)
+    eval_before = evaluation.score(policy, tokenizer)
     weights = run_dir.root / "policy.weights.h5"
     guard = NaNGuard(policy, checkpoint_path=str(weights),
                      max_loss_factor=config.train.max_loss_factor)
@@ -145,7 +150,8 @@ def _run_in(run_dir, config: DPOConfig) -> dict:
     save_config(config, run_dir.config, header="python recipes/dpo.py --config <this file>")
     tokenizer.save(run_dir.tokenizer)
     result = {**pairs_result(data, train, val, counts, before, after, history),
-              "stopped_on_nan": guard.stopped_at}
+              "stopped_on_nan": guard.stopped_at,
+              "eval": compare(eval_before, evaluation.score(policy, tokenizer))}
     (run_dir.root / "metrics.json").write_text(json.dumps(result, indent=1))
     if guard.stopped_at is not None:
         raise diverged(guard, f"the last good weights (after {guard.good_step} good steps) "

@@ -33,6 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from kzoo._quiet import set_random_seed  # noqa: E402
 from kzoo.training.config import checked  # noqa: E402
+from kzoo.training.evaluation import EvalConfig, RecipeEval, compare  # noqa: E402
 from kzoo.training.lora import LoRAConfig  # noqa: E402
 from kzoo.training.recipe import (  # noqa: E402
     DivergedError,
@@ -81,6 +82,8 @@ class KTOConfig:
     kto: KTOSection = dataclasses.field(default_factory=KTOSection)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)
+    # lm-eval tasks scored before and after training, into metrics.json (kzoo.training.evaluation)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
 
 REFERENCES = ("auto", "precomputed", "copy", "adapters_off")
@@ -173,6 +176,7 @@ def _run_in(run_dir, config: KTOConfig) -> dict:
     from kzoo.training.recipe import prepare_tuning, save_tuned, tuning_optimizer
 
     set_random_seed(config.seed)
+    evaluation = RecipeEval(config.eval)  # tasks and their data checked before any work
     data, kto, train_cfg = config.data, config.kto, config.train
     tokenizer, policy = load_tokenizer_and_model(
         config.model.preset, config.model.args, config.model.init_from, config.model.tokenizer,
@@ -205,6 +209,7 @@ def _run_in(run_dir, config: KTOConfig) -> dict:
     val_ds = unpaired_dataset(val, train_cfg.batch_size)
     held_out = (model, val_ds, policy, reference, pairs, kto.beta, train_cfg.batch_size)
     before = _held_out(*held_out)
+    eval_before = evaluation.score(policy, tokenizer)
     weights = run_dir.root / "policy.weights.h5"
     guard = NaNGuard(policy, checkpoint_path=str(weights),
                      max_loss_factor=train_cfg.max_loss_factor)
@@ -232,6 +237,7 @@ def _run_in(run_dir, config: KTOConfig) -> dict:
         "held_out_after": after,
         "history": {k: [float(x) for x in v] for k, v in history.history.items()},
         "stopped_on_nan": guard.stopped_at,
+        "eval": compare(eval_before, evaluation.score(policy, tokenizer)),
     }
     (run_dir.root / "metrics.json").write_text(json.dumps(result, indent=1))
     if guard.stopped_at is not None:

@@ -22,6 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from kzoo._quiet import set_random_seed  # noqa: E402
 from kzoo.training.config import checked  # noqa: E402
+from kzoo.training.evaluation import EvalConfig, RecipeEval, compare  # noqa: E402
 from kzoo.training.lora import LoRAConfig  # noqa: E402
 from kzoo.training.recipe import (  # noqa: E402
     FineTuneData,
@@ -55,6 +56,8 @@ class SFTConfig:
     model: FineTuneModel = dataclasses.field(default_factory=FineTuneModel)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)
+    # lm-eval tasks scored before and after training, into metrics.json (kzoo.training.evaluation)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
 
 def run(config: SFTConfig) -> dict:
@@ -84,6 +87,7 @@ def _run_in(run_dir, config: SFTConfig) -> dict:
     )
 
     set_random_seed(config.seed)
+    evaluation = RecipeEval(config.eval)  # tasks and their data checked before any work
     data = config.data
     tokenizer, model = load_tokenizer_and_model(
         config.model.preset, config.model.args, config.model.init_from, config.model.tokenizer,
@@ -98,6 +102,7 @@ def _run_in(run_dir, config: SFTConfig) -> dict:
     optimizer = tuning_optimizer(config.train, weight_decay=config.train.weight_decay)
     compile_sft(model, optimizer, jit_compile=backend_jit_compile(config.train.jit_compile))
     before = response_nll(model, val)
+    eval_before = evaluation.score(model, tokenizer)
     guard = NaNGuard(model, keys=("loss",), max_loss_factor=config.train.max_loss_factor)
     # Every epoch's order fixed by (seed, epoch): the same batches on every backend.
     history = model.fit(
@@ -120,6 +125,7 @@ def _run_in(run_dir, config: SFTConfig) -> dict:
         "val_response_loss_before": before,
         "val_response_loss_after": response_nll(model, val),
         "history": {k: [float(x) for x in v] for k, v in history.history.items()},
+        "eval": compare(eval_before, evaluation.score(model, tokenizer)),
     }
     (run_dir.root / "metrics.json").write_text(json.dumps(result, indent=1))
     run_dir.mark("sft", "finished")

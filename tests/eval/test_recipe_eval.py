@@ -1,0 +1,59 @@
+"""The recipes' `eval:` section: lm-eval tasks scored before and after training into
+metrics.json; a wrong task stops the recipe before any work."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from kzoo.recipes import load_recipe
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "recipes/configs/gpt"
+TINY = ["model.preset=gpt_nano", "model.args={num_layers: 1}", "data.template=plain",
+        "data.max_length=96", "data.validation_fraction=0.25", "train.verbose=0",
+        "train.epochs=1", "train.jit_compile=false"]
+
+
+def sets(*items):
+    return sum((["--set", s] for s in items), [])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = os.environ.get("KZOO_TEST_DATA")
+    if not root:
+        pytest.skip("KZOO_TEST_DATA is unset")
+    tmp = tmp_path_factory.mktemp("recipe_eval")
+    for name in ("instruction-data.json", "instruction-preference.json"):
+        (tmp / name).write_text(json.dumps(json.loads((Path(root) / name).read_text())[:32]))
+    return tmp
+
+
+def test_sft_scores_the_tasks_before_and_after_into_metrics_json(data):
+    run = data / "sft"
+    code = load_recipe("sft").main(["--config", str(CONFIGS / "baby_instruction_sft.yaml"),
+                                    *sets(*TINY, f"run_dir={run}",
+                                          f"data.path={data / 'instruction-data.json'}",
+                                          "eval.tasks=[kzoo_arith_mc]", "eval.limit=4",
+                                          "eval.batch_size=4")])
+    assert code == 0
+    found = json.loads((run / "metrics.json").read_text())["eval"]
+    before, after = found["before"]["kzoo_arith_mc"], found["after"]["kzoo_arith_mc"]
+    assert {"acc,none", "acc_norm,none", "acc_centered,none"} <= set(before)
+    assert found["change"]["kzoo_arith_mc"]["acc,none"] == pytest.approx(
+        after["acc,none"] - before["acc,none"])
+    assert 0.0 <= before["acc,none"] <= 1.0
+
+
+def test_an_unknown_task_stops_the_recipe_before_any_work(data, capsys):
+    run = data / "dpo"
+    code = load_recipe("dpo").main(["--config", str(CONFIGS / "baby_instruction_dpo.yaml"),
+                                    *sets(*TINY, f"run_dir={run}", "model.init_from=null",
+                                          f"data.path={data / 'instruction-preference.json'}",
+                                          "eval.tasks=[kzoo_arith_mcq]")])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "unknown task 'kzoo_arith_mcq'; close names: kzoo_arith_mc" in err[-1]
+    assert not run.exists()
