@@ -21,6 +21,7 @@ result = pretrain(cfg)          # {"val_loss": ..., "tokens_per_s": ..., "run_di
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import shutil
 import time
@@ -44,6 +45,7 @@ from kzoo.training.distribute import (
     is_tf_distributed,
     run_scope,
 )
+from kzoo.training.evaluation import EvalConfig, RecipeEval, compare
 from kzoo.training.optimizers import build_adamw
 from kzoo.training.recipe import backend_jit_compile
 from kzoo.training.resume import check_plan, interval_plan, resume_point
@@ -132,6 +134,8 @@ class PretrainConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     sample: SampleConfig = dataclasses.field(default_factory=SampleConfig)
+    # lm-eval tasks scored at step 0 and at the end, into metrics.json
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
 
 def _validate(config: PretrainConfig) -> None:
@@ -244,7 +248,7 @@ def _has_tensorboard() -> bool:
 def pretrain(config: PretrainConfig) -> dict:
     """Pre-train (or resume) the run described by `config`; return the final figures.
 
-    Returns a dict with `run_dir`, `steps`, `loss`, `val_loss`, `val_perplexity`,
+    Returns a dict with `run_dir`, `steps`, `loss`, `val_loss`, `val_perplexity`, `eval`,
     `tokens_per_s`, `resumed_from`, `wall_s` and `sample`.
 
     Raises:
@@ -269,6 +273,7 @@ def _pretrain_in(run: RunDir, config: PretrainConfig, strategy, chief: bool) -> 
     t = config.train
     resume, changed, override = (resume_point(config, run) if chief
                                  else (run.has_checkpoint(), {}, False))
+    evaluation = RecipeEval(config.eval if chief else EvalConfig())  # tasks checked first
     tokenizer, train_tokens, val_tokens, doc_starts = _load_tokens(config, run, resume)
     set_random_seed(config.seed)  # same initial weights for the same seed
 
@@ -285,6 +290,8 @@ def _pretrain_in(run: RunDir, config: PretrainConfig, strategy, chief: bool) -> 
     if start > t.steps:
         raise ValueError(f"{run.root} is at step {start}, past train.steps={t.steps}; "
                          "raise train.steps (with --set resume=override) to continue")
+    if evaluation.enabled and "eval_before" not in state and start == 0:
+        state["eval_before"] = evaluation.score(model, tokenizer)  # kept in every backup
     plan = interval_plan(start, t.steps, t.eval_interval)
     check_plan(plan, start, t.steps_per_execution)
     if chief and not resume:
@@ -299,7 +306,8 @@ def _pretrain_in(run: RunDir, config: PretrainConfig, strategy, chief: bool) -> 
         print(f"{run.root} is already complete at step {start}; nothing to train", flush=True)
         return _finish(run, config, model, tokenizer, state.get("logs", {}), chief,
                        resumed_from=start, wall=0.0, tokens_per_s=None,
-                       write=chief and not run.model.is_file())
+                       write=chief and not run.model.is_file(),
+                       evaluation=(evaluation, state.get("eval_before")))
 
     val_ds = _validation(strategy, config, val_tokens)
     if _distributed(strategy, config):
@@ -344,7 +352,8 @@ def _pretrain_in(run: RunDir, config: PretrainConfig, strategy, chief: bool) -> 
                if checkpoint else "No checkpoint was saved yet.")
         )
     return _finish(run, config, model, tokenizer, logs, chief, resumed_from=start, wall=wall,
-                   tokens_per_s=metrics.tokens_per_second(), write=chief)
+                   tokens_per_s=metrics.tokens_per_second(), write=chief,
+                   evaluation=(evaluation, state.get("eval_before")))
 
 
 def _latest_name(run: RunDir):
@@ -355,8 +364,11 @@ def _latest_name(run: RunDir):
 
 
 def _finish(run, config, model, tokenizer, logs, chief, resumed_from, wall, tokens_per_s,
-            write):
-    sample = ""
+            write, evaluation):
+    sample, (recipe_eval, before) = "", evaluation
+    compared = compare(before, recipe_eval.score(model, tokenizer)) if chief else None
+    if compared is not None:
+        (run.root / "metrics.json").write_text(json.dumps({"eval": compared}, indent=1))
     if write:
         cb.atomic_save_model(model, run.model)
         cb.plot_metrics(run.metrics, run.loss_plot)
@@ -376,6 +388,7 @@ def _finish(run, config, model, tokenizer, logs, chief, resumed_from, wall, toke
         "tokens_per_s": tokens_per_s,
         "wall_s": wall,
         "sample": sample,
+        "eval": compared,
     }
 
 

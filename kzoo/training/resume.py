@@ -22,7 +22,7 @@ IDENTITY = ("data", "tokenizer", "model", "train.block_size", "train.dtype")
 FREE = ("run_dir", "resume", "sample", "train.eval_interval", "train.val_batches",
         "train.steps_per_execution", "train.verbose", "train.tensorboard",
         "train.jit_compile", "train.distribution", "train.logical_cpus",
-        "train.keep_backups", "train.max_loss_factor")
+        "train.keep_backups", "train.max_loss_factor", "eval")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

@@ -57,3 +57,20 @@ def test_an_unknown_task_stops_the_recipe_before_any_work(data, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert "unknown task 'kzoo_arith_mcq'; close names: kzoo_arith_mc" in err[-1]
     assert not run.exists()
+
+
+def test_pretraining_scores_step_0_and_the_end(tmp_path):
+    from kzoo.training import PretrainConfig, load_config, pretrain
+
+    config = load_config(ROOT / "recipes/configs/gpt/nano_pydocs_pretrain.yaml", PretrainConfig, [
+        "tokenizer.kind=char", "tokenizer.vocab_size=null", "model.args={max_sequence_length: 64}",
+        "train.block_size=32", "train.batch_size=4", "train.steps=30", "train.eval_interval=15",
+        "train.val_batches=2", "train.warmup_steps=2", "train.verbose=0",
+        "train.tensorboard=false", "sample.max_new_tokens=4", "sample.every_interval=false",
+        f"run_dir={tmp_path / 'run'}", "eval.tasks=[kzoo_pydocs_ppl]", "eval.limit=2"])
+    result = pretrain(config)
+    saved = json.loads((tmp_path / "run/metrics.json").read_text())["eval"]
+    assert saved == result["eval"]
+    before = saved["before"]["kzoo_pydocs_ppl"]["bits_per_byte,none"]
+    after = saved["after"]["kzoo_pydocs_ppl"]["bits_per_byte,none"]
+    assert after < before  # 30 steps on the pydocs text: the held-out pydocs get likelier
