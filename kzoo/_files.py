@@ -29,6 +29,17 @@ def read_text(path, missing: str) -> str:
         raise ValueError(f"{path}: cannot be read ({error.strerror})") from None
 
 
+def file_sha256(path) -> str:
+    """The sha256 of the file at `path`, read in 1 MiB blocks (never whole in memory)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def read_json_object(path, error=ValueError) -> dict:
     """The JSON object in file `path` (which must exist).
 

@@ -1,7 +1,7 @@
 """Reading a prepared folder (`kzoo prepare`): its index checked, its shards memory-mapped.
 
 `PreparedCorpus(folder)` checks the index (format version, completeness) and every shard's size
-and sha256 (read in 8 MB blocks, so a check never maps a shard), then gives each split as a
+and sha256 (read in 1 MiB blocks, so a check never maps a shard), then gives each split as a
 `TokenStream`: the split's shards seen as one token sequence that is never loaded whole.
 `TokenStream.windows(starts, length)` copies out the few windows a batch needs (a window may run
 across a shard boundary); `document_starts()` is where each document begins, for BOS-aligned
@@ -19,15 +19,13 @@ len(train), train.windows([0, 100], 9).shape   # (N, (2, 9))
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
+from kzoo._files import file_sha256
 from kzoo.data.prepare import INDEX, SPLITS, TOKENIZER_DIR, check_format, tokenizer_identity
-
-_BLOCK = 8 << 20
 
 
 class TokenStream:
@@ -124,7 +122,7 @@ class PreparedCorpus:
             if path.stat().st_size != size:
                 raise ValueError(f"shard {path} is truncated or altered: {path.stat().st_size:,}"
                                  f" bytes, the index says {size:,}; prepare the folder again")
-            if verify and _sha256(path) != shard[key.replace("file", "sha256")]:
+            if verify and file_sha256(path) != shard[key.replace("file", "sha256")]:
                 raise ValueError(f"shard {path} is altered: its sha256 differs from the index; "
                                  "prepare the folder again")
 
@@ -190,11 +188,3 @@ def check_same_tokenizer(corpus: PreparedCorpus, tokenizer, where: str) -> None:
             f"{theirs.get('kind')} with {theirs.get('vocab_size')} ids (sha256 "
             f"{corpus.tokenizer_sha256[:12]}) against {tokenizer.kind} with "
             f"{tokenizer.vocab_size} ids (sha256 {mine[:12]})")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()

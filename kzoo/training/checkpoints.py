@@ -26,13 +26,13 @@ list_checkpoints("runs/x/backup")       # [PosixPath('runs/x/backup/step-0000100
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import os
 import shutil
 import sys
 from pathlib import Path
 
+from kzoo._files import file_sha256
 from kzoo.training.run_folder import RunFolderError, write_error
 
 LATEST = "LATEST"
@@ -54,14 +54,6 @@ def list_checkpoints(backup_dir) -> list[Path]:
     found = [p for p in backup_dir.glob("step-*")
              if p.is_dir() and not p.name.endswith(".tmp") and p.name[5:].isdigit()]
     return sorted(found, key=lambda p: int(p.name[5:]), reverse=True)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def variables_bytes(model) -> int:
@@ -129,7 +121,7 @@ def save_checkpoint(model, backup_dir, step: int, state: dict, keep: int = 2) ->
         tmp.mkdir()
         model.save_weights(tmp / WEIGHTS)
         (tmp / STATE).write_text(json.dumps(dict(state, step=step)), encoding="utf-8")
-        files = {f: {"bytes": (tmp / f).stat().st_size, "sha256": _sha256(tmp / f)}
+        files = {f: {"bytes": (tmp / f).stat().st_size, "sha256": file_sha256(tmp / f)}
                  for f in (WEIGHTS, STATE)}
         (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1),
                                     encoding="utf-8")
@@ -184,7 +176,7 @@ def verify_checkpoint(folder: Path) -> str | None:
         size = path.stat().st_size
         if size != expected.get("bytes"):
             return f"{path} has {size} bytes, the manifest says {expected.get('bytes')}"
-        if _sha256(path) != expected.get("sha256"):
+        if file_sha256(path) != expected.get("sha256"):
             return f"{path} does not match its sha256 in the manifest (damaged)"
     return None
 

@@ -2,12 +2,13 @@
 metrics.json; a wrong task stops the recipe before any work."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from kzoo.recipes import load_recipe
+from tests.conftest import shared_data_file
+from tests.helpers import sets
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "recipes/configs/gpt"
@@ -16,18 +17,11 @@ TINY = ["model.preset=gpt_nano", "model.args={num_layers: 1}", "data.template=pl
         "train.epochs=1", "train.jit_compile=false"]
 
 
-def sets(*items):
-    return sum((["--set", s] for s in items), [])
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = os.environ.get("KZOO_TEST_DATA")
-    if not root:
-        pytest.skip("KZOO_TEST_DATA is unset")
     tmp = tmp_path_factory.mktemp("recipe_eval")
     for name in ("instruction-data.json", "instruction-preference.json"):
-        (tmp / name).write_text(json.dumps(json.loads((Path(root) / name).read_text())[:32]))
+        (tmp / name).write_text(json.dumps(json.loads(shared_data_file(name).read_text())[:32]))
     return tmp
 
 
