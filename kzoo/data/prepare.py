@@ -240,9 +240,8 @@ class _Job:
         self.eot = np.array([tokenizer.eot_id], self.dtype)
         self.writers = {s: ShardWriter(out, s, len(index["splits"][s]["shards"]), self.dtype)
                         for s in SPLITS}
-        total = total_bytes(described)
-        self.bar = Progress(total, sys.stderr.isatty() if progress is None else progress,
-                             quiet=progress is False)
+        on_terminal = sys.stderr.isatty() if progress is None else progress
+        self.bar = Progress(total_bytes(described), on_terminal, quiet=progress is False)
 
     def run(self) -> None:
         try:
@@ -315,7 +314,7 @@ class _Job:
 
     def _space_message(self) -> str:
         free = shutil.disk_usage(self.out).free
-        done, total = self.bar.done_bytes, total_bytes(self.described)
+        done, total = self.bar.done_bytes, self.bar.total
         written = sum(s["tokens"] for r in self.index["splits"].values() for s in r["shards"])
         per_byte = written * self.dtype.itemsize / done if done else self.dtype.itemsize / 2
         need = int((total - done) * per_byte * 1.1) if total else 0
@@ -326,11 +325,14 @@ class _Job:
 
 def _encode(tokenizer, batch) -> list[np.ndarray]:
     """Encode a batch of segments; a document's later pieces get no special tokens."""
-    texts = [segment.text for segment, _ in batch]
-    if all(segment.starts for segment, _ in batch):
-        return tokenizer.encode_batch(texts)
-    return [tokenizer.encode_batch([t])[0] if segment.starts else _plain(tokenizer, t)
-            for t, (segment, _) in zip(texts, batch)]
+    starts = [i for i, (segment, _) in enumerate(batch) if segment.starts]
+    out = [None] * len(batch)
+    for i, ids in zip(starts, tokenizer.encode_batch([batch[i][0].text for i in starts])):
+        out[i] = ids  # one batch for every document start: the Rust threads share it
+    for i, (segment, _) in enumerate(batch):
+        if not segment.starts:
+            out[i] = _plain(tokenizer, segment.text)
+    return out
 
 
 def _plain(tokenizer, text: str) -> np.ndarray:

@@ -120,10 +120,15 @@ def test_a_long_text_file_read_in_pieces_encodes_as_a_whole(tmp_path, paragraphs
     assert len(segments) > 5 and "".join(s.text for s in segments) == text
     assert [s.starts for s in segments] == [True] + [False] * (len(segments) - 1)
     assert [s.ends for s in segments] == [False] * (len(segments) - 1) + [True]
-    prepare([str(tmp_path / "book.txt")], tmp_path / "out", tokenizer=str(tmp_path / "tok"),
-            validation_fraction=0.0, progress=False)
-    np.testing.assert_array_equal(PreparedCorpus(tmp_path / "out").split("train").read(
-        0, len(tok.encode(text)) + 1), tok.encode_documents([text]))
+    # with short files between them: batches mix document starts and later pieces
+    (tmp_path / "book2.txt").write_text(text[::-1].replace("\n", "\nX"))
+    (tmp_path / "a-note.txt").write_text("A short note.\n")
+    files = sorted(str(p) for p in tmp_path.glob("*.txt"))
+    prepare(files, tmp_path / "out", tokenizer=str(tmp_path / "tok"), validation_fraction=0.0,
+            progress=False)
+    expected = tok.encode_documents([Path(f).read_text() for f in files])
+    np.testing.assert_array_equal(
+        PreparedCorpus(tmp_path / "out").split("train").read(0, len(expected)), expected)
 
 
 def test_hugging_face_folder_and_a_vocabulary_past_uint16(tmp_path, paragraphs):
