@@ -338,7 +338,7 @@ def main(argv=None) -> int:
     if not Path(args.run_dir).exists():  # before TensorFlow is imported: a quick answer
         print(f"error: RUN_OR_MODEL_DIR {args.run_dir} does not exist", file=sys.stderr)
         return 2
-    from kzoo.cli.main import _load_library
+    from kzoo.cli._library import load_library as _load_library
 
     _load_library()
     settings = {k: v for k, v in vars(args).items() if k in SETTABLE}

@@ -1,9 +1,9 @@
 """The configs shipped inside the package: `kzoo ls`, `kzoo cp`, and what `--config NAME` means.
 
 A shipped config is named `<family>/<size>_<data>_<method>` (e.g. `gpt/nano_pydocs_pretrain`),
-with or without `.yaml`; it lives at `kzoo/recipes/configs/<name>.yaml`. Its first comment
-lines hold the command that runs it (`# or: kzoo pretrain --config gpt/nano_pydocs_pretrain`),
-which is where `kzoo ls` reads the recipe it is for. Nothing here imports TensorFlow.
+with or without `.yaml`; it lives at `kzoo/recipes/configs/<name>.yaml`. Which configs there
+are, and which command runs each, is the recipe registry (`kzoo.recipes.registry`), not the
+files' comments. Nothing here imports TensorFlow.
 
 Example:
 ```python
@@ -16,47 +16,18 @@ resolve_config("gpt/nano_pydocs_pretrain")     # '.../kzoo/recipes/configs/gpt/n
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
-from kzoo.recipes import CONFIGS_DIR
+from kzoo.recipes.registry import (
+    RECIPES,
+    close_configs,
+    get_recipe,
+    recipe_of_config,
+    shipped_configs,
+)
 
-_KZOO_HEADER = re.compile(r"#\s*(?:or:\s*)?kzoo\s+([\w-]+)")
-_SCRIPT_HEADER = re.compile(r"#\s*python\s+recipes/(\w+)\.py")
-
-
-def shipped_configs() -> dict[str, Path]:
-    """The shipped configs: name (`family/stem`) -> path, sorted by name.
-
-    Example:
-    ```python
-    shipped_configs()["gpt/nano_pydocs_pretrain"].name   # 'nano_pydocs_pretrain.yaml'
-    ```
-    """
-    return {f"{p.parent.name}/{p.stem}": p for p in sorted(CONFIGS_DIR.glob("*/*.yaml"))}
-
-
-def recipe_of(path: Path) -> str | None:
-    """The command a config's header runs (`pretrain`, `feedback-loop`, ...), or None.
-
-    Args:
-        path: Path. a config file; its leading `#` lines are read.
-
-    Example:
-    ```python
-    recipe_of(shipped_configs()["gpt/nano_arithmetic_dpo"])   # 'feedback-loop'
-    ```
-    """
-    script = None
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.startswith("#"):
-            break
-        if match := _KZOO_HEADER.match(line):
-            return match.group(1)
-        if script is None and (match := _SCRIPT_HEADER.match(line)):
-            script = match.group(1).replace("_", "-")
-    return script
+__all__ = ["cp_main", "ls_main", "resolve_config", "resolve_config_args", "shipped_configs"]
 
 
 def _name(value: str) -> str:
@@ -64,14 +35,17 @@ def _name(value: str) -> str:
     return name.removeprefix("recipes/configs/")  # the documented checkout path, too
 
 
-def resolve_config(value: str) -> str:
+def resolve_config(value: str, command: str | None = None) -> str:
     """What `--config VALUE` names: an existing file as given, else a shipped config's path.
 
     Args:
         value: str. a path, or a shipped name such as `gpt/nano_pydocs_pretrain(.yaml)`.
+        command: str or None. the recipe being run; a shipped name of another recipe's config
+            is then refused (it would fail later on the other recipe's keys).
 
     Raises:
-        ValueError: one line when VALUE is neither a file nor a shipped name, listing the names.
+        ValueError: one line when VALUE is neither a file nor a shipped name (naming the close
+            names and listing all), or is another recipe's config.
 
     Example:
     ```python
@@ -82,14 +56,23 @@ def resolve_config(value: str) -> str:
         return value
     configs = shipped_configs()
     name = _name(value)
-    if name in configs:
-        return str(configs[name])
-    raise ValueError(f"--config {value}: no such file, and no shipped config of that name; "
-                     f"the shipped configs (`kzoo ls`): {list(configs)}")
+    if name not in configs:
+        raise ValueError(f"--config {value}: no such file, and no shipped config of that name; "
+                         f"{close_configs(name)}the shipped configs (`kzoo ls`): {list(configs)}")
+    owner = recipe_of_config(name)
+    if command is not None and owner.command != get_recipe(command).command:
+        raise ValueError(f"--config {value}: a config of `kzoo {owner.command}`, not of "
+                         f"`kzoo {get_recipe(command).command}` (`kzoo ls --recipe "
+                         f"{get_recipe(command).command}` lists its configs)")
+    return str(configs[name])
 
 
-def resolve_config_args(argv: list[str]) -> list[str]:
+def resolve_config_args(argv: list[str], command: str | None = None) -> list[str]:
     """`argv` with the value of every `--config X` / `--config=X` resolved (`resolve_config`).
+
+    Args:
+        argv: list[str]. a recipe's arguments.
+        command: str or None. the recipe they are for (see `resolve_config`).
 
     Example:
     ```python
@@ -100,11 +83,11 @@ def resolve_config_args(argv: list[str]) -> list[str]:
     while i < len(argv):
         arg = argv[i]
         if arg == "--config" and i + 1 < len(argv):
-            out += [arg, resolve_config(argv[i + 1])]
+            out += [arg, resolve_config(argv[i + 1], command)]
             i += 2
             continue
         if arg.startswith("--config="):
-            arg = "--config=" + resolve_config(arg.split("=", 1)[1])
+            arg = "--config=" + resolve_config(arg.split("=", 1)[1], command)
         elif arg == "--":  # what follows is positional, left alone
             out += argv[i:]
             break
@@ -113,36 +96,54 @@ def resolve_config_args(argv: list[str]) -> list[str]:
     return out
 
 
-def ls_main(argv: list[str], commands: list[str]) -> int:
-    """`kzoo ls [--recipe NAME]`: one shipped config a line, with the command it is for.
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def ls_main(argv: list[str]) -> int:
+    """`kzoo ls [--recipe NAME]`: the registered recipes, one line per shipped config.
+
+    Each line is `COMMAND  CONFIG` under a header; a recipe that ships no config (it takes
+    positional arguments) shows `-`.
 
     Args:
         argv: list[str]. the arguments after `ls`.
-        commands: list[str]. the `kzoo` commands, for checking `--recipe`.
+
+    Example:
+    ```python
+    ls_main(["--recipe", "feedback-loop"])   # prints feedback-loop  gpt/nano_arithmetic_dpo
+    ```
     """
     parser = argparse.ArgumentParser(
-        prog="kzoo ls", description="List the configs shipped with kzoo and the command each is "
-        "for; run one with `kzoo COMMAND --config NAME`, copy one out with `kzoo cp`.")
+        prog="kzoo ls", description="List the recipe commands and the configs shipped for "
+        "each; run one with `kzoo COMMAND --config CONFIG`, copy one out with `kzoo cp`.")
     parser.add_argument("--recipe", metavar="NAME", help="only the configs of this command")
     args = parser.parse_args(argv)
-    wanted = None if args.recipe is None else args.recipe.replace("_", "-")
-    if wanted is not None and wanted not in commands:
-        print(f"error: --recipe {args.recipe}: not a kzoo command; the commands: {commands}",
-              file=sys.stderr)
-        return 2
-    rows = [(name, recipe_of(path) or "?") for name, path in shipped_configs().items()]
-    rows = [row for row in rows if wanted is None or row[1] == wanted]
-    width = max((len(name) for name, _ in rows), default=0)
-    for name, recipe in rows:
-        print(f"{name:<{width}}  {recipe}")
+    chosen = RECIPES
+    if args.recipe is not None:
+        try:
+            chosen = (get_recipe(args.recipe),)
+        except ValueError as error:
+            return _error(f"--recipe {args.recipe}: {error}")
+    rows = [(recipe.command, name) for recipe in chosen for name in recipe.configs or ("-",)]
+    width = max(len("COMMAND"), *(len(command) for command, _ in rows))
+    print(f"{'COMMAND':<{width}}  CONFIG")
+    for command, name in rows:
+        print(f"{command:<{width}}  {name}")
     return 0
 
 
 def cp_main(argv: list[str]) -> int:
     """`kzoo cp NAME DEST`: copy a shipped config to DEST (a new file, or into a folder).
 
-    Refuses (exit code 2, one line, nothing written) an unknown NAME, an existing DEST file and
-    a DEST whose folder does not exist.
+    Refuses (exit code 2, one line, nothing written) an unknown NAME (naming the close ones),
+    an existing DEST file and a DEST whose folder does not exist.
+
+    Example:
+    ```python
+    cp_main(["gpt/nano_pydocs_pretrain", "mine.yaml"])   # 0; prints the command that runs it
+    ```
     """
     parser = argparse.ArgumentParser(
         prog="kzoo cp", description="Copy a shipped config out to edit it; then run "
@@ -151,14 +152,15 @@ def cp_main(argv: list[str]) -> int:
     parser.add_argument("dest", help="a new .yaml file, or an existing folder to copy into")
     args = parser.parse_args(argv)
     configs = shipped_configs()
-    source = configs.get(_name(args.name))
+    name = _name(args.name)
+    source = configs.get(name)
     dest = Path(args.dest)
     if dest.is_dir():
-        dest = dest / f"{Path(_name(args.name)).name}.yaml"
+        dest = dest / f"{Path(name).name}.yaml"
     error = None
     if source is None:
-        error = f"{args.name}: not a shipped config; the shipped configs (`kzoo ls`): " \
-                f"{list(configs)}"
+        error = f"{args.name}: not a shipped config; {close_configs(name)}the shipped configs " \
+                f"(`kzoo ls`): {list(configs)}"
     elif not dest.parent.is_dir():
         error = f"{args.dest}: the folder {dest.parent} does not exist (kzoo cp creates no folders)"
     if error is None:
@@ -170,8 +172,7 @@ def cp_main(argv: list[str]) -> int:
         except OSError as failure:
             error = f"cannot write {dest}: {failure.strerror or failure}"
     if error is not None:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"copied {_name(args.name)} to {dest}; run it with: "
-          f"kzoo {recipe_of(source) or 'COMMAND'} --config {dest}")
+        return _error(error)
+    print(f"copied {name} to {dest}; run it with: "
+          f"kzoo {recipe_of_config(name).command} --config {dest}")
     return 0

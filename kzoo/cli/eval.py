@@ -90,7 +90,7 @@ def main(argv=None) -> int:
         import lm_eval  # noqa: F401
     except ModuleNotFoundError:
         return _error("kzoo eval needs lm-eval: pip install 'kzoo[eval]'")
-    from kzoo.cli.main import _load_library
+    from kzoo.cli._library import load_library as _load_library
 
     _load_library()
     from kzoo.eval.run import markdown_table, prepare, run, write_report

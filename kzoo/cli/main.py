@@ -1,20 +1,22 @@
-"""The `kzoo` command: every recipe of `kzoo.recipes`, plus `chat`, `rate`, `ls` and `cp`.
+"""The `kzoo` command: every recipe of the registry, plus `prepare`, `chat`, `rate`, `eval`,
+`ls` and `cp`.
 
-    kzoo ls                                   # the shipped configs and their commands
+    kzoo ls                                   # the recipe commands and their shipped configs
     kzoo cp gpt/nano_pydocs_pretrain my.yaml  # copy one out to edit
     kzoo pretrain --config gpt/nano_pydocs_pretrain --set train.steps=20
     kzoo chat runs/gpt_nano_pydocs
     python -m kzoo.cli.main ...               # the same without the console script
 
-`--config` takes a shipped config's name or a path, for every recipe. Exit codes are the
-recipes': 0 done, 2 bad input (one `error: ...` line on stderr), 3 stopped on a NaN or
-exploding loss. Importing this module, `kzoo --help`, `kzoo ls` and `kzoo cp` import no
-TensorFlow; a recipe is imported only when it runs.
+The recipe commands, their modules and their configs are one table,
+`kzoo.recipes.registry.RECIPES`. `--config` takes a shipped config's name or a path, for every
+recipe. Exit codes are the recipes': 0 done, 2 bad input (one `error: ...` line on stderr),
+3 stopped on a NaN or exploding loss. Importing this module, `kzoo --help`, `kzoo ls` and
+`kzoo cp` import no TensorFlow; a recipe is imported only when it runs.
 
 Example:
 ```python
 from kzoo.cli.main import main
-main(["ls", "--recipe", "pretrain"])   # prints gpt/baby_shakespeare_char_pretrain ...; 0
+main(["ls", "--recipe", "pretrain"])   # prints pretrain  gpt/baby_shakespeare_char_pretrain ...; 0
 ```
 """
 
@@ -22,11 +24,12 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import importlib
 import importlib.util
-import os
 import sys
 
-from kzoo.recipes import list_recipes
+from kzoo.cli._library import load_library
+from kzoo.recipes.registry import RECIPES, recipes
 
 TOOLS = {
     "prepare": "Tokenize a corpus of any size into token shards for pre-training.",
@@ -43,14 +46,14 @@ def _command(module: str) -> str:
 
 
 def recipe_commands() -> dict[str, str]:
-    """The recipe commands (`feedback-loop` for the module `feedback_loop`) -> module names.
+    """The recipe commands of the registry (`kzoo.recipes.registry`) -> their module names.
 
     Example:
     ```python
     recipe_commands()["export-hf"]   # 'export_hf'
     ```
     """
-    return {_command(name): name for name in list_recipes()}
+    return {recipe.command: recipe.name for recipe in RECIPES}
 
 
 def commands() -> list[str]:
@@ -76,29 +79,16 @@ def _rate_summary() -> str:
 
 def usage() -> str:
     """The text of `kzoo --help`."""
-    recipes = list_recipes()
     tools = {**TOOLS, "rate": _rate_summary()}
     width = max(len(c) for c in commands()) + 2
     lines = ["usage: kzoo COMMAND [ARGS ...]     (kzoo COMMAND --help: its options)", "",
              "Train, align and talk to small language models on your own machine.", "",
              "recipes (--config NAME|FILE, --set key=value; `kzoo ls` lists the NAMEs):"]
-    lines += [f"  {_command(name):<{width}}{summary}" for name, summary in recipes.items()]
+    lines += [f"  {recipe.command:<{width}}{recipe.summary}" for recipe in RECIPES]
     lines += ["", "tools:"]
     lines += [f"  {name:<{width}}{summary}" for name, summary in tools.items()]
     lines += ["", "Exit codes: 0 done, 2 bad input (one `error:` line), 3 stopped on a NaN loss."]
     return "\n".join(lines)
-
-
-def _load_library() -> None:
-    """What `import kzoo` does outside this command: TensorFlow imported quietly, then kzoo's
-    layers and models (registered with Keras, so saved models load)."""
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from kzoo._quiet import import_tensorflow_quietly
-
-    import_tensorflow_quietly()
-    import kzoo.generation  # noqa: F401
-    import kzoo.models  # noqa: F401
 
 
 @contextlib.contextmanager
@@ -128,19 +118,19 @@ def _error(message: str) -> int:
     return 2
 
 
-def _run_recipe(module: str, args: list[str]) -> int:
+def _run_recipe(command: str, args: list[str]) -> int:
     from kzoo.cli.configs import resolve_config_args
-    from kzoo.recipes import load_recipe
 
+    recipe = recipes()[command]
     if not {"-h", "--help"} & set(args):
         try:
-            args = resolve_config_args(args)
+            args = resolve_config_args(args, command)
         except ValueError as error:
             return _error(str(error))
-    _load_library()
-    recipe = load_recipe(module)
-    with _prog(f"kzoo {_command(module)}"):
-        return recipe.main(args)
+    load_library()
+    module = importlib.import_module(recipe.module)
+    with _prog(f"kzoo {command}"):
+        return module.main(args)
 
 
 def _run_rate(args: list[str]) -> int:
@@ -150,8 +140,7 @@ def _run_rate(args: list[str]) -> int:
         if error.name != "kzoo.cli.rate":
             raise
         return _error("kzoo rate is not installed here (no module kzoo.cli.rate)")
-    if not {"-h", "--help"} & set(args):
-        _load_library()
+    # rate loads TensorFlow and the model itself, only for --run (--candidates needs neither)
     with _prog("kzoo rate"):
         return rate.main(args)
 
@@ -180,15 +169,14 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"kzoo {__version__}")
         return 0
-    recipes = recipe_commands()
     command = command if command in TOOLS else _command(command)  # export_hf = export-hf
     try:
-        if command in recipes:
-            return _run_recipe(recipes[command], args)
+        if command in recipes():
+            return _run_recipe(command, args)
         if command == "ls":
             from kzoo.cli.configs import ls_main
 
-            return ls_main(args, commands())
+            return ls_main(args)
         if command == "cp":
             from kzoo.cli.configs import cp_main
 

@@ -111,8 +111,10 @@ def check_reference(mode: str, beta: float, lora_enabled: bool, section: str,
     return mode
 
 
-def run_online(config, algorithm: str, header: str) -> dict:
-    """Check the config, open the run folder and train; returns metrics.json's content."""
+def run_online(config, algorithm: str) -> dict:
+    """Check the config, open the run folder and train; returns metrics.json's content.
+
+    `algorithm` ("grpo", "rloo") is also the `kzoo` command that the saved config names."""
     from kzoo.training import open_run
 
     online = online_config(config, algorithm)  # bad settings fail before any folder exists
@@ -120,7 +122,7 @@ def run_online(config, algorithm: str, header: str) -> dict:
     reference = check_reference(section.reference, online.beta, config.lora.enabled, algorithm,
                                 online.prompt_kl_coef)
     with open_run(config.run_dir, algorithm) as run_dir:
-        return _run_in(run_dir, config, online, reference, header)
+        return _run_in(run_dir, config, online, reference, algorithm)
 
 
 def _held_out(policy, tokenizer, held, rewards, config, online, seed):
@@ -134,7 +136,7 @@ def _held_out(policy, tokenizer, held, rewards, config, online, seed):
                           online.max_prompt_length, seed=seed, jit_compile=online.jit_compile)
 
 
-def _run_in(run_dir, config, online, reference_mode: str, header: str) -> dict:
+def _run_in(run_dir, config, online, reference_mode: str, command: str) -> dict:
     import keras
 
     from kzoo.alignment.dpo import frozen_copy
@@ -142,7 +144,7 @@ def _run_in(run_dir, config, online, reference_mode: str, header: str) -> dict:
     from kzoo.alignment.rl import Diverged, build_trainer, train_online
     from kzoo.alignment.sft import load_tokenizer_and_model
     from kzoo.data.prompts import read_prompts, split_prompts
-    from kzoo.training import save_config
+    from kzoo.training import rerun_header, save_config
     from kzoo.training.recipe import prepare_tuning, save_tuned, tuning_optimizer
 
     set_random_seed(config.seed)
@@ -191,7 +193,7 @@ def _run_in(run_dir, config, online, reference_mode: str, header: str) -> dict:
                             "train.learning_rate and rerun") from None
     _write_csv(run_dir.metrics, history)
     after = evaluate(config.seed + 7)
-    save_config(config, run_dir.config, header=header)
+    save_config(config, run_dir.config, header=rerun_header(command, run_dir.config))
     tokenizer.save(run_dir.tokenizer)
     result = {
         "split": {"train_prompts": len(prompts), "held_out_prompts": 0 if held is None

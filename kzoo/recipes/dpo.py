@@ -104,7 +104,7 @@ def _run_in(run_dir, config: DPOConfig) -> dict:
 
     from kzoo.alignment.dpo import DPOModel, compute_reference_logps, frozen_copy
     from kzoo.data.preference import preference_dataset
-    from kzoo.training import save_config
+    from kzoo.training import rerun_header, save_config
     from kzoo.training.guard import NaNGuard
     from kzoo.training.recipe import prepare_tuning, save_tuned, tuning_optimizer
 
@@ -147,7 +147,7 @@ def _run_in(run_dir, config: DPOConfig) -> dict:
                       epochs=rounds, verbose=config.train.verbose, shuffle=False,
                       callbacks=[guard, step, keras.callbacks.CSVLogger(str(run_dir.metrics))])
     after = dpo.evaluate(val_ds, verbose=0, return_dict=True)
-    save_config(config, run_dir.config, header="python recipes/dpo.py --config <this file>")
+    save_config(config, run_dir.config, header=rerun_header("dpo", run_dir.config))
     tokenizer.save(run_dir.tokenizer)
     result = {**pairs_result(data, train, val, counts, before, after, history),
               "stopped_on_nan": guard.stopped_at,

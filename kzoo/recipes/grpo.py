@@ -51,7 +51,7 @@ class GRPOConfig(OnlineRecipeConfig):
 
 
 def run(config: GRPOConfig) -> dict:
-    return run_online(config, "grpo", header="python recipes/grpo.py --config <this file>")
+    return run_online(config, "grpo")
 
 
 def main(argv=None) -> int:

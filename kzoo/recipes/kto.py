@@ -171,7 +171,7 @@ def _run_in(run_dir, config: KTOConfig) -> dict:
     from kzoo.alignment.sft import load_tokenizer_and_model
     from kzoo.data.unpaired import unpaired_dataset
     from kzoo.losses.kto import weight_advice
-    from kzoo.training import save_config
+    from kzoo.training import rerun_header, save_config
     from kzoo.training.guard import NaNGuard
     from kzoo.training.recipe import prepare_tuning, save_tuned, tuning_optimizer
 
@@ -223,7 +223,7 @@ def _run_in(run_dir, config: KTOConfig) -> dict:
                         verbose=train_cfg.verbose, shuffle=False,
                         callbacks=[guard, step, keras.callbacks.CSVLogger(str(run_dir.metrics))])
     after = _held_out(*held_out)
-    save_config(config, run_dir.config, header="python recipes/kto.py --config <this file>")
+    save_config(config, run_dir.config, header=rerun_header("kto", run_dir.config))
     tokenizer.save(run_dir.tokenizer)
     result = {
         "split": {"train_records": len(train["token_ids"]),

@@ -62,7 +62,7 @@ def run(config: RewardConfig) -> dict:
 def _run_in(run_dir, config: RewardConfig) -> dict:
 
     from kzoo.alignment.reward import RewardModel, reward_dataset
-    from kzoo.training import NaNGuard, save_config
+    from kzoo.training import NaNGuard, rerun_header, save_config
     from kzoo.training.recipe import diverged, prepare_tuning, save_tuned, tuning_optimizer
 
     set_random_seed(config.seed)
@@ -83,7 +83,7 @@ def _run_in(run_dir, config: RewardConfig) -> dict:
     if not all(map(math.isfinite, after.values())):
         raise DivergedError(f"reward training diverged (held-out metrics {after}); "
                             "lower train.learning_rate. Nothing was saved.")
-    save_config(config, run_dir.config, header="python recipes/reward.py --config <this file>")
+    save_config(config, run_dir.config, header=rerun_header("reward", run_dir.config))
     tokenizer.save(run_dir.tokenizer)
     save_tuned(model, run_dir.model, run_dir.root / "adapters.safetensors")
     result = pairs_result(data, train, val, counts, before, after, history)

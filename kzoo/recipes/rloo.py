@@ -45,7 +45,7 @@ class RLOOConfig(OnlineRecipeConfig):
 
 
 def run(config: RLOOConfig) -> dict:
-    return run_online(config, "rloo", header="python recipes/rloo.py --config <this file>")
+    return run_online(config, "rloo")
 
 
 def main(argv=None) -> int:

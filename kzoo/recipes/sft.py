@@ -77,7 +77,7 @@ def _run_in(run_dir, config: SFTConfig) -> dict:
         sft_steps,
         split_records,
     )
-    from kzoo.training import NaNGuard, save_config
+    from kzoo.training import NaNGuard, rerun_header, save_config
     from kzoo.training.recipe import (
         backend_jit_compile,
         diverged,
@@ -115,7 +115,7 @@ def _run_in(run_dir, config: SFTConfig) -> dict:
     )
     if guard.stopped_at is not None:
         raise diverged(guard, "no model was saved")
-    save_config(config, run_dir.config, header="python recipes/sft.py --config <this file>")
+    save_config(config, run_dir.config, header=rerun_header("sft", run_dir.config))
     tokenizer.save(run_dir.tokenizer)
     save_tuned(model, run_dir.model, run_dir.root / "adapters.safetensors")
     result = {

@@ -7,13 +7,13 @@ from kzoo.tokenizers.base import (
     check_vocab,
     get,
     list_tokenizers,
-    load_tokenizer,
     train_tokenizer,
 )
 from kzoo.tokenizers.bpe import BPETokenizer
 from kzoo.tokenizers.byte import ByteTokenizer
 from kzoo.tokenizers.char import CharTokenizer
 from kzoo.tokenizers.hf import HFTokenizer, from_hf
+from kzoo.tokenizers.loading import load_tokenizer
 
 __all__ = [
     "EOT_TOKEN",

@@ -4,7 +4,8 @@ A tokenizer is saved as a folder holding `tokenizer.json`: `{"kind": ..., "confi
 plus, for subword tokenizers, the trained model file. Loading reads JSON only, so loading a
 tokenizer never executes code from the folder.
 
-Reuse (e.g. from another recipe): `tok = load_tokenizer(run_dir / "tokenizer")`, then
+Reuse (e.g. from another recipe): `tok = kzoo.tokenizers.load_tokenizer(run_dir /
+"tokenizer")` (kzoo.tokenizers.loading, which also reads Hugging Face folders), then
 `tok.encode(text)`, `tok.decode(ids)`, `tok.vocab_size`, `tok.eot_id`.
 
 Example:
@@ -133,46 +134,6 @@ def train_tokenizer(kind: str, texts: list[str], **options) -> Tokenizer:
         **options: kind-specific options, e.g. `vocab_size=2048` for "bpe".
     """
     return get(kind).train(texts, **options)
-
-
-def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
-    """Load a tokenizer saved with `Tokenizer.save` (reads JSON only, never executes code).
-
-    Raises:
-        ValueError: one line naming the damaged or missing file of the folder.
-    """
-    directory = Path(directory)
-    path = directory / CONFIG_FILE
-    if not path.is_file():
-        raise ValueError(f"{directory} holds no saved tokenizer: {path} is missing")
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(payload, dict) and "kind" not in payload and "model" in payload:
-            from kzoo.tokenizers.hf import from_hf  # a Hugging Face folder (HFTokenizer.save)
-
-            return from_hf(directory)
-        kind, config = payload["kind"], payload["config"]
-    except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path} is not a kzoo tokenizer file: {error}") from None
-    if not isinstance(kind, str) or kind not in _REGISTRY:
-        raise ValueError(f"{path}: unknown tokenizer kind {kind!r}; valid kinds: "
-                         f"{sorted(_REGISTRY)}")
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} does not describe a {kind} tokenizer: its config must be a "
-                         f"mapping, got {type(config).__name__}")
-    try:
-        tokenizer = get(kind)._from_saved(config, directory)
-    except TokenizerFileError:
-        raise  # names the damaged model file already
-    except (ValueError, TypeError, KeyError, AttributeError) as error:
-        reason = " ".join(str(error).split())
-        raise ValueError(f"{path} does not describe a {kind} tokenizer: {reason}") from None
-    if payload.get("vocab_size") not in (None, tokenizer.vocab_size):
-        raise ValueError(
-            f"{path} says vocab_size={payload['vocab_size']} but the tokenizer it describes "
-            f"has {tokenizer.vocab_size} ids"
-        )
-    return tokenizer
 
 
 def check_vocab(tokenizer: Tokenizer, model_vocab_size: int, where: str = "the model") -> None:

@@ -11,6 +11,7 @@ from kzoo.training.config import (
     config_from_dict,
     config_to_dict,
     load_config,
+    rerun_header,
     save_config,
 )
 from kzoo.training.distribute import get_strategy, is_chief
@@ -43,5 +44,6 @@ __all__ = [
     "restore_checkpoint",
     "RunFolderError",
     "open_run",
+    "rerun_header",
     "save_config",
 ]

@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 
 from kzoo._files import file_sha256
-from kzoo.training.run_folder import RunFolderError, write_error
+from kzoo.training.folder_io import RunFolderError, write_error
 
 LATEST = "LATEST"
 WEIGHTS = "ckpt.weights.h5"

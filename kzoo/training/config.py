@@ -48,6 +48,7 @@ import dataclasses
 import math
 import os
 import re
+import shlex
 import types
 import typing
 from pathlib import Path
@@ -356,8 +357,34 @@ def config_to_dict(config) -> dict:
     return dataclasses.asdict(config)
 
 
+def rerun_header(command: str, config_path: str | os.PathLike) -> str:
+    """The header a recipe writes atop its run's `config.yaml`: the `kzoo` command rerunning it.
+
+    Rerunning it continues the run in the same folder (the config names its `run_dir`); it
+    works wherever kzoo is installed, unlike a `python recipes/...` script path. The path is
+    quoted for a POSIX shell when it needs to be.
+
+    Args:
+        command: str. the recipe's `kzoo` command (`kzoo.recipes.registry`), e.g. "dpo".
+        config_path: str | PathLike. the `config.yaml` being written.
+
+    Example:
+    ```python
+    rerun_header("sft", "runs/a b/config.yaml")   # "kzoo sft --config 'runs/a b/config.yaml'"
+    save_config(cfg, run.config, header=rerun_header("sft", run.config))
+    ```
+    """
+    return f"kzoo {command} --config {shlex.quote(str(config_path))}"
+
+
 def save_config(config, path: str | os.PathLike, header: str | None = None) -> None:
-    """Write the resolved config as YAML, atomically (temporary file, then rename)."""
+    """Write the resolved config as YAML, atomically (temporary file, then rename).
+
+    Args:
+        config: a config dataclass.
+        path: str | PathLike. the YAML file to write.
+        header: str or None. comment lines written first (`rerun_header(...)` for a run).
+    """
     path = Path(path)
     text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
     if header:

@@ -37,7 +37,7 @@ from kzoo.data.pipeline import eval_windows
 from kzoo.tokenizers import check_vocab, load_tokenizer, train_tokenizer
 from kzoo.training import callbacks as cb
 from kzoo.training.checkpoints import restore_checkpoint
-from kzoo.training.config import between, checked, save_config
+from kzoo.training.config import between, checked, rerun_header, save_config
 from kzoo.training.distribute import (
     KerasStrategy,
     get_strategy,
@@ -295,13 +295,13 @@ def _pretrain_in(run: RunDir, config: PretrainConfig, strategy, chief: bool) -> 
     plan = interval_plan(start, t.steps, t.eval_interval)
     check_plan(plan, start, t.steps_per_execution)
     if chief and not resume:
-        save_config(config, run.config, header="written by kzoo pretrain: resolved config")
+        save_config(config, run.config, header=rerun_header("pretrain", run.config))
         shutil.rmtree(run.tokenizer, ignore_errors=True)  # a failed start's (this recipe's)
         tokenizer.save(run.tokenizer)
     elif chief and plan:
         run.log_resume(start, changed, override=override)
         if changed:  # config.yaml describes the model in the folder: now these settings
-            save_config(config, run.config, header="written by kzoo pretrain: resolved config")
+            save_config(config, run.config, header=rerun_header("pretrain", run.config))
     if not plan:
         print(f"{run.root} is already complete at step {start}; nothing to train", flush=True)
         return _finish(run, config, model, tokenizer, state.get("logs", {}), chief,

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import errno
 import fcntl
 import json
 import os
@@ -32,6 +31,14 @@ import shutil
 import socket
 import sys
 from pathlib import Path
+
+from kzoo.training.checkpoints import LATEST, list_checkpoints
+from kzoo.training.folder_io import RunFolderError, write_error, write_json_atomic
+
+# RunFolderError and the two writers live in folder_io (checkpoints raise them too) and are
+# re-exported here, their documented home.
+__all__ = ["LOCK", "MARKER", "RESUMES", "RunDir", "RunFolderError", "RunLock", "check_owner",
+           "open_run", "write_error", "write_json_atomic"]
 
 MARKER = "kzoo-run.json"
 LOCK = "run.lock"
@@ -44,10 +51,6 @@ _LEGACY_HEADERS = {
     "# python recipes/dpo.py": "dpo",
     "# python recipes/reward.py": "reward",
 }
-
-
-class RunFolderError(ValueError):
-    """A run folder that this run must not use (another run's, locked, damaged, full)."""
 
 
 class RunDir:
@@ -87,8 +90,6 @@ class RunDir:
     def has_checkpoint(self) -> bool:
         """True when the folder holds a checkpoint, or LATEST names one (verified when
         restored: a damaged one is reported, never silently trained over)."""
-        from kzoo.training.checkpoints import LATEST, list_checkpoints
-
         return bool(list_checkpoints(self.backup)) or (self.backup / LATEST).is_file()
 
     def recipe(self) -> str | None:
@@ -138,26 +139,6 @@ def _version() -> str:
         return version("kzoo")
     except Exception:  # running from a checkout that was never installed
         return "unknown"
-
-
-def write_json_atomic(path: Path, data) -> None:
-    """Write `data` as JSON to `path` through a temporary file and a rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as error:
-        tmp.unlink(missing_ok=True)
-        raise write_error(path, error) from None
-
-
-def write_error(path: Path, error: OSError) -> Exception:
-    """A one-line error for a failed write: disk full names the folder, others pass through."""
-    # h5py reports a full disk in its message only ("errno = 28").
-    if error.errno == errno.ENOSPC or "errno = 28" in str(error) or "No space left" in str(error):
-        return RunFolderError(f"no space left on the device holding {path.parent} while "
-                              f"writing {path.name}; free space there and rerun to resume")
-    return error
 
 
 def check_owner(run: RunDir, recipe: str) -> None:

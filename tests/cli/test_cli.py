@@ -7,6 +7,7 @@ TensorFlow import, the exit status) run `python -m kzoo.cli.main` in a subproces
 import ast
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ def _kzoo(*args, cwd=None, env=None):
 
 
 def test_every_recipe_module_is_a_command():
-    # Found by reading kzoo/recipes/*.py for a top-level `def main`, as the dispatcher does.
+    # Every module of kzoo/recipes/ with a top-level `def main` is in the recipe registry.
     expected = set()
     for path in (ROOT / "kzoo" / "recipes").glob("*.py"):
         tree = ast.parse(path.read_text())
@@ -75,14 +76,18 @@ def test_cheap_commands_import_no_tensorflow(argv, tmp_path):
 
 def test_ls_lists_every_shipped_config_with_its_recipe(capsys):
     assert main(["ls"]) == 0
-    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    header, *rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert header == ["COMMAND", "CONFIG"]
+    configs = {name: command for command, name in rows if name != "-"}
     files = sorted(CONFIGS_DIR.glob("*/*.yaml"))
-    assert [name for name, _ in rows] == [f"{p.parent.name}/{p.stem}" for p in files]
-    for (name, recipe), path in zip(rows, files):
+    assert sorted(configs) == [f"{p.parent.name}/{p.stem}" for p in files]
+    for path in files:
         first = path.read_text().splitlines()[0]  # `# python recipes/NAME.py --config ...`
-        assert first.startswith(f"# python recipes/{recipe.replace('-', '_')}.py "), name
+        command = configs[f"{path.parent.name}/{path.stem}"]
+        assert first.startswith(f"# python recipes/{command.replace('-', '_')}.py "), path
+    assert ["export-hf", "-"] in rows  # a recipe without configs is listed too
     assert main(["ls", "--recipe", "feedback_loop"]) == 0
-    assert capsys.readouterr().out.split() == ["gpt/nano_arithmetic_dpo", "feedback-loop"]
+    assert capsys.readouterr().out.split()[2:] == ["feedback-loop", "gpt/nano_arithmetic_dpo"]
     assert main(["ls", "--recipe", "nope"]) == 2
     assert "nope" in one_error_line(capsys)
 
@@ -194,6 +199,12 @@ def test_pretrain_by_name_exit_codes_0_2_3(tmp_path, tiny_text):
     assert done.returncode == 0, done.stderr
     assert (run_dir / "model.keras").is_file()
     assert json.loads(done.stdout.split("result:", 1)[1])["steps"] == 2
+    # The saved config's first line is the command that reruns it: here, nothing left to do.
+    header = (run_dir / "config.yaml").read_text().splitlines()[0]
+    kzoo, *rerun = shlex.split(header.removeprefix("# "))
+    assert kzoo == "kzoo" and rerun == ["pretrain", "--config", str(run_dir / "config.yaml")]
+    again = _kzoo(*rerun, cwd=tmp_path)
+    assert again.returncode == 0 and "already complete at step 2" in again.stdout, again.stderr
     bad = _kzoo(*base, *sets("train.stepz=2"), cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
     assert bad.stderr.startswith("error: ") and "stepz" in bad.stderr

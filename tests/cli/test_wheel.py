@@ -10,6 +10,7 @@ line does not activate.
 """
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -85,7 +86,8 @@ def test_kzoo_comes_from_the_fresh_environment(installed):
 def test_ls_and_cp_outside_the_checkout(installed):
     kzoo = str(installed["bin"] / "kzoo")
     listed = _run([kzoo, "ls"], env=installed["env"], cwd=installed["cwd"]).stdout.split("\n")
-    names = [line.split()[0] for line in listed if line.strip()]
+    names = [line.split()[1] for line in listed[1:] if line.strip()]  # COMMAND CONFIG rows
+    names = [name for name in names if name != "-"]  # a recipe that ships no config
     assert "gpt/nano_pydocs_pretrain" in names and len(names) == len(
         list((ROOT / "kzoo/recipes/configs").glob("*/*.yaml")))
     _run([kzoo, "cp", "gpt/nano_pydocs_pretrain", "mine.yaml"], env=installed["env"],
@@ -109,3 +111,9 @@ def test_pretrain_from_the_wheel(installed):
     assert '"steps": 20' in done.stdout, done.stdout[-2000:]
     for name in ("config.yaml", "model.keras", "tokenizer", "metrics.csv", "kzoo-run.json"):
         assert (run_dir / name).exists(), name
+    # The saved config's header is a command the wheel's `kzoo` runs (nothing left to train).
+    header = (run_dir / "config.yaml").read_text().splitlines()[0]
+    assert header == f"# kzoo pretrain --config {run_dir / 'config.yaml'}"
+    again = _run([str(installed["bin"] / "kzoo"), *shlex.split(header[2:])[1:]],
+                 env=installed["env"], cwd=installed["cwd"])
+    assert "already complete at step 20" in again.stdout, again.stdout[-2000:]

@@ -43,6 +43,8 @@ def test_a_run_writes_its_folder_and_logs_every_batch(recipe, tmp_path, sums, ca
     assert code == 0, capsys.readouterr().err
     for name in ("config.yaml", "model.keras", "metrics.csv", "metrics.json", "metrics.jsonl"):
         assert (run_dir / name).is_file(), name
+    header = (run_dir / "config.yaml").read_text().splitlines()[0]
+    assert header == f"# kzoo {recipe} --config {run_dir / 'config.yaml'}"  # reruns this run
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3]
     assert "held_out/reward" in lines[1] and "held_out/reward" not in lines[0]
