@@ -25,7 +25,9 @@ def _is_kzoo_command() -> bool:
     argv = getattr(sys, "orig_argv", [])
     script = Path(argv[1]).name if len(argv) > 1 else ""
     module = argv[argv.index("-m") + 1] if "-m" in argv[:-1] else ""
-    return script in ("kzoo", "kzoo.exe") or module in ("kzoo.cli", "kzoo.cli.main")
+    # `python -m kzoo.cli.rate` too: `--candidates` needs no model, so no TensorFlow either.
+    return script in ("kzoo", "kzoo.exe") or module in ("kzoo.cli", "kzoo.cli.main",
+                                                        "kzoo.cli.rate")
 
 
 def __getattr__(name):

@@ -11,6 +11,7 @@ imported only where it is used: the tf.data path (`tensorflow()`) and Keras' own
 `set_random_seed`, which seeds TensorFlow when it is installed (`set_random_seed()` here).
 """
 
+import contextlib
 import importlib.util
 import os
 import sys
@@ -26,21 +27,49 @@ def import_tensorflow_quietly(any_backend: bool = False) -> None:
     on_tensorflow = os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow"
     if "tensorflow" in sys.modules or not (on_tensorflow or any_backend):
         return
-    try:
-        quiet = int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") or 0) >= 1
-    except ValueError:
-        quiet = False
-    if not quiet or importlib.util.find_spec("tensorflow") is None:
+    if not _quiet_asked() or importlib.util.find_spec("tensorflow") is None:
         return
+    with _muted_stderr():
+        import tensorflow  # noqa: F401
+
+
+def _quiet_asked() -> bool:
+    try:
+        return int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") or 0) >= 1
+    except ValueError:
+        return False
+
+
+@contextlib.contextmanager
+def _muted_stderr():
+    """File descriptor 2 pointed at /dev/null inside the block (native code writes there
+    directly, past Python's `sys.stderr`)."""
     sys.stderr.flush()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
+        yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def probe_devices_quietly() -> None:
+    """Let TensorFlow look for its devices now, with descriptor 2 muted if quiet is asked for.
+
+    On a machine without a GPU, TensorFlow's first look for devices (the first model built or
+    loaded) writes "failed call to cuInit: ... UNKNOWN ERROR (303)" at ERROR level, which
+    `TF_CPP_MIN_LOG_LEVEL=2` lets through. Looking once here, muted, makes later looks silent
+    (TensorFlow initialises its platforms once). Nothing happens off the TensorFlow backend or
+    without TensorFlow imported.
+    """
+    if "tensorflow" not in sys.modules or not _quiet_asked():
+        return
+    import tensorflow as tf
+
+    with _muted_stderr():
+        tf.config.list_physical_devices()
 
 
 def tensorflow():

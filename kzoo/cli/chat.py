@@ -6,11 +6,14 @@
 RUN_OR_MODEL_DIR is anything `kzoo generate` reads: a kzoo run folder, a `.keras` file, a
 Hugging Face folder or a keras-hub preset folder (nothing in it is executed). Each turn is
 rendered with the tokenizer's chat template when it has one; otherwise with the prompt
-template the run was fine-tuned on (its config.yaml `data.template`), else kzoo's own
-"### Instruction: / ### Response:" layout. Replies stream token by token and stop at the
-model's end tokens. In the chat: /reset, /set KEY VALUE (temperature, top_k, top_p, min_p,
+template the run was fine-tuned on (its config.yaml `data.template`); else (a pre-trained
+model) as raw text, one turn per line (`--template chat` asks for kzoo's own
+"### Instruction: / ### Response:" layout). Replies stream token by token and stop at the
+model's end tokens. A conversation longer than the model's context keeps its most recent
+turns that fit (said once). In the chat: /reset, /set KEY VALUE (temperature, top_k, top_p, min_p,
 repetition_penalty, sampler, seed, max_new_tokens), /odds (the next-word odds behind the last
-reply's first token), /help, /quit. Ctrl-C stops a reply; Ctrl-C or Ctrl-D at the prompt exits.
+reply's first token, at the temperature it was drawn with), /help, /quit. Ctrl-C stops a
+reply; Ctrl-C or Ctrl-D at the prompt exits at once (exit code 0).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 # stream, and beam search decides its tokens only at the end.
 KNOBS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "frequency_penalty",
          "presence_penalty")
+SAMPLERS = ("greedy", "random", "top_k", "top_p", "min_p")
 SETTABLE = ("sampler", *KNOBS, "seed", "max_new_tokens")
 HELP = """commands:
   /reset              forget the conversation
@@ -43,11 +47,13 @@ def parse_args(argv=None):
     parser.add_argument("--tokenizer", default="auto",
                         help="auto (the model's own), byte, or a tokenizer folder")
     parser.add_argument("--template", default="auto",
-                        help="auto; chat (the tokenizer's chat template, else kzoo's); or a "
-                        "prompt template: alpaca, plain, raw or a format string with {prompt}")
+                        help="auto (the tokenizer's chat template, else the run's SFT "
+                        "template, else raw); chat (the tokenizer's chat template, else kzoo's "
+                        "### Instruction layout); or a prompt template: alpaca, plain, raw or "
+                        "a format string with {prompt}")
     parser.add_argument("--system", help="a system message opening the conversation")
     parser.add_argument("--sampler", default="top_p",
-                        help="greedy, random, top_k, top_p, min_p (default top_p)")
+                        help=", ".join(SAMPLERS) + " (default top_p; not beam: replies stream)")
     for knob in KNOBS:
         kind = int if knob == "top_k" else float
         parser.add_argument("--" + knob.replace("_", "-"), dest=knob, type=kind)
@@ -82,17 +88,27 @@ class JinjaFormat:
 
 class PromptFormat:
     """Turns rendered with an SFT prompt template: prompt, reply, end-of-text, one after
-    another (exactly how `kzoo.data.instruction.encode_sft` lays out one record)."""
+    another (exactly how `kzoo.data.instruction.encode_sft` lays out one record).
 
-    def __init__(self, tokenizer, template, name: str):
+    Args:
+        tokenizer: a kzoo or Hugging Face tokenizer.
+        template: PromptTemplate. how a message becomes a prompt.
+        name: str. what the chat's first line calls the layout.
+        raw: bool. a pre-trained model's text: a reply and the next message are separated by
+            a new line, not end-of-text (which a pre-trained model reads as "a new document
+            starts here": the earlier turns would no longer count).
+    """
+
+    def __init__(self, tokenizer, template, name: str, raw: bool = False):
         self.tokenizer, self.template, self.name = tokenizer, template, name
+        self.end = list(tokenizer.encode("\n")) if raw else [tokenizer.eot_id]
 
     def prompt_ids(self, system, turns, user) -> list[int]:
         encode = self.tokenizer.encode
         ids = list(encode(system + "\n\n")) if system else []
         for question, answer in turns:
             ids += [*encode(self.template.format({"instruction": question})), *encode(answer),
-                    self.tokenizer.eot_id]
+                    *self.end]
         return [int(i) for i in ids + list(encode(self.template.format({"instruction": user})))]
 
 
@@ -121,7 +137,8 @@ def choose_format(tokenizer, source, template: str = "auto"):
     Example:
     ```python
     from kzoo.tokenizers import ByteTokenizer
-    choose_format(ByteTokenizer(), None).name   # "kzoo's ### Instruction / ### Response"
+    choose_format(ByteTokenizer(), None, "chat").name  # "kzoo's ### Instruction / ### Response"
+    choose_format(ByteTokenizer(), None).name          # "raw text: ..." (a pre-trained model)
     ```
     """
     from kzoo.data.conversation import chat_template_of
@@ -129,7 +146,12 @@ def choose_format(tokenizer, source, template: str = "auto"):
 
     own = getattr(tokenizer, "chat_template", None)
     if template == "auto":
-        template = CHAT if own else (_run_template(source) or CHAT)
+        # No chat template and no fine-tuning template: a pre-trained model, which was never
+        # shown "### Instruction:" headers; it continues raw text.
+        template = CHAT if own else (_run_template(source) or "raw")
+    if template == "raw":
+        return PromptFormat(tokenizer, get_template("raw"),
+                            "raw text: no chat template, no fine-tuning template", raw=True)
     if template == CHAT:
         text, variables = chat_template_of(tokenizer)
         name = "the tokenizer's chat template" if own else \
@@ -161,8 +183,8 @@ class Chat:
 
     def __init__(self, model, tokenizer, chat_format, settings: dict, system=None):
         self.model, self.tokenizer, self.format, self.system = model, tokenizer, chat_format, system
-        self.turns, self.last_prompt, self.last_first = [], None, None
         self.settings = {}
+        self.reset()
         self.update(settings)
 
     def update(self, changes: dict) -> None:
@@ -170,32 +192,60 @@ class Chat:
         from kzoo.recipes.generate import build_sampler
 
         settings = {**self.settings, **changes}
+        name = settings.get("sampler") or "top_p"
+        if name not in SAMPLERS:
+            raise ValueError(f"sampler {name!r}: expected one of {', '.join(SAMPLERS)} (a "
+                             "reply streams; beam search picks its tokens only at the end)")
         context = self.model.max_sequence_length
-        limit = settings.get("max_new_tokens") or min(256, context // 2)
+        limit = settings.get("max_new_tokens")
+        limit = min(256, context // 2) if limit is None else limit  # 0 is refused, not "default"
         if not 0 < limit < context:
             raise ValueError(f"max_new_tokens must be in [1, {context - 1}] (the model's "
                              f"context is {context}), got {limit}")
-        sampler = build_sampler({**settings, "sampler": settings.get("sampler") or "top_p"})
+        sampler = build_sampler({**settings, "sampler": name})
+        if limit != getattr(self, "limit", limit):
+            self.first_turn = 0  # another room for the conversation: look for its window again
         self.settings, self.sampler, self.limit = settings, sampler, limit
 
     def reset(self) -> None:
-        self.turns, self.last_prompt, self.last_first = [], None, None
+        """Forget the conversation (and that its window was announced)."""
+        self.turns, self.last_prompt, self.last_first, self.last_temperature = [], None, None, None
+        self.first_turn, self.told_window = 0, False
 
-    def reply(self, user: str, out) -> str:
-        """Stream the model's answer to `user` onto `out`; the text (partial on Ctrl-C).
+    def _window(self, user: str, out) -> list[int]:
+        """The prompt ids of the most recent turns that leave `max_new_tokens` of room.
 
-        The conversation keeps its last `context - max_new_tokens` tokens (a sliding window).
+        Only whole turns are left out, oldest first, and that is said once per conversation;
+        a message too long by itself keeps its last tokens.
         """
+        context = self.model.max_sequence_length
+        room = context - self.limit
+        ids = self.format.prompt_ids(self.system, self.turns[self.first_turn:], user)
+        start = self.first_turn
+        while len(ids) > room and self.first_turn < len(self.turns):
+            self.first_turn += 1  # kept: a later turn never needs an earlier one back
+            ids = self.format.prompt_ids(self.system, self.turns[self.first_turn:], user)
+        if self.first_turn > start and not self.told_window:
+            self.told_window = True
+            print(f"[the conversation no longer fits the model's context ({context} tokens, "
+                  f"{self.limit} of them for the reply): from now on the model sees the most "
+                  "recent turns that fit]", file=out)
+        if len(ids) > room:
+            print(f"[this message does not fit the model's context: its first "
+                  f"{len(ids) - room} tokens are left out]", file=out)
+            ids = ids[-room:]
+        return ids
+
+    def reply(self, user: str, out, header: str = "") -> str:
+        """Stream the model's answer to `user` onto `out` after `header`; the text (partial
+        on Ctrl-C). The model sees the most recent turns that fit (`_window`)."""
         from kzoo.generation import stream
 
         ids, generated, shown, stopped = None, [], "", False
         try:  # Ctrl-C anywhere in here ends the reply, not the chat
-            ids = self.format.prompt_ids(self.system, self.turns, user)
-            room = self.model.max_sequence_length - self.limit
-            if len(ids) > room:
-                print(f"[the conversation is longer than the model's context: the first "
-                      f"{len(ids) - room} tokens are left out]", file=out)
-                ids = ids[-room:]
+            ids = self._window(user, out)
+            out.write(header)
+            out.flush()
             seed = self.settings.get("seed")
             seed = None if seed is None else seed + len(self.turns)
             for token in stream(self.model, ids, max_new_tokens=self.limit,
@@ -216,18 +266,20 @@ class Chat:
         if ids is not None:
             self.turns.append((user, text))
             self.last_prompt, self.last_first = ids, (generated[0] if generated else None)
+            # /odds after a /set temperature must still show what this reply was drawn from
+            self.last_temperature = self.settings.get("temperature")
         return text
 
     def odds(self, k: int = 10):
         """The next-word distribution the last reply's first token was drawn from
-        (`kzoo.generation.next_word_distribution`, at the chat's temperature, or 1)."""
+        (`kzoo.generation.next_word_distribution`, at the temperature that reply was sampled
+        with, or 1)."""
         from kzoo.generation import next_word_distribution
 
         if self.last_prompt is None:
             raise ValueError("no reply yet: /odds shows the odds behind the last reply")
-        temperature = self.settings.get("temperature") or 1.0
-        return next_word_distribution(self.model, self.last_prompt, k, temperature,
-                                      self.tokenizer)
+        return next_word_distribution(self.model, self.last_prompt, k,
+                                      self.last_temperature or 1.0, self.tokenizer)
 
 
 def _parse_value(key: str, text: str):
@@ -284,6 +336,9 @@ def load(args):
     source = find_model_source(args.run_dir, args.model_file, what="RUN_OR_MODEL_DIR")
     tokenizer = resolve_tokenizer(args.tokenizer, source, where="--tokenizer")
     chat_format = choose_format(tokenizer, source, args.template)
+    from kzoo._quiet import probe_devices_quietly
+
+    probe_devices_quietly()  # no "failed call to cuInit" line on a machine without a GPU
     model = source.load_model()
     check_vocab(tokenizer, model.vocab_size, where=str(source.model_path))
     return model, tokenizer, chat_format
@@ -325,24 +380,33 @@ def loop(chat: Chat, read=read_line, out=None) -> int:
                 if not command(chat, line, out):
                     return 0
                 continue
-            out.write("model> ")
-            out.flush()
-            chat.reply(line, out)
+            chat.reply(line, out, header="model> ")
         except ValueError as error:
             print("error: " + " ".join(str(error).split()), file=out)
+        except KeyboardInterrupt:  # Ctrl-C inside a command (/odds runs the model): stop it
+            print(" [stopped]", file=out)
 
 
 def main(argv=None) -> int:
     """`kzoo chat ...`; 0 when the chat ends, 2 on bad input (one `error: ...` line)."""
     args = parse_args(argv)
-    if not Path(args.run_dir).exists():  # before TensorFlow is imported: a quick answer
-        print(f"error: RUN_OR_MODEL_DIR {args.run_dir} does not exist", file=sys.stderr)
+    # Checked before TensorFlow is imported and the model loaded: a quick answer.
+    problem = None
+    if not Path(args.run_dir).exists():
+        problem = f"RUN_OR_MODEL_DIR {args.run_dir} does not exist"
+    elif args.sampler not in SAMPLERS:
+        problem = (f"--sampler {args.sampler!r}: expected one of {', '.join(SAMPLERS)} (a "
+                   "reply streams; beam search picks its tokens only at the end)")
+    elif args.max_new_tokens is not None and args.max_new_tokens < 1:
+        problem = f"--max-new-tokens {args.max_new_tokens}: must be at least 1"
+    if problem:
+        print("error: " + problem, file=sys.stderr)
         return 2
     from kzoo.cli._library import load_library as _load_library
 
-    _load_library()
     settings = {k: v for k, v in vars(args).items() if k in SETTABLE}
     try:
+        _load_library()
         model, tokenizer, chat_format = load(args)
         chat = Chat(model, tokenizer, chat_format, settings, system=args.system)
     except ValueError as error:

@@ -1,5 +1,6 @@
-"""`kzoo chat`: the prompt layouts (against transformers and kzoo's SFT encoding), the in-chat
-commands, and a whole session through a pseudo-terminal (streaming, /odds, Ctrl-C, Ctrl-D)."""
+"""`kzoo chat`: the prompt layouts (against transformers and kzoo's SFT encoding; raw text for a
+pre-trained model), the in-chat commands, a conversation longer than the context, and a whole
+session through a pseudo-terminal (streaming, /odds, Ctrl-C, Ctrl-D)."""
 
 import io
 import os
@@ -41,8 +42,16 @@ def _args(run_dir, *extra):
     return chat_lib.parse_args([str(run_dir), *extra])
 
 
-def test_kzoo_layout_for_a_run_without_template(run_dir):
-    model, tokenizer, fmt = chat_lib.load(_args(run_dir))
+def test_pretrained_model_gets_raw_text_not_the_instruction_layout(run_dir):
+    # No chat template, no SFT config.yaml: a pre-trained model, which never saw
+    # "### Instruction:" headers, continues the raw text (a new line between turns).
+    _, _, fmt = chat_lib.load(_args(run_dir))
+    assert fmt.name.startswith("raw text")
+    assert fmt.prompt_ids(None, [("Hi", "Yo")], "And?") == list(b"HiYo\nAnd?")
+
+
+def test_kzoo_layout_when_asked_for(run_dir):
+    model, tokenizer, fmt = chat_lib.load(_args(run_dir, "--template", "chat"))
     ids = fmt.prompt_ids(None, [("Hi", "Yo")], "And?")
     eot = tokenizer.eot_id
     expected = (list(b"### Instruction:\nHi\n\n### Response:\nYo") + [eot]
@@ -97,8 +106,8 @@ def test_commands_in_process(run_dir):
     chat = chat_lib.Chat(model, tokenizer, fmt, {"sampler": "top_k", "top_k": 5,
                                                  "max_new_tokens": 6, "seed": 1})
     lines = iter(["hello", "/set temperature 0.5", "/set top_k x", "/set nope 1",
-                  "/set max_new_tokens 5000", "/odds 3", "/frobnicate", "again", "/reset",
-                  "/set", "/quit", "never read"])
+                  "/set max_new_tokens 5000", "/set max_new_tokens 0", "/set sampler beam",
+                  "/odds 3", "/frobnicate", "again", "/reset", "/set", "/quit", "never read"])
     out = io.StringIO()
     assert chat_lib.loop(chat, read=lambda prompt: next(lines), out=out) == 0
     text = out.getvalue()
@@ -106,17 +115,22 @@ def test_commands_in_process(run_dir):
     assert "[temperature = 0.5]" in text and chat.settings["temperature"] == 0.5
     assert "error: /set top_k: 'x' is not a number" in text
     assert "error: usage: /set KEY VALUE" in text
-    assert "error: max_new_tokens must be in [1, 1023]" in text and chat.limit == 6
+    # 0 is refused (it meant "the default", 512, without a word), and so is beam search.
+    assert text.count("error: max_new_tokens must be in [1, 1023]") == 2 and chat.limit == 6
+    assert "[max_new_tokens = 0]" not in text
+    assert "error: sampler 'beam': expected one of greedy, random, top_k, top_p, min_p" in text
+    assert chat.settings["sampler"] == "top_k"
     assert "error: unknown command /frobnicate" in text
     assert "[conversation forgotten]" in text and chat.turns == []
     assert "temperature=0.5" in text.splitlines()[-1]
     assert text.count("model> ") == 2
-    # The odds shown are softmax(logits / T) of the prompt the reply began from.
+    # The odds shown are softmax(logits / T) of the prompt the reply began from, with the T
+    # the reply was drawn with (1: "hello" came before /set temperature 0.5), not the current.
     rows = _percentages(text)
     assert len(rows) == 3
     first = fmt.prompt_ids(None, [], "hello")
     logits = np.asarray(model(np.array([first], np.int32)))[0, -1].astype(np.float64)
-    probs = np.exp((logits - logits.max()) / 0.5)
+    probs = np.exp((logits - logits.max()) / 1.0)
     probs /= probs.sum()
     top = np.sort(probs)[::-1][:3]
     assert [float(r) for r in rows] == pytest.approx(list(100 * top), abs=0.051)
@@ -131,6 +145,59 @@ def test_bad_input_is_one_line_exit_2(tmp_path, run_dir, capsys):
     (tmp_path / "empty").mkdir()
     assert chat_lib.main([str(tmp_path / "empty")]) == 2
     assert "does not recognize" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--sampler", "beam"], "--sampler 'beam': expected one of greedy, random, top_k"),
+    (["--max-new-tokens", "0"], "--max-new-tokens 0: must be at least 1"),
+])
+def test_bad_sampler_settings_are_refused_before_the_model_loads(run_dir, capsys, flags,
+                                                                 message):
+    started = time.monotonic()
+    assert chat_lib.main([str(run_dir), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+    assert time.monotonic() - started < 5  # no model load first
+
+
+def test_a_long_conversation_keeps_the_recent_turns_that_fit_and_says_so_once():
+    keras.utils.set_random_seed(0)
+    tokenizer = ByteTokenizer()
+    model = CausalLM(vocab_size=tokenizer.vocab_size, num_layers=1, num_heads=2, hidden_dim=16,
+                     intermediate_dim=32, max_sequence_length=128)
+    fmt = chat_lib.choose_format(tokenizer, None, "chat")
+    chat = chat_lib.Chat(model, tokenizer, fmt, {"sampler": "greedy", "max_new_tokens": 8})
+    room = 128 - 8
+    out = io.StringIO()
+    messages = [f"m{n}" for n in range(6)]  # a turn: ~50 tokens in the ### layout
+    for message in messages:
+        chat.reply(message, out)
+    text = out.getvalue()
+    assert text.count("no longer fits the model's context (128 tokens, 8 of them for the "
+                      "reply)") == 1, text
+    assert "left out" not in text  # every message fits by itself: whole turns only
+    # What the model saw last: the most recent whole turns, as many as fit, then the message.
+    kept = next(k for k in range(len(chat.turns))
+                if len(fmt.prompt_ids(None, chat.turns[k:-1], messages[-1])) <= room)
+    assert 0 < kept < len(chat.turns) - 1
+    assert chat.last_prompt == fmt.prompt_ids(None, chat.turns[kept:-1], messages[-1])
+    chat.reset()
+    chat.reply(messages[0], out)
+    assert chat.last_prompt == fmt.prompt_ids(None, [], messages[0])
+
+
+def test_ctrl_c_inside_a_command_stops_the_command_not_the_chat(run_dir, monkeypatch):
+    model, tokenizer, fmt = chat_lib.load(_args(run_dir))
+    chat = chat_lib.Chat(model, tokenizer, fmt, {"sampler": "greedy", "max_new_tokens": 2})
+
+    def interrupted(k=10):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(chat, "odds", interrupted)
+    lines = iter(["/odds", "/set temperature 0.3", "/quit"])
+    out = io.StringIO()
+    assert chat_lib.loop(chat, read=lambda prompt: next(lines), out=out) == 0
+    assert "[stopped]" in out.getvalue() and "[temperature = 0.3]" in out.getvalue()
 
 
 def _percentages(text: str) -> list[float]:
@@ -232,12 +299,17 @@ def test_ctrl_c_at_the_prompt_exits_0(run_dir):
         term.read_until(r"you> ")
         os.kill(term.pid, signal.SIGINT)
         assert term.wait(timeout=300) == 0  # a loaded CI machine tears TensorFlow down slowly
+        assert "Traceback" not in term.seen and "KeyboardInterrupt" not in term.seen
     finally:
         os.close(term.fd)
 
 
 def test_quit_exits_0_without_a_terminal(run_dir):
+    # The environment a person has: no TF_CPP_MIN_LOG_LEVEL (the command sets 2, which lets
+    # ERROR lines through, such as "failed call to cuInit" on a machine without a GPU).
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     done = subprocess.run([sys.executable, "-m", "kzoo.cli.main", "chat", str(run_dir)],
-                          input="/quit\n", capture_output=True, text=True, timeout=300)
+                          input="/quit\n", capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("kzoo chat with ")
+    assert done.stderr == "", "loading a model prints nothing on stderr"

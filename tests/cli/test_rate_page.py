@@ -99,12 +99,13 @@ def act(page, action) -> None:
 
 
 def progress(page) -> str:
+    page.wait_for_function("document.body.dataset.ready")  # the server's answer, not the HTML's
     return page.inner_text("#progress")
 
 
 def test_clicks_and_shortcuts_write_the_expected_records(browser, served):
     url, out = served
-    page = browser.new_page(viewport={"width": 1100, "height": 720})
+    page = browser.new_page(bypass_csp=True, viewport={"width": 1100, "height": 720})
     page.goto(url)
     expected_pairs, seen = [], []
     for action in ("1", "#right-better", "3", "#both-bad", "edit"):
@@ -148,9 +149,29 @@ def test_clicks_and_shortcuts_write_the_expected_records(browser, served):
     assert meta[4]["edited"] and meta[4]["base"] == "right"
 
 
-def test_thumbs_mode_rates_every_completion_and_survives_reload(browser, served):
+def test_the_page_runs_under_its_content_security_policy(browser, served):
+    # The other tests bypass the policy: Playwright's string predicates are eval'd. Here the
+    # page runs as a person's browser runs it, and another site cannot frame it.
     url, out = served
     page = browser.new_page()
+    refused = []
+    page.on("console", lambda message: refused.append(message.text)
+            if "Content Security Policy" in message.text else None)
+    page.goto(url)
+    page.wait_for_selector("#left-better:visible")
+    page.click("#left-better")
+    page.wait_for_selector("#status:has-text('left better')")
+    assert refused == [] and len(lines(out)) == 1
+    framer = browser.new_page()
+    framer.set_content(f'<iframe src="{url}"></iframe>')
+    framer.wait_for_timeout(1000)
+    frame = framer.frames[-1]
+    assert frame is not framer.main_frame and frame.url.startswith("chrome-error:")
+
+
+def test_thumbs_mode_rates_every_completion_and_survives_reload(browser, served):
+    url, out = served
+    page = browser.new_page(bypass_csp=True)
     page.goto(url)
     page.keyboard.press("t")
     page.wait_for_function("document.getElementById('mode').textContent === 'Mode: thumbs'")
@@ -171,7 +192,7 @@ def test_thumbs_mode_rates_every_completion_and_survives_reload(browser, served)
 def test_reload_and_server_restart_keep_progress(browser, candidates, tmp_path):
     out = tmp_path / "ratings.jsonl"
     url, proc = start(["--candidates", str(candidates)], out)
-    page = browser.new_page()
+    page = browser.new_page(bypass_csp=True)
     page.goto(url)
     judged = []
     for key in ("1", "2"):
@@ -197,7 +218,7 @@ def test_reload_and_server_restart_keep_progress(browser, candidates, tmp_path):
 
 def test_two_tabs_never_record_a_pair_twice(browser, served):
     url, out = served
-    context = browser.new_context()
+    context = browser.new_context(bypass_csp=True)
     tab1, tab2 = context.new_page(), context.new_page()
     tab1.goto(url)
     tab2.goto(url)
@@ -234,7 +255,7 @@ def test_live_sampling_shows_progress_then_pairs(browser, tmp_path):
     url, proc = start(["--run", str(run), "--prompts", str(prompts), "--seed", "5",
                        "--sampler", "top_k", "--top-k", "20", "--max-new-tokens", "6"], out)
     try:
-        page = browser.new_page()
+        page = browser.new_page(bypass_csp=True)
         page.goto(url)
         page.wait_for_selector("#sampling:not([hidden])", timeout=10_000)
         assert "prompts" in page.inner_text("#sampling-text")

@@ -16,6 +16,9 @@ let mode = params.get("mode") === "thumbs" ? "thumbs" : "pairs";
 let unit = null;
 let busy = false;
 let pollTimer = null;
+// Answers can arrive out of order (a mode switch right after the page opens): only the
+// answer to the latest request is shown.
+let asked = 0;
 
 function status(text, isError) {
   $("status").textContent = text;
@@ -23,6 +26,7 @@ function status(text, isError) {
 }
 
 function render(data) {
+  document.body.dataset.ready = "1";  // for tests: the server's answer is on the page
   unit = data.unit;
   $("mode").textContent = "Mode: " + data.mode;
   $("file").textContent = data.title || "";
@@ -69,7 +73,9 @@ async function call(url, body) {
 
 async function next() {
   try {
-    render(await call("/api/next?client=" + encodeURIComponent(client) + "&mode=" + mode));
+    const mine = ++asked;
+    const data = await call("/api/next?client=" + encodeURIComponent(client) + "&mode=" + mode);
+    if (mine === asked) render(data);
   } catch (error) {
     status("Could not reach the server: " + error.message, true);
     pollTimer = setTimeout(next, 2000);
@@ -84,11 +90,12 @@ async function judge(judgement, extra) {
   busy = true;
   document.querySelectorAll("button").forEach((b) => { b.disabled = true; });
   try {
+    const mine = ++asked;
     const data = await call("/api/judge", Object.assign(
         {client: client, mode: mode, id: unit.id, judgement: judgement}, extra || {}));
     status(data.recorded ? "Recorded: " + NAMES[judgement]
                          : "Already judged in another tab: not recorded again", false);
-    render(data);
+    if (mine === asked) render(data);
   } catch (error) {
     status("Not recorded: " + error.message, true);
   } finally {

@@ -1,4 +1,5 @@
-"""The rating page's server: a `ThreadingHTTPServer`, one static page and a JSON API.
+"""The rating page's state and JSON API; `kzoo.cli.rate.asgi` serves it (Starlette on uvicorn,
+with the limits and checks listed there).
 
 API (JSON in and out; `client` is a per-tab id the page keeps in sessionStorage):
 
@@ -16,6 +17,7 @@ Records (see `kzoo.cli.rate.store`): left / right -> `{prompt, chosen: the bette
 rejected: the other}`; edit -> `{prompt, chosen: the corrected text, rejected: the side not
 corrected}` (the better answer, improved, against the worse original); up / down ->
 `{prompt, completion, label: true / false}`; tie and both_bad -> the meta file only.
+Errors are `{"error": "..."}` with a 4xx status (a refused judgement: 400).
 
 Example:
 ```python
@@ -26,25 +28,14 @@ server.serve_forever()
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib import resources
-from urllib.parse import parse_qs, urlsplit
 
-from kzoo.cli.rate.sources import MODES, units
+from kzoo.cli.rate.sources import MODES, JudgementError, units
 
 PAIR_JUDGEMENTS = ("left", "right", "tie", "both_bad", "edit")
 SINGLE_JUDGEMENTS = ("up", "down")
 LEASE_S = 600.0  # a tab holds its unit this long without asking again
-STATIC = {"/": ("page.html", "text/html"), "/rate.js": ("rate.js", "text/javascript"),
-          "/rate.css": ("rate.css", "text/css")}
-
-
-class JudgementError(ValueError):
-    """A judgement the API refuses (answered with HTTP 400 and the message)."""
 
 
 class RateApp:
@@ -55,6 +46,9 @@ class RateApp:
         store: RatingStore. where judgements go; its `judged` ids are skipped.
         provenance: dict. {"model", "sampler", ...} recorded with every judgement.
         live: LiveSampler or None. items sampled in the background.
+        title: str. what the page's header names (the --out file).
+        judged_before: int. prompts judged in earlier sessions and not sampled again (live
+            sampling): counted in the progress, one unit each in pairs mode, two in thumbs.
 
     Example:
     ```python
@@ -63,8 +57,10 @@ class RateApp:
     ```
     """
 
-    def __init__(self, items, store, provenance: dict, live=None, title: str = ""):
+    def __init__(self, items, store, provenance: dict, live=None, title: str = "",
+                 judged_before: int = 0):
         self.store, self.provenance, self.live, self.title = store, provenance, live, title
+        self.judged_before = judged_before
         self._items = list(items or [])
         self._units = {mode: units(self._items, mode) for mode in MODES}
         self._seen_live = 0
@@ -119,9 +115,12 @@ class RateApp:
             sampling = {"done": self.live.done, "total": self.live.total,
                         "running": self.live.running, "error": self.live.error}
         total = len(all_units)
+        per_item = 1 if mode == "pairs" else 2
         if self.live is not None:  # prompts still to sample count too
-            per_item = 1 if mode == "pairs" else 2
             total += per_item * (self.live.total - self.live.done)
+        # After a restart the prompts judged before are not sampled again: still part of the work.
+        judged += per_item * self.judged_before
+        total += per_item * self.judged_before
         shown = None if unit is None else {k: unit[k] for k in
                                            ("id", "kind", "prompt", "completions")}
         return {"unit": shown, "mode": mode, "title": self.title, "sampling": sampling,
@@ -182,91 +181,30 @@ class RateApp:
                 {"base": base, "original": shown[better], "edited": text != shown[better]})
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server_version = "kzoo-rate"
-    app: RateApp  # set on the subclass make_server builds
-
-    def log_message(self, format, *args):  # noqa: A002  one line per request would drown stdout
-        pass
-
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type + "; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _json(self, status: int, obj: dict) -> None:
-        self._send(status, json.dumps(obj, ensure_ascii=False).encode("utf-8"),
-                   "application/json")
-
-    def _foreign(self) -> bool:
-        """A request another site could have made: refused (answered 403).
-
-        On a loopback address the Host header must name it (a DNS-rebinding page names its
-        own host), and a judgement must be `application/json`, which a cross-site form or
-        `fetch` cannot send without a CORS preflight this server never allows.
-        """
-        host, port = self.server.server_address[:2]
-        if host in ("127.0.0.1", "::1") and self.headers.get("Host") not in (
-                f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"):
-            return True
-        return self.command == "POST" and not self.headers.get(
-            "Content-Type", "").startswith("application/json")
-
-    def do_GET(self):  # noqa: N802  the name http.server calls
-        if self._foreign():
-            return self._json(HTTPStatus.FORBIDDEN, {"error": "not from this page"})
-        url = urlsplit(self.path)
-        if url.path in STATIC:
-            name, content_type = STATIC[url.path]
-            body = resources.files("kzoo.cli.rate").joinpath(name).read_bytes()
-            return self._send(HTTPStatus.OK, body, content_type)
-        if url.path == "/api/next":
-            query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-            try:
-                payload = self.app.next_payload(query.get("client", ""),
-                                                query.get("mode", "pairs"))
-            except JudgementError as error:
-                return self._json(HTTPStatus.BAD_REQUEST, {"error": str(error)})
-            return self._json(HTTPStatus.OK, payload)
-        return self._json(HTTPStatus.NOT_FOUND, {"error": f"no such path {url.path}"})
-
-    def do_POST(self):  # noqa: N802
-        if self._foreign():
-            return self._json(HTTPStatus.FORBIDDEN, {"error": "not from this page"})
-        if urlsplit(self.path).path != "/api/judge":
-            return self._json(HTTPStatus.NOT_FOUND, {"error": f"no such path {self.path}"})
-        try:
-            length = int(self.headers.get("Content-Length", "0"))
-            body = json.loads(self.rfile.read(length) or b"{}")
-            if not isinstance(body, dict):
-                raise JudgementError("the request body must be a JSON object")
-            payload = self.app.judge(body)
-        except (JudgementError, json.JSONDecodeError) as error:
-            return self._json(HTTPStatus.BAD_REQUEST, {"error": str(error)})
-        return self._json(HTTPStatus.OK, payload)
-
-
-def make_server(host: str = "127.0.0.1", port: int = 8765, app: RateApp | None = None):
-    """A bound, not yet serving `ThreadingHTTPServer`; set its app with `attach` if not given.
+def make_server(host: str = "127.0.0.1", port: int = 8765, app: RateApp | None = None,
+                token: str | None = None):
+    """A bound, not yet serving `kzoo.cli.rate.asgi.RateServer` (Starlette on uvicorn); set
+    its app with `attach` if not given.
 
     Bound before the store is opened, so a port in use leaves no file behind.
+
+    Args:
+        host: str. the address to listen on.
+        port: int. the port, 0 for any free one.
+        app: RateApp or None. what it serves.
+        token: str or None. required on every request when set (see `kzoo.cli.rate.asgi`).
 
     Raises:
         ValueError: one line when the port is in use or the host cannot be bound.
     """
-    handler = type("Handler", (_Handler,), {"app": app})
-    try:
-        server = ThreadingHTTPServer((host, port), handler)
-    except OSError as error:
-        raise ValueError(f"--port {port}: cannot listen on {host}:{port} ({error.strerror}); "
-                         "is another kzoo rate running? pick another --port") from None
-    server.daemon_threads = True
-    return server
+    from kzoo.cli.rate.asgi import RateServer
+
+    return RateServer(host, port, app, token)
 
 
-def attach(server: ThreadingHTTPServer, app: RateApp) -> None:
+def attach(server, app: RateApp) -> None:
     """Serve `app` from `server` (made by `make_server`)."""
-    server.RequestHandlerClass.app = app
+    server.app = app
+
+
+__all__ = ["JudgementError", "RateApp", "attach", "make_server"]

@@ -39,6 +39,11 @@ SAMPLERS = ("random", "top_k", "top_p", "min_p")  # two draws of greedy or beam 
 SAMPLER_KNOBS = ("temperature", "top_k", "top_p", "min_p")
 
 
+class JudgementError(ValueError):
+    """A request the rating API refuses: an unknown unit, mode or judgement (HTTP 400 with the
+    message). Here, not in the server module, so that both HTTP and state code can raise it."""
+
+
 def _digest(*parts) -> str:
     return hashlib.sha1(json.dumps(parts, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
 
@@ -106,9 +111,21 @@ def read_prompts(path: str | Path) -> list[str]:
     return list(dict.fromkeys(prompts))  # a repeated prompt is rated once
 
 
-def prompt_id(prompt: str) -> str:
-    """The id of a live-sampled item: its prompt's hash, so a restart skips judged prompts."""
-    return _digest(prompt)
+SETTING = ("model", "model_file", "sampler", "max_new_tokens", "template")
+
+
+def prompt_id(prompt: str, setting: dict | None = None) -> str:
+    """The id of a live-sampled item: a hash of its prompt and of what sampled it.
+
+    A restart with the same model and sampler skips the prompts judged before; another model
+    or sampler settings (rated into the same --out) makes new items.
+
+    Args:
+        prompt: str. the prompt as written in the prompts file.
+        setting: dict or None. {"model", "model_file", "sampler", "max_new_tokens",
+            "template"} (see `SETTING`); None: the prompt alone, the id an older kzoo gave.
+    """
+    return _digest(prompt) if setting is None else _digest(prompt, setting)
 
 
 def units(items: list[dict], mode: str) -> list[dict]:
@@ -170,6 +187,7 @@ class LiveSampler:
             `template.format(prompt)`, or with "chat" the prompt as a user turn in the
             tokenizer's chat template;
             the records keep the prompt itself (train with the same `data.template`).
+        setting: dict or None. what sampled the items, part of their ids (`prompt_id`).
 
     Attributes:
         items: list[dict]. items sampled so far (read under `lock`).
@@ -183,8 +201,9 @@ class LiveSampler:
     """
 
     def __init__(self, model, tokenizer, prompts, sampler, provenance, seed: int,
-                 max_new_tokens: int = 64, indices=None, template=None):
+                 max_new_tokens: int = 64, indices=None, template=None, setting=None):
         self.model, self.tokenizer, self.sampler = model, tokenizer, sampler
+        self.setting = setting
         self.prompts = list(prompts)
         self.indices = list(indices) if indices is not None else list(range(len(prompts)))
         self.provenance, self.seed, self.max_new_tokens = provenance, seed, max_new_tokens
@@ -221,7 +240,7 @@ class LiveSampler:
                 result = generate(self.model, [text, text], self.max_new_tokens,
                                   self.sampler, self.tokenizer, seed=seed, truncate=True,
                                   stop_token_ids=self.tokenizer.stop_token_ids)
-                item = {"id": prompt_id(prompt), "prompt": prompt,
+                item = {"id": prompt_id(prompt, self.setting), "prompt": prompt,
                         "completions": list(result.texts),
                         "meta": {**self.provenance, "seed": seed, "prompt_index": index}}
                 with self.lock:

@@ -66,6 +66,10 @@ def _complete_lines(path: Path) -> list[str]:
     return [line for line in data[:end].decode("utf-8").split("\n") if line.strip()]
 
 
+def _setting(entry: dict) -> dict:
+    return {k: entry.get(k) for k in ("model", "sampler", "max_new_tokens", "template")}
+
+
 def _line(obj: dict) -> bytes:
     return (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
 
@@ -78,6 +82,8 @@ class RatingStore:
 
     Attributes:
         judged: set[str]. ids of the units judged so far (from every session).
+        setting_of: dict. unit id -> its judgement's {model, sampler, max_new_tokens,
+            template} (how an older kzoo's prompt-hash ids are matched to a sampling).
         counts: dict. {"pairs": n, "kto": m, "none": k} training records written (none: ties
             and both-bad).
 
@@ -103,6 +109,7 @@ class RatingStore:
                              f"({self.paths['meta']} is locked)") from None
         self._fds: dict[str, int] = {}
         self.judged: set[str] = set()
+        self.setting_of: dict[str, dict] = {}
         self.counts = {"pairs": 0, "kto": 0, "none": 0}
         self._recover()
 
@@ -118,6 +125,7 @@ class RatingStore:
                 raise ValueError(f"{self.paths['meta']} line {number}: expected an object with "
                                  "a string 'id' (the unit judged)")
             self.judged.add(entry["id"])
+            self.setting_of[entry["id"]] = _setting(entry)
             if entry.get("file") in KINDS:
                 expected[entry["file"]].append(entry["record"])
             else:
@@ -161,6 +169,7 @@ class RatingStore:
             if kind is not None:
                 self._append(kind, _line(record))
             self.judged.add(unit_id)
+            self.setting_of[unit_id] = _setting(entry)
             self.counts[kind or "none"] += 1
         return True
 
