@@ -245,8 +245,15 @@ def dpo_rounds(config: LoopConfig, base: CausalLM, tokenizer, problems, held_out
                     "held_out_logs": {k: float(v) for k, v in logs.items()}}
 
 
-def run_feedback_loop(config: LoopConfig, log=print) -> dict:
+def run_feedback_loop(config: LoopConfig, log=print, score=None) -> dict:
     """Run the whole loop and return the report (JSON-serialisable dict).
+
+    Args:
+        config: LoopConfig. the loop.
+        log: callable. progress lines.
+        score: callable or None. `score(model, tokenizer)` -> {task: {metric: value}} (a
+            recipe's `RecipeEval.score`): the pre-trained model, the DPO policy and the
+            control are scored with it, into `report["eval"]` (before, after, change, control).
 
     Example:
     ```python
@@ -289,6 +296,7 @@ def run_feedback_loop(config: LoopConfig, log=print) -> dict:
     before_samples = sample(base, tokenizer, held_out, eval_n, s + 3)
     before = {"rate": correct_rate(before_samples), "val_loss": validation_loss(base, val_rows),
               "val_answer_loss": validation_loss(base, val_rows, answer_only=True)}
+    scored = {"before": score(base, tokenizer)} if score else {}
 
     def measure(policy):
         samples = sample(policy, tokenizer, held_out, eval_n, s + 4)
@@ -304,6 +312,8 @@ def run_feedback_loop(config: LoopConfig, log=print) -> dict:
     policy, info = dpo_rounds(config, base, tokenizer, train_problems, held_arrays, rng, log=log)
     after_samples, after = measure(policy)
     after["implicit_reward_accuracy"] = info["held_out_logs"]["rewards/accuracy"]
+    if score:
+        scored["after"] = score(policy, tokenizer)
     report = {
         "config": dataclasses.asdict(config),
         "problems": {"train": len(train_problems), "held_out": len(held_out)},
@@ -325,6 +335,14 @@ def run_feedback_loop(config: LoopConfig, log=print) -> dict:
         control["flipped_pairs"] = cinfo["flipped"]
         control["pairs_per_round"] = cinfo["pairs_per_round"]
         report["control"] = control
+        if score:
+            scored["control"] = score(control_policy, tokenizer)
+    if score:
+        from kzoo.training.evaluation import compare
+
+        report["eval"] = compare(scored["before"], scored["after"])
+        if "control" in scored:
+            report["eval"]["control"] = scored["control"]
     n = report["samples_per_rate"]
     p = before["rate"]
     report["rate_standard_error"] = float(np.sqrt(max(p * (1 - p), 1e-12) / n))

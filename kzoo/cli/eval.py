@@ -15,6 +15,7 @@ by default MODEL/eval for a run folder and ./kzoo-eval/NAME otherwise. Exit code
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -42,7 +43,21 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", help="dtype of a converted Hugging Face or keras-hub model "
                         "(float32, bfloat16, mixed_bfloat16)")
     parser.add_argument("--seed", type=int, default=0, help="seed of few-shot choices (0)")
+    parser.add_argument("--metadata", default="{}", metavar="JSON",
+                        help="a JSON object handed to every task, as lm-eval's --metadata (e.g. "
+                        "'{\"shakespeare_path\": \"data/tinyshakespeare.txt\"}')")
     return parser.parse_args(argv)
+
+
+def parse_metadata(text: str) -> dict:
+    """--metadata's JSON object; a ValueError (one line) for anything else."""
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"--metadata is not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"--metadata must be a JSON object ({{\"key\": value}}); got {text}")
+    return value
 
 
 def _error(message: str) -> int:
@@ -84,6 +99,7 @@ def main(argv=None) -> int:
 
         tasks = parse_tasks(args.tasks)
         check_include_paths(args.include_paths)
+        metadata = parse_metadata(args.metadata)
     except ValueError as error:
         return _error(str(error))
     try:
@@ -98,7 +114,8 @@ def main(argv=None) -> int:
     try:
         prepared = prepare(args.model, tasks, batch_size=args.batch_size,
                            include_paths=args.include_paths, tokenizer=args.tokenizer,
-                           dtype=args.dtype, model_file=args.model_file, seed=args.seed)
+                           dtype=args.dtype, model_file=args.model_file, seed=args.seed,
+                           metadata=metadata)
     except ValueError as error:
         return _error(str(error))
     output = run(prepared, limit=limit, num_fewshot=args.num_fewshot, seed=args.seed)

@@ -31,6 +31,7 @@ from lm_eval.models.utils import (
 from tqdm import tqdm
 
 from kzoo.eval.scoring import LoglikelihoodScorer
+from kzoo.generation.inputs import fine_bucket
 
 logger = logging.getLogger("kzoo.eval")
 SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
@@ -284,9 +285,12 @@ class KzooLM(TemplateLM):
         key = json.dumps(settings, sort_keys=True)
         if key not in self._generators:
             sampler = Sampler(**settings, seed=self.seed) if do_sample else "greedy"
+            # Fine prompt buckets: a task's prompts share a few lengths, and their prefill is
+            # most of the work when few tokens are generated.
             self._generators[key] = Generator(self.model, sampler=sampler,
                                               tokenizer=self.tokenizer,
-                                              jit_compile=self.jit_compile)
+                                              jit_compile=self.jit_compile,
+                                              prompt_bucket=fine_bucket)
         return self._generators[key]
 
     def get_model_info(self) -> dict:

@@ -90,7 +90,7 @@ def _missing_file(name: str, error: FileNotFoundError) -> str:
 
 
 def prepare(model, tasks, batch_size=8, include_paths=(), tokenizer="auto", dtype=None,
-            model_file="model.keras", seed=0) -> dict:
+            model_file="model.keras", seed=0, metadata=None) -> dict:
     """Load the tasks (with their data), then the model: everything that can be wrong with
     the input fails here, as one-line ValueErrors, before anything runs.
 
@@ -101,7 +101,7 @@ def prepare(model, tasks, batch_size=8, include_paths=(), tokenizer="auto", dtyp
     os.environ["HF_HUB_OFFLINE"] = "1"
     from kzoo.eval import KzooLM, task_manager
 
-    manager = task_manager(check_include_paths(include_paths))
+    manager = task_manager(check_include_paths(include_paths), metadata)
     objects = load_tasks(list(tasks), manager)
     lm = model if isinstance(model, KzooLM) else KzooLM(
         pretrained=str(model), tokenizer=tokenizer, batch_size=batch_size, dtype=dtype,
@@ -121,7 +121,7 @@ def run(prepared: dict, limit=None, num_fewshot=None, log_samples=False, seed=0)
 
 def evaluate(model, tasks, limit=None, batch_size=8, include_paths=(), tokenizer="auto",
              dtype=None, model_file="model.keras", num_fewshot=None, log_samples=False,
-             seed=0) -> dict:
+             seed=0, metadata=None) -> dict:
     """lm-eval's `simple_evaluate` of a kzoo model on `tasks`, offline.
 
     Args:
@@ -136,12 +136,14 @@ def evaluate(model, tasks, limit=None, batch_size=8, include_paths=(), tokenizer
         num_fewshot: int or None. override the tasks' few-shot count.
         log_samples: bool. keep every request and answer in the output ("samples").
         seed: int. lm-eval's seeds (few-shot choice) and sampled generations.
+        metadata: dict or None. handed to every task (the data paths of the tasks that
+            `kzoo.eval.derived` makes, `max_operand`, ...).
 
     Returns:
         dict. lm-eval's output: "results", "configs", "versions", "n-shot", ...
     """
     prepared = prepare(model, tasks, batch_size, include_paths, tokenizer, dtype, model_file,
-                       seed)
+                       seed, metadata)
     return run(prepared, limit, num_fewshot, log_samples, seed)
 
 

@@ -25,23 +25,13 @@ import numpy as np
 from keras import ops
 
 from kzoo import backend
-from kzoo.generation.inputs import bucket
+from kzoo.generation.inputs import bucket, fine_bucket
 
 logger = logging.getLogger("kzoo.eval")
 
 
-def length_bucket(n: int) -> int:
-    """The padded length of a batch whose longest row has `n` tokens: a power of two up to 64,
-    then a multiple of an eighth of the next power of two (72 -> 80, 200 -> 224), so padding
-    wastes at most an eighth of a forward and an octave of lengths has at most 8 programs.
-
-    Example: `[length_bucket(n) for n in (5, 40, 75, 130)]` is `[16, 64, 80, 160]`.
-    """
-    top = bucket(n)
-    if top <= 64:
-        return top
-    step = top // 8
-    return -(-n // step) * step
+# The scorer's padded lengths: fine buckets (see `kzoo.generation.inputs.fine_bucket`).
+length_bucket = fine_bucket
 
 
 class LoglikelihoodScorer:
@@ -67,6 +57,7 @@ class LoglikelihoodScorer:
         self.max_length = int(max_length or model.max_sequence_length)
         self.trace_count = 0
         self.warned = False
+        self.warned_long = False
         self._forward = backend.compile_function(
             self._program, lambda: model.variables, jit_compile, on_trace=self._count)
 
@@ -100,20 +91,43 @@ class LoglikelihoodScorer:
         """(sum of log p, whether every continuation token is the argmax) per request.
 
         Requests whose model input is the same (the choices of a multiple-choice question
-        whose answers are one token, say) share one row of the batch.
+        whose answers are one token, say) share one row of the batch. A continuation longer
+        than the model's context is scored in pieces of `max_length` tokens, each after the
+        tokens before it (cut from the left), and the pieces summed: the log-likelihood the
+        model's window allows (lm-eval's `hf` model has no answer for it; said once).
 
         Args:
-            requests: list of (context_ids, continuation_ids). the context is non-empty, the
-                continuation non-empty and at most `max_length` tokens.
+            requests: list of (context_ids, continuation_ids). both non-empty.
             progress: callable or None. called with the number of requests just scored.
         """
-        rows: dict[tuple, list] = {}  # model input -> [(request index, last target, cont len)]
+        pieces, owners = [], []
         for index, (context, continuation) in enumerate(requests):
             if not continuation:
                 raise ValueError("a log-likelihood request has an empty continuation")
-            if len(continuation) > self.max_length:
-                raise ValueError(f"a continuation of {len(continuation)} tokens is longer than "
-                                 f"the model's context ({self.max_length})")
+            if len(continuation) > self.max_length and not self.warned_long:
+                logger.warning(
+                    "a continuation of %d tokens is longer than the model's context of %d; it "
+                    "is scored in pieces of %d tokens, each after the tokens before it; this "
+                    "is said once", len(continuation), self.max_length, self.max_length)
+                self.warned_long = True
+            for start in range(0, len(continuation), self.max_length):
+                pieces.append((list(context) + list(continuation[:start]),
+                               continuation[start:start + self.max_length]))
+                owners.append(index)
+        last = {owner: i for i, owner in enumerate(owners)}  # a request's last piece
+
+        def done(indices):  # the progress of requests, not of pieces
+            if progress is not None:
+                progress(sum(last[owners[i]] == i for i in indices))
+        totals = [[0.0, True] for _ in requests]
+        for owner, (logp, greedy) in zip(owners, self._score(pieces, done)):
+            totals[owner][0] += logp
+            totals[owner][1] = totals[owner][1] and greedy
+        return [(logp, greedy) for logp, greedy in totals]
+
+    def _score(self, requests, done) -> list[tuple[float, bool]]:
+        rows: dict[tuple, list] = {}  # model input -> [(request index, last target, cont len)]
+        for index, (context, continuation) in enumerate(requests):
             tokens, _ = self.fit(context, continuation)
             rows.setdefault(tuple(tokens), []).append((index, int(continuation[-1]),
                                                        len(continuation)))
@@ -127,8 +141,7 @@ class LoglikelihoodScorer:
             chunk = order[start:start + self.batch_size]
             for index, answer in self._batch([(t, rows[t]) for t in chunk], size, width):
                 results[index] = answer
-            if progress is not None:
-                progress(sum(len(rows[t]) for t in chunk))
+            done([member[0] for t in chunk for member in rows[t]])
         return results
 
     def _batch(self, chunk, size: int, width: int):

@@ -27,7 +27,8 @@ from pathlib import Path
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 DATA_DIR = TASKS_DIR / "data"
-SUITE = ("kzoo_pydocs_ppl", "kzoo_arith_mc", "kzoo_arith_gen")
+SUITE = ("kzoo_pydocs_ppl", "kzoo_arith_mc", "kzoo_arith_gen", "kzoo_shakespeare_mc",
+         "kzoo_instruct_ll", "kzoo_sums_gen")
 # The pretraining recipes hold the last 10% of the pydocs token stream out; the passages come
 # from the last 8% of its characters, inside that tail whatever the tokenizer.
 PYDOCS_TAIL = 0.08

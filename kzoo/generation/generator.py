@@ -75,6 +75,10 @@ class Generator:
             model quantized with Keras' `model.quantize`); "reference" runs the model's own
             `call_with_cache`; "float32", "bfloat16" or "int8" snapshot the weights now with
             `quantize_for_generation`; or a `GenerationWeights` made earlier.
+        prompt_bucket: callable or None. the padded prompt length P for the longest prompt
+            of a call; None: the power of two above it (`kzoo.generation.inputs.bucket`).
+            `kzoo.generation.inputs.fine_bucket` pads less for a few more programs (the
+            lm-eval model uses it: its prompts' prefill is most of the work).
 
     Example:
     ```python
@@ -88,13 +92,14 @@ class Generator:
     """
 
     def __init__(self, model, sampler="greedy", tokenizer=None, jit_compile=True, pad_id=0,
-                 weights=None):
+                 weights=None, prompt_bucket=None):
         self.model = model
         self.jit_compile = bool(jit_compile)
         self.decoder = _decoder(model, weights, self.jit_compile)
         self.sampler = samplers_lib.get(sampler)
         self.tokenizer = tokenizer
         self.pad_id = int(pad_id)
+        self.prompt_bucket = prompt_bucket or inputs_lib.bucket
         self.trace_count = 0
         self._functions = {}
 
@@ -129,7 +134,7 @@ class Generator:
         )
         id_lists = inputs_lib.fit_context(id_lists, max_new_tokens, context, truncate)
         return id_lists, is_text, inputs_lib.left_pad(id_lists, max_new_tokens, context,
-                                                      self.pad_id)
+                                                      self.pad_id, self.prompt_bucket)
 
     def _stops(self, stop_token_ids, stop_sequences):
         return inputs_lib.stop_table(

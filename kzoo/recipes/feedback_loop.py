@@ -22,6 +22,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from kzoo.alignment.feedback_loop import LoopConfig  # noqa: E402
+from kzoo.training.evaluation import EvalConfig, RecipeEval  # noqa: E402
 from kzoo.training.recipe import run_recipe  # noqa: E402
 
 
@@ -29,22 +30,41 @@ from kzoo.training.recipe import run_recipe  # noqa: E402
 class FeedbackConfig:
     run_dir: str = "runs/feedback_loop"
     loop: LoopConfig = dataclasses.field(default_factory=LoopConfig)
+    # lm-eval tasks scored on the pre-trained model, the DPO policy and the control, into
+    # report.json's "eval" and the report's table (kzoo.training.evaluation); kzoo_sums_gen's
+    # max_operand defaults to the loop's
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+
+def eval_columns(report: dict) -> list[tuple[str, str]]:
+    """The (task, metric) pairs of the report's lm-eval scores, in a fixed order."""
+    before = (report.get("eval") or {}).get("before") or {}
+    return [(task, metric) for task in sorted(before) for metric in sorted(before[task])]
+
+
+def _eval_cells(report: dict, which: str) -> str:
+    scores = (report.get("eval") or {}).get(which) or {}
+    return "".join(f" {scores.get(task, {}).get(metric, float('nan')):.4g} |"
+                   for task, metric in eval_columns(report))
 
 
 def markdown(report: dict) -> str:
     """The report's figures as a markdown table plus before/after samples."""
-    rows = [("before (pre-trained)", report["before"])]
-    rows.append(("after DPO", report["after"]))
+    rows = [("before (pre-trained)", "before", report["before"])]
+    rows.append(("after DPO", "after", report["after"]))
     if "control" in report:
-        rows.append(("control (shuffled preferences)", report["control"]))
+        rows.append(("control (shuffled preferences)", "control", report["control"]))
+    columns = eval_columns(report)
     lines = ["| model | correct rate | val loss | val loss, answer tokens | KL to reference "
-             "| held-out implicit-reward acc. |", "|---|---|---|---|---|---|"]
-    for name, r in rows:
+             "| held-out implicit-reward acc. |"
+             + "".join(f" {task} {metric.split(',')[0]} |" for task, metric in columns),
+             "|---|---|---|---|---|---|" + "---|" * len(columns)]
+    for name, which, r in rows:
         kl = r.get("kl_to_reference")
         acc = r.get("implicit_reward_accuracy")
         lines.append(f"| {name} | {r['rate']:.1%} | {r['val_loss']:.4f} | "
                      f"{r['val_answer_loss']:.4f} | {'' if kl is None else f'{kl:.3f}'} | "
-                     f"{'' if acc is None else f'{acc:.1%}'} |")
+                     f"{'' if acc is None else f'{acc:.1%}'} |" + _eval_cells(report, which))
     b, a = report["before"], report["after"]
     lines += [
         "",
@@ -63,12 +83,15 @@ def markdown(report: dict) -> str:
 
 def run(config: FeedbackConfig) -> dict:
     from kzoo.alignment.feedback_loop import run_feedback_loop
-    from kzoo.training import open_run, save_config
+    from kzoo.training import open_run, rerun_header, save_config
 
+    config.eval.metadata.setdefault("max_operand", config.loop.max_operand)
+    evaluation = RecipeEval(config.eval)  # tasks and their data checked before any work
     with open_run(config.run_dir, "feedback_loop") as run:
         save_config(config, run.config,
-                    header="python recipes/feedback_loop.py --config <this file>")
-        report = run_feedback_loop(config.loop)
+                    header=rerun_header("feedback-loop", run.config))
+        report = run_feedback_loop(config.loop,
+                                   score=evaluation.score if evaluation.enabled else None)
         (run.root / "report.json").write_text(json.dumps(report, indent=1))
         (run.root / "report.md").write_text(markdown(report))
         run.mark("feedback_loop", "finished")

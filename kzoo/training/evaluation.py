@@ -28,6 +28,8 @@ class EvalConfig:
     limit: int | None = checked(None, "positive")  # the first N documents of each task
     batch_size: int = checked(8, "positive")
     include_path: list[str] = dataclasses.field(default_factory=list)  # more task folders
+    # handed to every task (lm-eval's --metadata): data paths, kzoo_sums_gen's max_operand
+    metadata: dict = dataclasses.field(default_factory=dict)
 
 
 class RecipeEval:
@@ -53,7 +55,7 @@ class RecipeEval:
         from kzoo.eval import task_manager
         from kzoo.eval.run import check_include_paths, load_tasks
 
-        self.manager = task_manager(check_include_paths(config.include_path))
+        self.manager = task_manager(check_include_paths(config.include_path), config.metadata)
         self.tasks = load_tasks(list(config.tasks), self.manager)
 
     def score(self, model, tokenizer) -> dict | None:
@@ -71,7 +73,7 @@ class RecipeEval:
                                       fewshot_random_seed=0)
         return {task: {k: float(v) for k, v in metrics.items()
                        if isinstance(v, int | float) and not isinstance(v, bool)
-                       and "stderr" not in k}
+                       and "stderr" not in k and k != "sample_len"}  # a count, not a score
                 for task, metrics in out["results"].items()}
 
 

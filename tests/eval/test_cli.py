@@ -23,14 +23,15 @@ metric_list:
 
 
 def test_run_folder_gets_results_and_table(tiny, capsys):
-    assert main(["eval", str(tiny["run"]), "--tasks", "kzoo_arith_mc,kzoo_arith_gen",
-                 "--limit", "3", "--batch-size", "2"]) == 0
+    assert main(["eval", str(tiny["run"]), "--tasks", "kzoo_arith_mc,kzoo_arith_gen,kzoo_sums_gen",
+                 "--limit", "3", "--batch-size", "2", "--metadata", '{"max_operand": 4}']) == 0
     out = capsys.readouterr().out
     assert "kzoo_arith_mc" in out and "acc_centered" in out and "exact_match" in out
     results = json.loads((tiny["run"] / "eval" / "results.json").read_text())
     mc = results["results"]["kzoo_arith_mc"]
     assert mc["acc_centered,none"] == pytest.approx((mc["acc,none"] - 0.25) / 0.75)
     assert results["n-samples"]["kzoo_arith_gen"]["effective"] == 3
+    assert results["n-samples"]["kzoo_sums_gen"]["original"] == 16  # --metadata reached it
     table = (tiny["run"] / "eval" / "results.md").read_text()
     assert table.startswith("|") and "kzoo_arith_gen" in table
 
@@ -57,6 +58,10 @@ def test_bad_input_is_one_line_and_exit_2(tiny, tmp_path, capsys):
     assert "unknown task 'kzoo_arth_mc'" in line and "kzoo_arith_mc" in line
     assert main(["eval", str(tiny["hf"]), "--tasks", "kzoo_arith_mc", "--limit", "0"]) == 2
     assert "--limit must be positive" in one_error_line(capsys)
+    assert main(["eval", str(tiny["hf"]), "--tasks", "kzoo_arith_mc", "--metadata", "[1]"]) == 2
+    assert "--metadata must be a JSON object" in one_error_line(capsys)
+    assert main(["eval", str(tiny["hf"]), "--tasks", "kzoo_arith_mc", "--metadata", "{a"]) == 2
+    assert "--metadata is not JSON" in one_error_line(capsys)
 
 
 def test_missing_data_and_downloads_name_the_task(tmp_path, monkeypatch):

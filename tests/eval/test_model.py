@@ -79,6 +79,26 @@ def test_long_requests_are_cut_from_the_left_with_one_warning(tiny, caplog):
         assert abs(logp - _expected(tiny["model"], cut, continuation)[0]) < 1e-4
 
 
+def test_a_continuation_longer_than_the_context_is_scored_in_pieces(tiny, caplog):
+    from kzoo.eval import KzooLM
+
+    fresh = KzooLM(model=tiny["model"], tokenizer=tiny["tokenizer"], batch_size=2)
+    rng = np.random.default_rng(2)
+    context, continuation = rng.integers(1, 300, 10).tolist(), rng.integers(1, 300, 150).tolist()
+    short = (rng.integers(1, 300, 6).tolist(), rng.integers(1, 300, 3).tolist())
+    ticks = []
+    with caplog.at_level(logging.WARNING, logger="kzoo.eval"):
+        got = fresh.scorer.score([(context, continuation), short], progress=ticks.append)
+    # 150 tokens = pieces of 64, 64 and 22, each predicted after the tokens before it
+    want = sum(_expected(tiny["model"], context + continuation[:start],
+                         continuation[start:start + CONTEXT])[0] for start in (0, 64, 128))
+    assert abs(got[0][0] - want) < 1e-3 and got[0][1] is False
+    assert abs(got[1][0] - _expected(tiny["model"], *short)[0]) < 1e-4
+    assert sum(ticks) == 2  # requests, not pieces
+    said = [r for r in caplog.records if "scored in pieces" in r.message]
+    assert len(said) == 1 and "150 tokens" in said[0].message
+
+
 def test_rolling_loglikelihood_is_the_sum_over_lm_evals_windows(lm, tiny):
     from lm_eval.api.instance import Instance
 

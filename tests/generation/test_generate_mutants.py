@@ -184,6 +184,20 @@ def test_left_pad_buckets_and_positions():
     assert inputs_lib.bucket(3, minimum=1) == 4 and inputs_lib.bucket(1, minimum=1) == 1
 
 
+def test_fine_prompt_buckets_pad_less_and_generate_the_same_tokens():
+    assert [inputs_lib.fine_bucket(n) for n in (5, 40, 64, 65, 75, 130, 200)] == [
+        16, 64, 64, 80, 80, 160, 224]
+    fine = inputs_lib.left_pad([list(range(1, 76))], max_new_tokens=4, context=256,
+                               prompt_bucket=inputs_lib.fine_bucket)
+    assert fine.token_ids.shape == (1, 80)  # a power of two would be 128
+    gpt = CausalLM.from_preset("gpt_nano", vocab_size=96, max_sequence_length=256)
+    prompts = [list(range(3, 3 + n)) for n in (70, 75, 41)]
+    plain = Generator(gpt, **GRAPH).generate(prompts, max_new_tokens=5)
+    padded_less = Generator(gpt, prompt_bucket=inputs_lib.fine_bucket, **GRAPH)
+    assert padded_less.generate(prompts, max_new_tokens=5).token_ids == plain.token_ids
+    assert padded_less._prepare(prompts, 5, None, False)[2].token_ids.shape == (3, 80)
+
+
 def test_compile_mode_and_defaults_reach_the_generator(gpt):
     assert get_generator(gpt, "greedy", jit_compile=False).jit_compile is False
     assert get_generator(gpt, "greedy").jit_compile is True  # XLA unless asked otherwise

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from kzoo.models import list_presets
 from tests.helpers import load_recipe
@@ -123,6 +124,15 @@ def test_one_tiny_step(path, tmp_path, tiny_text, request):
             "loop.control=false", "loop.num_show=1",
         ])])
         assert code == 0
+        report = json.loads((run_dir / "report.json").read_text())
+        tasks = (yaml.safe_load(path.read_text()).get("eval") or {}).get("tasks") or []
+        assert set((report.get("eval") or {}).get("before") or {}) == set(tasks)
+        for task, metrics in (report.get("eval") or {}).get("before", {}).items():
+            # kzoo_sums_gen covers the loop's own max_operand unless told otherwise: 36 sums
+            for value in (metrics["exact_match,none"], report["eval"]["after"][task][
+                    "exact_match,none"]):
+                assert abs(value * 36 - round(value * 36)) < 1e-9 and 0 <= value <= 1
+            assert f"{task} exact_match" in (run_dir / "report.md").read_text()
     elif recipe in ("grpo", "rloo"):
         # The shipped configs score with a reward-model run folder: train a tiny one first.
         pairs = _slice(request.getfixturevalue(_FIXTURES["instruction-preference.json"]),

@@ -1,5 +1,6 @@
 """What the suite's YAMLs name with `!function` (lm-eval imports this file by its path)."""
 
+from kzoo.eval import derived
 from kzoo.eval.suite import load_split_files, process_multiple_choice
 
 
@@ -14,3 +15,9 @@ def pydocs(**_):
 
 
 process_mc = process_multiple_choice
+
+# Tasks made at load time from the recipes' own data (kzoo.eval.derived).
+shakespeare = derived.shakespeare
+instructions = derived.instructions
+sums = derived.sums
+process_response = derived.response_bits
