@@ -94,16 +94,23 @@ def shakespeare_items(text: str, count: int = SHAKESPEARE_ITEMS,
     return items
 
 
+def _made_from_file(metadata: dict, task: str, key: str, name: str, read, make, empty: str):
+    """A task's test split: `make(read(path))` of its local file, refused when it is empty."""
+    path = data_file(metadata, key, name, task)
+    items = make(read(path))
+    if not items:
+        raise ValueError(f"task {task}: {path} {empty}")
+    return _dataset(items)
+
+
 def shakespeare(**metadata):
     """`kzoo_shakespeare_mc`'s data (lm-eval's `custom_dataset`)."""
-    path = data_file(metadata, "shakespeare_path", "tinyshakespeare.txt", "kzoo_shakespeare_mc")
     from kzoo.data.sources import read_text_file
 
-    items = shakespeare_items(read_text_file(path))
-    if not items:
-        raise ValueError(f"task kzoo_shakespeare_mc: {path} has no speeches (blocks of a "
-                         "'SPEAKER:' line and at least two lines) in its last 8%")
-    return _dataset(items)
+    return _made_from_file(metadata, "kzoo_shakespeare_mc", "shakespeare_path",
+                           "tinyshakespeare.txt", read_text_file, shakespeare_items,
+                           "has no speeches (blocks of a 'SPEAKER:' line and at least two "
+                           "lines) in its last 8%")
 
 
 def instruction_items(records: list[dict], validation_fraction: float = INSTRUCT_FRACTION,
@@ -121,14 +128,11 @@ def instruction_items(records: list[dict], validation_fraction: float = INSTRUCT
 
 def instructions(**metadata):
     """`kzoo_instruct_ll`'s data (lm-eval's `custom_dataset`)."""
-    path = data_file(metadata, "instructions_path", "instruction-data.json", "kzoo_instruct_ll")
     from kzoo.data.instruction import read_instruction_records
 
-    items = instruction_items(read_instruction_records(path))
-    if not items:
-        raise ValueError(f"task kzoo_instruct_ll: {path} holds no held-out record with a text "
-                         "response")
-    return _dataset(items)
+    return _made_from_file(metadata, "kzoo_instruct_ll", "instructions_path",
+                           "instruction-data.json", read_instruction_records, instruction_items,
+                           "holds no held-out record with a text response")
 
 
 def sum_problems(max_operand: int = 20) -> list[dict]:
