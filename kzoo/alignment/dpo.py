@@ -40,88 +40,21 @@ from keras import ops
 
 from kzoo import backend
 from kzoo import losses as loss_registry
-from kzoo.models.lora import lora_disabled, lora_spec
+from kzoo.alignment.base import (  # noqa: F401  (the log-prob helpers' older home)
+    ADAPTERS_OFF,
+    PolicyModel,
+    frozen_copy,
+    global_token_mean,
+    pair_logps,
+    pair_values,
+    response_lengths,
+    sequence_logps,
+)
 
-ADAPTERS_OFF = "adapters_off"
 METRIC_NAMES = (
     "loss", "rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/margin",
     "logps/chosen", "logps/rejected",
 )
-
-
-def sequence_logps(model, token_ids, loss_mask, training=False, average=False):
-    """Sum (or mean) of log p(token_t | tokens before t) over positions where `loss_mask` is 1.
-
-    Args:
-        model: a `CausalLM` (float32 logits (batch, seq, vocab)).
-        token_ids: int tensor. (rows, L).
-        loss_mask: float tensor. (rows, L); 1.0 marks the tokens to score.
-        training: bool. passed to the model (dropout).
-        average: bool. divide by the number of scored tokens (length-normalised log-prob).
-
-    Returns:
-        float32 tensor (rows,).
-
-    Example:
-    ```python
-    import numpy as np
-    from kzoo.models import CausalLM
-    from kzoo.alignment.dpo import sequence_logps
-    model = CausalLM.from_preset("gpt_nano")
-    sequence_logps(model, np.array([[1, 2, 3]]), np.array([[0.0, 1.0, 1.0]]))
-    ```
-    """
-    token_ids = ops.convert_to_tensor(token_ids)
-    logits = model(token_ids[:, :-1], training=training)  # (rows, L-1, vocab)
-    # The fused op computes log-softmax in the logits' dtype: force float32.
-    token_logps = -ops.sparse_categorical_crossentropy(
-        ops.cast(token_ids[:, 1:], "int32"), ops.cast(logits, "float32"), from_logits=True
-    )  # (rows, L-1): log p of token t+1 given tokens 0..t
-    mask = ops.cast(loss_mask, "float32")[:, 1:]  # target t+1 counts when token t+1 is response
-    total = ops.sum(token_logps * mask, axis=-1)
-    if average:
-        total = total / ops.maximum(ops.sum(mask, axis=-1), 1.0)
-    return total
-
-
-def pair_logps(model, token_ids, loss_mask, training=False, average=False):
-    """Chosen and rejected log-probs of (pairs, 2, L) inputs in one forward pass: (pairs, 2)."""
-    token_ids = ops.convert_to_tensor(token_ids)
-    length = ops.shape(token_ids)[-1]
-    flat_ids = ops.reshape(token_ids, (-1, length))  # (pairs * 2, L), rows alternate c, r
-    flat_mask = ops.reshape(loss_mask, (-1, length))
-    logps = sequence_logps(model, flat_ids, flat_mask, training=training, average=average)
-    return ops.reshape(logps, (-1, 2))  # (pairs, 2)
-
-
-def response_lengths(loss_mask):
-    """How many tokens `sequence_logps` scores in each row: (..., L) mask -> (...) float32, >= 1.
-
-    Example:
-    ```python
-    from kzoo.alignment.dpo import response_lengths
-    response_lengths([[0.0, 1.0, 1.0]])   # [2.0]
-    ```
-    """
-    mask = ops.cast(loss_mask, "float32")[..., 1:]  # the first token is never a target
-    return ops.maximum(ops.sum(mask, axis=-1), 1.0)
-
-
-def frozen_copy(model):
-    """A non-trainable copy of `model` with the same config and weights (the DPO reference).
-
-    Example:
-    ```python
-    from kzoo.models import CausalLM
-    from kzoo.alignment.dpo import frozen_copy
-    policy = CausalLM.from_preset("gpt_nano")
-    reference = frozen_copy(policy)
-    ```
-    """
-    copy = model.__class__.from_config(model.get_config())
-    copy.set_weights(model.get_weights())
-    copy.trainable = False
-    return copy
 
 
 def compute_reference_logps(reference, arrays: dict, batch_size: int = 32,
@@ -148,7 +81,7 @@ def compute_reference_logps(reference, arrays: dict, batch_size: int = 32,
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class DPOModel(keras.Model):
+class DPOModel(PolicyModel):
     """Trains `policy` on preference pairs with a DPO-family loss; `fit` drives it.
 
     Args:
@@ -184,7 +117,7 @@ class DPOModel(keras.Model):
     def __init__(self, policy, reference=None, loss: str = "sigmoid", beta: float = 0.1,
                  label_smoothing: float = 0.0, average_log_prob: bool = False,
                  rpo_alpha: float = 0.0, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(policy, reference, **kwargs)
         if isinstance(beta, bool) or not isinstance(beta, int | float) or not beta > 0:
             raise ValueError(f"`beta` must be a positive number. Received: beta={beta!r}")
         if (isinstance(rpo_alpha, bool) or not isinstance(rpo_alpha, int | float)
@@ -194,17 +127,6 @@ class DPOModel(keras.Model):
         self.loss_fn = loss_registry.get(loss)
         # Fail now, not at the first step, on a smoothing the loss does not take.
         self.loss_fn(np.zeros(1, "float32"), np.zeros(1, "float32"), beta, label_smoothing)
-        self.policy = policy
-        self.reference = reference
-        if isinstance(reference, str):
-            if reference != ADAPTERS_OFF:
-                raise ValueError(f"Unknown `reference`: {reference!r}. Valid: a model, None or "
-                                 f"{ADAPTERS_OFF!r}")
-            if lora_spec(policy) is None:
-                raise ValueError(f"reference={ADAPTERS_OFF!r} needs a policy with LoRA "
-                                 "adapters; call policy.enable_lora(rank) first")
-        elif reference is not None:
-            reference.trainable = False
         self.loss_name = loss
         self.beta = float(beta)
         self.label_smoothing = float(label_smoothing)
@@ -212,19 +134,7 @@ class DPOModel(keras.Model):
         self.rpo_alpha = float(rpo_alpha)
         # Summed log-ratios must be divided by the response lengths for such a loss.
         self.normalize_logratios = loss_registry.length_normalized(loss) and not average_log_prob
-        names = METRIC_NAMES + (("nll_loss",) if self.rpo_alpha > 0 else ())
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
-        self.built = True
-
-    @property
-    def metrics(self):
-        return list(self.trackers.values())
-
-    def compile(self, optimizer="adamw", **kwargs):
-        """Compile with an optimizer only: the loss is the DPO-family loss chosen at build."""
-        super().compile(optimizer=optimizer, **kwargs)
-        # Create the slots now, under the caller's distribution scope, not inside the step.
-        self.optimizer.build(self.policy.trainable_variables)
+        self.track(METRIC_NAMES + (("nll_loss",) if self.rpo_alpha > 0 else ()))
 
     def call(self, inputs, training=False):
         """Policy log-probs of the pairs, (pairs, 2) float32."""
@@ -233,22 +143,12 @@ class DPOModel(keras.Model):
 
     def _reference_logps(self, inputs):
         if self.reference is None:
-            if "reference_logps" not in inputs:
-                raise ValueError(
-                    "DPOModel has no reference model, so every batch needs 'reference_logps' "
-                    "(pairs, 2); compute them with `compute_reference_logps`. Batch keys: "
-                    f"{sorted(inputs)}"
-                )
-            return ops.cast(inputs["reference_logps"], "float32")
-        if isinstance(self.reference, str):  # ADAPTERS_OFF, checked in __init__
-            # Python flags read while tracing: the step's graph holds both passes.
-            with lora_disabled(self.policy):
-                ref = pair_logps(self.policy, inputs["token_ids"], inputs["loss_mask"],
-                                 training=False, average=self.average_log_prob)
-        else:
-            ref = pair_logps(self.reference, inputs["token_ids"], inputs["loss_mask"],
-                             training=False, average=self.average_log_prob)
-        return ops.stop_gradient(ref)
+            return ops.cast(self.need(inputs, "reference_logps",
+                                      "reference=None: (pairs, 2) from compute_reference_logps"),
+                            "float32")
+        return self.reference_scores(lambda model: pair_logps(
+            model, inputs["token_ids"], inputs["loss_mask"], training=False,
+            average=self.average_log_prob))
 
     def _pair_losses(self, policy_logps, reference_logps, loss_mask):
         logratios = policy_logps - reference_logps  # (pairs, 2)
@@ -269,13 +169,8 @@ class DPOModel(keras.Model):
         chosen = policy_logps[:, 0]  # (pairs,)
         if self.average_log_prob:  # undo the per-row mean: the NLL is averaged per token
             chosen = chosen * response_lengths(chosen_mask)
-        nll_sum = -ops.sum(chosen)
         # The first token is never a target; the count is the global batch's.
-        tokens = backend.replica_sum(ops.sum(chosen_mask[:, 1:]))
-        # max(., 1): a batch of empty chosen responses adds 0, where TRL's mean would be NaN.
-        tokens = ops.maximum(tokens, 1.0)
-        logged = backend.replica_sum(ops.stop_gradient(nll_sum))
-        return nll_sum / tokens, logged / tokens
+        return global_token_mean(-ops.sum(chosen), ops.sum(chosen_mask[:, 1:]))
 
     def _loss(self, per_pair, policy_logps, loss_mask):
         """(the replica's share of the loss to differentiate, the global chosen NLL or None)."""
@@ -292,18 +187,11 @@ class DPOModel(keras.Model):
         values = {
             # The batch's whole objective: the pairs' DPO mean plus the global RPO term.
             "loss": per_pair if nll is None else per_pair + self.rpo_alpha * nll,
-            "rewards/chosen": rewards[:, 0],
-            "rewards/rejected": rewards[:, 1],
-            "rewards/accuracy": ops.cast(rewards[:, 0] > rewards[:, 1], "float32"),
-            "rewards/margin": rewards[:, 0] - rewards[:, 1],
-            "logps/chosen": policy_logps[:, 0],
-            "logps/rejected": policy_logps[:, 1],
+            **pair_values(rewards, policy_logps),
         }
         if nll is not None:
             values["nll_loss"] = nll
-        for name, value in values.items():
-            self.trackers[name].update_state(ops.mean(value), sample_weight=weight)
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
+        return self.update_means(values, weight)
 
     @backend.stateful_step
     def train_step(self, data):
@@ -321,8 +209,7 @@ class DPOModel(keras.Model):
             aux = {"per_pair": per_pair, "rewards": rewards, "policy_logps": policy_logps}
             return loss, aux if nll is None else {**aux, "nll": nll}
 
-        _, aux = backend.apply_gradients(self.optimizer, compute_loss,
-                                         self.policy.trainable_variables)
+        aux = self.apply_policy_gradients(compute_loss)
         return self._update_metrics(aux["per_pair"], aux["rewards"], aux["policy_logps"],
                                     aux.get("nll"))
 
@@ -338,21 +225,9 @@ class DPOModel(keras.Model):
     def get_config(self):
         return {
             **super().get_config(),
-            "policy": keras.saving.serialize_keras_object(self.policy),
-            "reference": self.reference if self.reference is None
-            or isinstance(self.reference, str)
-            else keras.saving.serialize_keras_object(self.reference),
             "loss": self.loss_name,
             "beta": self.beta,
             "label_smoothing": self.label_smoothing,
             "average_log_prob": self.average_log_prob,
             "rpo_alpha": self.rpo_alpha,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["policy"] = keras.saving.deserialize_keras_object(config["policy"])
-        if config.get("reference") not in (None, ADAPTERS_OFF):
-            config["reference"] = keras.saving.deserialize_keras_object(config["reference"])
-        return cls(**config)

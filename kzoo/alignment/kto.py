@@ -29,24 +29,18 @@ kto.compile(optimizer=keras.optimizers.Adam(1e-4))
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import numpy as np
 from keras import ops
 
 from kzoo import backend
-from kzoo.alignment.dpo import ADAPTERS_OFF, pair_logps, sequence_logps
+from kzoo.alignment.base import PolicyModel, pair_logps, score_reference, sequence_logps
 from kzoo.losses import kto as kto_losses
-from kzoo.models.lora import lora_disabled, lora_spec
 
 METRIC_NAMES = ("loss", "rewards/chosen", "rewards/rejected", "kl", "logps/chosen",
                 "logps/rejected")
-
-
-def _reference_logps(reference, policy, token_ids, loss_mask):
-    if isinstance(reference, str):  # ADAPTERS_OFF: Python flags read while tracing
-        with lora_disabled(policy):
-            return sequence_logps(policy, token_ids, loss_mask, training=False)
-    return sequence_logps(reference, token_ids, loss_mask, training=False)
 
 
 def compute_unpaired_reference_logps(reference, arrays: dict, batch_size: int = 32) -> dict:
@@ -109,10 +103,8 @@ def implied_reward_accuracy(policy, reference, pairs: dict, beta: float,
         logps = pair_logps(policy, ids, mask)
         if reference is None:
             return logps
-        if isinstance(reference, str):
-            with lora_disabled(policy):
-                return ops.stack([logps, pair_logps(policy, ids, mask)])
-        return ops.stack([logps, pair_logps(reference, ids, mask)])
+        return ops.stack([logps, score_reference(policy, reference,
+                                                 lambda model: pair_logps(model, ids, mask))])
 
     models = [policy] + ([] if reference is None or isinstance(reference, str) else [reference])
     score = backend.compile_function(score, lambda: [v for m in models for v in m.variables],
@@ -135,7 +127,7 @@ def implied_reward_accuracy(policy, reference, pairs: dict, beta: float,
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class KTOModel(keras.Model):
+class KTOModel(PolicyModel):
     """Trains `policy` on unpaired desirable / undesirable completions; `fit` drives it.
 
     Args:
@@ -144,11 +136,12 @@ class KTOModel(keras.Model):
             every batch carries "reference_logps" (and "reference_kl_logps") from
             `compute_unpaired_reference_logps`; "adapters_off": the LoRA policy with its
             adapters skipped.
-        loss_type: str. a name from `kzoo.losses.list_unpaired_losses()` ("kto",
-            "apo_zero_unpaired").
+        loss: str. a name from `kzoo.losses.list_unpaired_losses()` ("kto",
+            "apo_zero_unpaired"), as `DPOModel`'s `loss`.
         beta: float. KL strength; rewards are beta * (log pi - log pi_ref).
         desirable_weight: float. weight of the desirable rows' losses.
         undesirable_weight: float. weight of the undesirable rows' losses.
+        loss_type: str or None. the older name of `loss` (deprecated; a warning).
         **kwargs: passed to `keras.Model`.
 
     Example:
@@ -160,65 +153,48 @@ class KTOModel(keras.Model):
     ```
     """
 
-    def __init__(self, policy, reference=None, loss_type: str = "kto", beta: float = 0.1,
-                 desirable_weight: float = 1.0, undesirable_weight: float = 1.0, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, policy, reference=None, loss: str = "kto", beta: float = 0.1,
+                 desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
+                 loss_type: str | None = None, **kwargs):
+        super().__init__(policy, reference, **kwargs)
+        if loss_type is not None:
+            warnings.warn("KTOModel(loss_type=...) is deprecated: use loss=...",
+                          DeprecationWarning, stacklevel=2)
+            loss = loss_type
         # Fail now, not at the first step, on a bad name or weight.
         kto_losses.kto_loss(np.zeros(1, "float32"), np.ones(1, bool), 0.0, beta,
-                            desirable_weight, undesirable_weight, loss_type)
-        if isinstance(reference, str):
-            if reference != ADAPTERS_OFF:
-                raise ValueError(f"Unknown `reference`: {reference!r}. Valid: a model, None or "
-                                 f"{ADAPTERS_OFF!r}")
-            if lora_spec(policy) is None:
-                raise ValueError(f"reference={ADAPTERS_OFF!r} needs a policy with LoRA "
-                                 "adapters; call policy.enable_lora(rank) first")
-        elif reference is not None:
-            reference.trainable = False
-        self.policy = policy
-        self.reference = reference
-        self.loss_type = loss_type
+                            desirable_weight, undesirable_weight, loss)
+        self.loss_name = loss  # not `loss`: keras.Model.compile sets that attribute
         self.beta = float(beta)
         self.desirable_weight = float(desirable_weight)
         self.undesirable_weight = float(undesirable_weight)
-        self.uses_kl = kto_losses.uses_kl(loss_type)
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in METRIC_NAMES}
-        self.built = True
+        self.uses_kl = kto_losses.uses_kl(loss)
+        self.track(METRIC_NAMES)
 
     @property
-    def metrics(self):
-        return list(self.trackers.values())
-
-    def compile(self, optimizer="adamw", **kwargs):
-        """Compile with an optimizer only: the loss is the unpaired loss chosen at build."""
-        super().compile(optimizer=optimizer, **kwargs)
-        self.optimizer.build(self.policy.trainable_variables)
+    def loss_type(self) -> str:
+        """The older name of `loss_name` (the unpaired loss's registry name)."""
+        return self.loss_name
 
     def call(self, inputs, training=False):
         """Policy log-probs of the rows, (B,) float32."""
         return sequence_logps(self.policy, inputs["token_ids"], inputs["loss_mask"],
                               training=training)
 
-    def _need(self, inputs, key, why):
-        if key not in inputs:
-            raise ValueError(f"KTOModel needs {key!r} in every batch ({why}). Batch keys: "
-                             f"{sorted(inputs)}")
-        return inputs[key]
-
     def _reference(self, inputs, ids_key, mask_key, precomputed_key):
         if self.reference is None:
-            return ops.cast(self._need(inputs, precomputed_key, "reference=None: compute them "
-                                       "with compute_unpaired_reference_logps"), "float32")
-        return ops.stop_gradient(_reference_logps(self.reference, self.policy, inputs[ids_key],
-                                                 inputs[mask_key]))
+            return ops.cast(self.need(inputs, precomputed_key, "reference=None: compute them "
+                                      "with compute_unpaired_reference_logps"), "float32")
+        return self.reference_scores(lambda model: sequence_logps(
+            model, inputs[ids_key], inputs[mask_key], training=False))
 
     def _kl(self, inputs, training):
         if not self.uses_kl:
             return ops.zeros((), "float32")
-        why = (f"loss_type={self.loss_type!r} estimates the KL from mismatched rows: build them "
+        why = (f"loss={self.loss_name!r} estimates the KL from mismatched rows: build them "
                "with kzoo.data.unpaired.with_kl_rows")
-        kl_ids = self._need(inputs, "kl_token_ids", why)
-        kl_mask = self._need(inputs, "kl_loss_mask", why)
+        kl_ids = self.need(inputs, "kl_token_ids", why)
+        kl_mask = self.need(inputs, "kl_loss_mask", why)
         policy_kl = sequence_logps(self.policy, kl_ids, kl_mask, training=training)
         reference_kl = self._reference(inputs, "kl_token_ids", "kl_loss_mask",
                                        "reference_kl_logps")
@@ -230,7 +206,7 @@ class KTOModel(keras.Model):
     def _row_losses(self, policy_logps, reference_logps, labels, kl):
         logratios = policy_logps - reference_logps  # (B,)
         per_row = kto_losses.kto_loss(logratios, labels, kl, self.beta, self.desirable_weight,
-                                      self.undesirable_weight, self.loss_type)
+                                      self.undesirable_weight, self.loss_name)
         return per_row, self.beta * ops.stop_gradient(logratios)
 
     def _update_metrics(self, per_row, rewards, policy_logps, labels, kl):
@@ -243,10 +219,10 @@ class KTOModel(keras.Model):
         for side, weight in (("chosen", up), ("rejected", down)):
             self.trackers[f"rewards/{side}"].update_state(rewards, sample_weight=weight)
             self.trackers[f"logps/{side}"].update_state(policy_logps, sample_weight=weight)
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
+        return self.results()
 
     def _labels(self, inputs):
-        return ops.cast(self._need(inputs, "labels", "True for a thumbs up"), "bool")
+        return ops.cast(self.need(inputs, "labels", "True for a thumbs up"), "bool")
 
     @backend.stateful_step
     def train_step(self, data):
@@ -262,8 +238,7 @@ class KTOModel(keras.Model):
             return backend.average_loss(per_row), {
                 "per_row": per_row, "rewards": rewards, "policy_logps": policy_logps}
 
-        _, aux = backend.apply_gradients(self.optimizer, compute_loss,
-                                         self.policy.trainable_variables)
+        aux = self.apply_policy_gradients(compute_loss)
         return self._update_metrics(aux["per_row"], aux["rewards"], aux["policy_logps"], labels,
                                     kl)
 
@@ -278,19 +253,13 @@ class KTOModel(keras.Model):
         return self._update_metrics(per_row, rewards, policy_logps, labels, kl)
 
     def get_config(self):
-        reference = self.reference
-        if reference is not None and not isinstance(reference, str):
-            reference = keras.saving.serialize_keras_object(reference)
-        return {**super().get_config(),
-                "policy": keras.saving.serialize_keras_object(self.policy),
-                "reference": reference, "loss_type": self.loss_type, "beta": self.beta,
+        return {**super().get_config(), "loss": self.loss_name, "beta": self.beta,
                 "desirable_weight": self.desirable_weight,
                 "undesirable_weight": self.undesirable_weight}
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config["policy"] = keras.saving.deserialize_keras_object(config["policy"])
-        if config.get("reference") not in (None, ADAPTERS_OFF):
-            config["reference"] = keras.saving.deserialize_keras_object(config["reference"])
-        return cls(**config)
+        if "loss_type" in config:  # a file saved before the argument was named `loss`
+            config["loss"] = config.pop("loss_type")
+        return super().from_config(config)

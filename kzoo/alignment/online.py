@@ -29,6 +29,7 @@ import keras
 from keras import ops
 
 from kzoo import backend
+from kzoo.alignment.base import PolicyModel
 from kzoo.losses import policy_gradient as pg
 from kzoo.models.lora import lora_disabled
 
@@ -152,7 +153,7 @@ class TokenLogps(keras.Model):
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class PolicyGradientModel(keras.Model):
+class PolicyGradientModel(PolicyModel):
     """Trains `policy` on scored generation batches with GRPO's or RLOO's loss.
 
     Args:
@@ -175,12 +176,16 @@ class PolicyGradientModel(keras.Model):
     the generation batch's completion-token count, DAPO's divisor).
     """
 
+    # The reference's log-probs come in the batch ("ref_logps", scored by the rollout).
+    takes_reference = False
+    default_optimizer = "adam"
+
     def __init__(self, policy, algorithm: str = "grpo", beta: float = 0.0,
                  epsilon: float = 0.2, epsilon_high: float | None = None,
                  loss_type: str = "dapo", temperature: float = 1.0,
                  max_completion_length: int | None = None, prompt_kl_coef: float = 0.0,
                  **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(policy, **kwargs)
         if algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {list(ALGORITHMS)}. Received: "
                              f"{algorithm!r}")
@@ -191,7 +196,6 @@ class PolicyGradientModel(keras.Model):
             raise ValueError("loss_type='dr_grpo' needs max_completion_length")
         if not temperature > 0:
             raise ValueError(f"temperature must be positive. Received: {temperature!r}")
-        self.policy = policy
         self.algorithm = algorithm
         self.beta = float(beta)
         self.epsilon = float(epsilon)
@@ -200,17 +204,7 @@ class PolicyGradientModel(keras.Model):
         self.temperature = float(temperature)
         self.max_completion_length = max_completion_length
         self.prompt_kl_coef = float(prompt_kl_coef)
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in METRIC_NAMES}
-        self.built = True
-
-    @property
-    def metrics(self):
-        return list(self.trackers.values())
-
-    def compile(self, optimizer="adam", **kwargs):
-        """Compile with an optimizer only: the loss is the algorithm's."""
-        super().compile(optimizer=optimizer, **kwargs)
-        self.optimizer.build(self.policy.trainable_variables)
+        self.track(METRIC_NAMES)
 
     def call(self, token_ids, training=False):
         return token_logps(self.policy, token_ids, self.temperature, training=training)[0]
@@ -224,28 +218,20 @@ class PolicyGradientModel(keras.Model):
                          max_completion_length=self.max_completion_length,
                          prompt_kl_coef=self.prompt_kl_coef)
 
-    def _update(self, values):
-        for name, value in values.items():
-            self.trackers[name].update_state(ops.stop_gradient(value))
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
-
     @backend.stateful_step
     def train_step(self, data):
         inputs, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        _, values = backend.apply_gradients(
-            self.optimizer, lambda: self._loss_and_values(inputs, training=True),
-            self.policy.trainable_variables)
-        return self._update(values)
+        values = self.apply_policy_gradients(lambda: self._loss_and_values(inputs, training=True))
+        return self.update_means(values)
 
     @backend.stateful_step
     def test_step(self, data):
         inputs, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        return self._update(self._loss_and_values(inputs, training=False)[1])
+        return self.update_means(self._loss_and_values(inputs, training=False)[1])
 
     def get_config(self):
         return {
             **super().get_config(),
-            "policy": keras.saving.serialize_keras_object(self.policy),
             "algorithm": self.algorithm,
             "beta": self.beta,
             "epsilon": self.epsilon,
@@ -255,12 +241,6 @@ class PolicyGradientModel(keras.Model):
             "max_completion_length": self.max_completion_length,
             "prompt_kl_coef": self.prompt_kl_coef,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["policy"] = keras.saving.deserialize_keras_object(config["policy"])
-        return cls(**config)
 
 
 __all__ = ["ALGORITHMS", "PolicyGradientModel", "TokenLogps", "objective", "token_logps"]

@@ -23,7 +23,6 @@ weights (exit status 3).
 
 import dataclasses
 import json
-import math
 import os
 import sys
 import warnings
@@ -36,11 +35,12 @@ from kzoo.training.config import checked  # noqa: E402
 from kzoo.training.evaluation import EvalConfig, RecipeEval, compare  # noqa: E402
 from kzoo.training.lora import LoRAConfig  # noqa: E402
 from kzoo.training.recipe import (  # noqa: E402
+    REFERENCE_MODES,
     DivergedError,
     FineTuneData,
     FineTuneModel,
-    MemoryOptions,
-    diverged,
+    PreferenceTrainConfig,
+    reference_mode,
     run_recipe,
 )
 
@@ -62,15 +62,7 @@ class KTOSection:
     reference: str = "auto"
 
 
-@dataclasses.dataclass
-class TrainConfig(MemoryOptions):
-    epochs: int = checked(2, "positive")
-    batch_size: int = checked(8, "positive")  # completions per step (>= 2 for the KL rows)
-    learning_rate: float = checked(1e-4, "positive")
-    eval_interval: int | None = checked(None, "positive")  # steps between metrics.csv rows
-    verbose: int = 2
-    jit_compile: bool = True
-    max_loss_factor: float | None = 4.0  # stop when the loss exceeds this x its first value
+TrainConfig = PreferenceTrainConfig  # the older name; batch_size >= 2 for the KL rows
 
 
 @dataclasses.dataclass
@@ -86,7 +78,7 @@ class KTOConfig:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
 
-REFERENCES = ("auto", "precomputed", "copy", "adapters_off")
+REFERENCES = REFERENCE_MODES  # the older name
 
 
 def run(config: KTOConfig) -> dict:
@@ -95,11 +87,7 @@ def run(config: KTOConfig) -> dict:
 
     kto = config.kto
     kl = uses_kl(kto.loss_type)  # fails before any work on an unknown name
-    if kto.reference not in REFERENCES:
-        raise ValueError(f"kto.reference must be one of {list(REFERENCES)}. "
-                         f"Received: {kto.reference!r}")
-    if kto.reference == "adapters_off" and not config.lora.enabled:
-        raise ValueError("kto.reference: adapters_off needs lora.enabled: true")
+    reference_mode("kto", kto.reference, config.lora.enabled)
     if kl and config.train.batch_size < 2:
         raise ValueError(
             f"train.batch_size={config.train.batch_size}: KTO's KL estimate pairs each "
@@ -172,8 +160,13 @@ def _run_in(run_dir, config: KTOConfig) -> dict:
     from kzoo.data.unpaired import unpaired_dataset
     from kzoo.losses.kto import weight_advice
     from kzoo.training import rerun_header, save_config
-    from kzoo.training.guard import NaNGuard
-    from kzoo.training.recipe import prepare_tuning, save_tuned, tuning_optimizer
+    from kzoo.training.recipe import (
+        finish_tuning,
+        fit_in_intervals,
+        prepare_tuning,
+        tuning_guard,
+        tuning_optimizer,
+    )
 
     set_random_seed(config.seed)
     evaluation = RecipeEval(config.eval)  # tasks and their data checked before any work
@@ -188,9 +181,7 @@ def _run_in(run_dir, config: KTOConfig) -> dict:
                            kto.undesirable_weight)
     if advice:
         warnings.warn(f"{data.path}: {advice}", UserWarning, stacklevel=2)
-    mode = kto.reference
-    if mode == "auto":
-        mode = "adapters_off" if config.lora.enabled else "precomputed"
+    mode = reference_mode("kto", kto.reference, config.lora.enabled)
     reference = frozen_copy(policy) if mode == "copy" else None
     policy = prepare_tuning(policy, config.lora, train_cfg)
     if mode == "adapters_off":
@@ -201,7 +192,7 @@ def _run_in(run_dir, config: KTOConfig) -> dict:
         if pairs is not None:
             pairs["reference_logps"] = compute_reference_logps(policy, pairs,
                                                                train_cfg.batch_size)
-    model = KTOModel(policy, reference, loss_type=kto.loss_type, beta=kto.beta,
+    model = KTOModel(policy, reference, loss=kto.loss_type, beta=kto.beta,
                      desirable_weight=kto.desirable_weight,
                      undesirable_weight=kto.undesirable_weight)
     model.compile(optimizer=tuning_optimizer(train_cfg, keras.optimizers.Adam),
@@ -210,18 +201,9 @@ def _run_in(run_dir, config: KTOConfig) -> dict:
     held_out = (model, val_ds, policy, reference, pairs, kto.beta, train_cfg.batch_size)
     before = _held_out(*held_out)
     eval_before = evaluation.score(policy, tokenizer)
-    weights = run_dir.root / "policy.weights.h5"
-    guard = NaNGuard(policy, checkpoint_path=str(weights),
-                     max_loss_factor=train_cfg.max_loss_factor)
-    batches = math.ceil(len(train["token_ids"]) / train_cfg.batch_size)
-    interval = train_cfg.eval_interval or batches
-    rounds = math.ceil(train_cfg.epochs * batches / interval)
-    step = keras.callbacks.LambdaCallback(
-        on_epoch_end=lambda epoch, logs: logs.__setitem__("step", (epoch + 1) * interval))
-    history = model.fit(unpaired_dataset(train, train_cfg.batch_size).repeat(),
-                        steps_per_epoch=interval, validation_data=val_ds, epochs=rounds,
-                        verbose=train_cfg.verbose, shuffle=False,
-                        callbacks=[guard, step, keras.callbacks.CSVLogger(str(run_dir.metrics))])
+    guard = tuning_guard(policy, run_dir, train_cfg)
+    history = fit_in_intervals(model, unpaired_dataset(train, train_cfg.batch_size), val_ds,
+                               len(train["token_ids"]), train_cfg, guard, run_dir.metrics)
     after = _held_out(*held_out)
     save_config(config, run_dir.config, header=rerun_header("kto", run_dir.config))
     tokenizer.save(run_dir.tokenizer)
@@ -240,11 +222,7 @@ def _run_in(run_dir, config: KTOConfig) -> dict:
         "eval": compare(eval_before, evaluation.score(policy, tokenizer)),
     }
     (run_dir.root / "metrics.json").write_text(json.dumps(result, indent=1))
-    if guard.stopped_at is not None:
-        raise diverged(guard, f"the last good weights (after {guard.good_step} good steps) "
-                              f"are in {weights}")
-    save_tuned(policy, run_dir.model, run_dir.root / "adapters.safetensors")
-    run_dir.mark("kto", "finished")
+    finish_tuning(run_dir, "kto", guard, policy)
     return result
 
 

@@ -69,6 +69,8 @@ RECIPES = (
            "baseline."),
     Recipe("kto", "kzoo.recipes.kto", ("gpt/baby_instruction_kto",),
            "KTO on unpaired thumbs up / down feedback, usually after SFT."),
+    Recipe("orpo", "kzoo.recipes.orpo", ("gpt/baby_instruction_orpo",),
+           "ORPO: odds-ratio preference optimisation on pairs, with no reference model."),
     Recipe("pretrain", "kzoo.recipes.pretrain",
            ("gpt/baby_shakespeare_char_pretrain", "gpt/nano_pydocs_pretrain",
             "llama/baby_shakespeare_char_pretrain"),

@@ -1,5 +1,7 @@
-"""What the fine-tuning recipe scripts share: their data and model config sections and their
-command line (`--config FILE --set key=value ...`, exit code 2 on bad input, 3 on a NaN stop).
+"""What the fine-tuning recipe scripts share: their data, model and preference `train:` config
+sections, the reference-mode choice, the fit-in-intervals loop with its divergence guard, and
+their command line (`--config FILE --set key=value ...`, exit code 2 on bad input, 3 on a NaN
+stop: `DivergedError`).
 
 Example:
 ```python
@@ -17,6 +19,7 @@ class MyConfig:
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from typing import Any
 
@@ -96,6 +99,171 @@ class MemoryOptions:
 
     gradient_accumulation_steps: int = checked(1, "positive")
     remat: bool = False
+
+
+@dataclasses.dataclass
+class PreferenceTrainConfig(MemoryOptions):
+    """The `train:` section of the DPO, KTO and ORPO recipes."""
+
+    epochs: int = checked(2, "positive")
+    batch_size: int = checked(8, "positive")  # pairs (KTO: completions) per step
+    learning_rate: float = checked(1e-4, "positive")
+    # steps between metrics.csv rows; None: once per epoch
+    eval_interval: int | None = checked(None, "positive")
+    verbose: int = 2
+    jit_compile: bool = True
+    max_loss_factor: float | None = 4.0  # stop when the loss exceeds this x its first value
+
+
+REFERENCE_MODES = ("auto", "precomputed", "copy", "adapters_off")
+
+
+def reference_mode(section: str, mode: str, lora_enabled: bool) -> str:
+    """The reference a recipe's `<section>.reference` asks for, "auto" resolved: "adapters_off"
+    with LoRA (the same network, adapters skipped), else "precomputed" (log-probs scored once
+    before training); "copy" is a frozen second model. One `ValueError` line when bad.
+
+    Args:
+        section: str. the config section, for the message ("dpo").
+        mode: str. one of `REFERENCE_MODES`.
+        lora_enabled: bool. the recipe's `lora.enabled`.
+
+    Example:
+    ```python
+    reference_mode("dpo", "auto", lora_enabled=True)   # 'adapters_off'
+    ```
+    """
+    if mode not in REFERENCE_MODES:
+        raise ValueError(f"{section}.reference must be one of {list(REFERENCE_MODES)}. "
+                         f"Received: {mode!r}")
+    if mode == "adapters_off" and not lora_enabled:
+        raise ValueError(f"{section}.reference: adapters_off needs lora.enabled: true (the "
+                         "reference is the network with its LoRA adapters skipped)")
+    if mode == "auto":
+        return "adapters_off" if lora_enabled else "precomputed"
+    return mode
+
+
+def tuning_guard(model, run_dir, train):
+    """The divergence guard of a fit-in-intervals run: a `NaNGuard` on `model` that keeps its
+    last good weights in `run_dir/policy.weights.h5` and stops past `train.max_loss_factor`.
+
+    Example:
+    ```python
+    guard = tuning_guard(policy, run_dir, config.train)
+    ```
+    """
+    from kzoo.training.guard import NaNGuard
+
+    return NaNGuard(model, checkpoint_path=str(run_dir.root / "policy.weights.h5"),
+                    max_loss_factor=train.max_loss_factor)
+
+
+def fit_in_intervals(model, train_ds, val_ds, rows: int, train, guard, metrics_path):
+    """`model.fit` for `train.epochs` passes over `rows` rows, in Keras "epochs" of
+    `train.eval_interval` steps (one pass without it): one held-out evaluation and one
+    metrics.csv row (with its global "step") per interval. `train_ds` is repeated.
+
+    Args:
+        model: keras.Model. the compiled alignment model.
+        train_ds: tf.data.Dataset. one pass of training batches of `train.batch_size`.
+        val_ds: tf.data.Dataset. the held-out batches.
+        rows: int. the training rows (pairs) in one pass.
+        train: PreferenceTrainConfig. the recipe's `train:` section.
+        guard: keras.callbacks.Callback. the divergence guard (`tuning_guard`).
+        metrics_path: str | Path. the metrics.csv to write.
+
+    Returns: the Keras `History`.
+
+    Example:
+    ```python
+    history = fit_in_intervals(model, train_ds, val_ds, len(train["token_ids"]), config.train,
+                               guard, run_dir.metrics)
+    ```
+    """
+    import keras
+
+    batches = math.ceil(rows / train.batch_size)
+    interval = train.eval_interval or batches
+    if interval < 1:
+        raise ValueError(f"train.eval_interval must be >= 1. Received: {interval}")
+    rounds = math.ceil(train.epochs * batches / interval)  # Keras "epochs" of `interval`
+    step = keras.callbacks.LambdaCallback(  # adds the global step before CSVLogger writes
+        on_epoch_end=lambda epoch, logs: logs.__setitem__("step", (epoch + 1) * interval))
+    return model.fit(train_ds.repeat(), steps_per_epoch=interval, validation_data=val_ds,
+                     epochs=rounds, verbose=train.verbose, shuffle=False,
+                     callbacks=[guard, step, keras.callbacks.CSVLogger(str(metrics_path))])
+
+
+def finish_tuning(run_dir, recipe: str, guard, policy) -> None:
+    """End a fit-in-intervals run: `DivergedError` when the guard stopped it (the last good
+    weights stay in policy.weights.h5), else save the tuned policy and mark the run finished.
+
+    Example:
+    ```python
+    finish_tuning(run_dir, "orpo", guard, policy)
+    ```
+    """
+    if guard.stopped_at is not None:
+        raise diverged(guard, f"the last good weights (after {guard.good_step} good steps) "
+                              f"are in {run_dir.root / 'policy.weights.h5'}")
+    save_tuned(policy, run_dir.model, run_dir.root / "adapters.safetensors")
+    run_dir.mark(recipe, "finished")
+
+
+def tune_on_pairs(run_dir, config, recipe: str, header: str, build, optimizer=None) -> dict:
+    """The whole run of a recipe on preference pairs (DPO, ORPO) in `run_dir`: the pairs
+    loaded and split, the model built and compiled, held-out metrics before, the fit in
+    intervals under the divergence guard, held-out metrics after, then config.yaml,
+    tokenizer/, metrics.json and the tuned policy (`finish_tuning`). Returns metrics.json's
+    record.
+
+    Args:
+        run_dir: kzoo.training.RunDir. the open run folder.
+        config: dataclass. the recipe's config, with `seed`, `data` (FineTuneData), `model`,
+            `train` (PreferenceTrainConfig), `lora` and `eval` sections.
+        recipe: str. the `kzoo` command, for the run marker.
+        header: str. config.yaml's header, `rerun_header(recipe, run_dir.config)` (called in
+            the recipe, so a test can read each recipe's own command off its source).
+        build: callable. `build(policy, train, val) -> (model, policy)`: the alignment model
+            and the policy it tunes; it applies `prepare_tuning` itself (a frozen reference
+            copy is taken before) and may add keys to the `train` / `val` arrays.
+        optimizer: keras optimizer class or None (AdamW).
+
+    Example:
+    ```python
+    tune_on_pairs(run_dir, config, "orpo", rerun_header("orpo", run_dir.config),
+                  lambda policy, train, val: (ORPOModel(policy), policy))
+    ```
+    """
+    from kzoo._quiet import set_random_seed
+    from kzoo.data.preference import preference_dataset
+    from kzoo.training import save_config
+    from kzoo.training.evaluation import RecipeEval, compare
+
+    set_random_seed(config.seed)
+    evaluation = RecipeEval(config.eval)  # tasks and their data checked before any work
+    data, train_cfg = config.data, config.train
+    tokenizer, policy, train, val, counts = load_pairs(data, config.model)
+    model, policy = build(policy, train, val)
+    model.compile(optimizer=tuning_optimizer(train_cfg, optimizer),
+                  jit_compile=train_cfg.jit_compile)
+    val_ds = preference_dataset(val, train_cfg.batch_size, shuffle=False)
+    before = model.evaluate(val_ds, verbose=0, return_dict=True)
+    eval_before = evaluation.score(policy, tokenizer)
+    guard = tuning_guard(policy, run_dir, train_cfg)
+    train_ds = preference_dataset(train, train_cfg.batch_size, seed=config.seed)
+    history = fit_in_intervals(model, train_ds, val_ds, len(train["token_ids"]), train_cfg,
+                               guard, run_dir.metrics)
+    after = model.evaluate(val_ds, verbose=0, return_dict=True)
+    save_config(config, run_dir.config, header=header)
+    tokenizer.save(run_dir.tokenizer)
+    result = {**pairs_result(data, train, val, counts, before, after, history),
+              "stopped_on_nan": guard.stopped_at,
+              "eval": compare(eval_before, evaluation.score(policy, tokenizer))}
+    (run_dir.root / "metrics.json").write_text(json.dumps(result, indent=1))
+    finish_tuning(run_dir, recipe, guard, policy)
+    return result
 
 
 def prepare_tuning(model, lora, train: MemoryOptions):

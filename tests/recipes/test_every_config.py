@@ -105,7 +105,7 @@ def test_one_tiny_step(path, tmp_path, tiny_text, request):
             ["--config", str(path), str(run_dir), "--max-new-tokens", "4"]))
         result = module.run(options, out=out)
         assert isinstance(result["text"], str) and out.getvalue()
-    elif recipe in ("sft", "dpo", "reward", "kto"):
+    elif recipe in ("sft", "dpo", "reward", "kto", "orpo"):
         source = "instruction-data.json" if recipe == "sft" else "instruction-preference.json"
         data = _slice(request.getfixturevalue(_FIXTURES[source]), tmp_path / source)
         code = _load_recipe(recipe).main(["--config", str(path), *_sets([

@@ -113,8 +113,8 @@ def test_every_saved_config_is_headed_by_its_own_kzoo_command():
         source = (RECIPE_DIR / f"{command}.py").read_text()
         assert f'run_online(config, "{command}")' in source
         written_by.add(command)
-    assert written_by == {"dpo", "feedback-loop", "grpo", "kto", "pretrain", "reward", "rloo",
-                          "sft"}
+    assert written_by == {"dpo", "feedback-loop", "grpo", "kto", "orpo", "pretrain", "reward",
+                          "rloo", "sft"}
     for path in (ROOT / "kzoo").rglob("*.py"):
         assert "<this file>" not in path.read_text(), f"{path}: a header the CLI cannot run"
 
