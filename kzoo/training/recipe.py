@@ -238,7 +238,7 @@ def tune_on_pairs(run_dir, config, recipe: str, header: str, build, optimizer=No
     """
     from kzoo._quiet import set_random_seed
     from kzoo.data.preference import preference_dataset
-    from kzoo.training import save_config
+    from kzoo.training.config import save_config
     from kzoo.training.evaluation import RecipeEval, compare
 
     set_random_seed(config.seed)
