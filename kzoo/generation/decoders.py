@@ -6,10 +6,10 @@ call, e.g. weights in another layout), then uses `decoder.bind(prepared)`, which
 cache)`; the loops read only the last position's logits.
 
 - `ModelDecoder`: the model's own `call_with_cache` (the reference path).
-- `PreparedDecoder`: the same computation with every projection read from (out, in)
-  matrices (`kzoo.generation.quantization`): transposed from the live variables at the start
-  of each program, or a float32 / bfloat16 / int8 snapshot. It computes the head only for the
-  last position.
+- `PreparedDecoder`: the model's own blocks (`TransformerBlock.call` with its `dense` hook),
+  every projection read from (out, in) matrices (`kzoo.generation.quantization`): transposed
+  from the live variables at the start of each program, or a float32 / bfloat16 / int8
+  snapshot. It computes the head only for the last position.
 """
 
 from keras import ops
@@ -51,7 +51,7 @@ class ModelDecoder:
 
 def supports_prepared(model) -> bool:
     """Whether `PreparedDecoder` can run `model`: a kzoo CausalLM with float kernels."""
-    needed = ("blocks", "token_embedding", "final_norm", "_embed", "_rope_positions")
+    needed = ("blocks", "token_embedding", "final_norm", "embed")
     return all(hasattr(model, a) for a in needed) and not q.is_keras_quantized(model)
 
 
@@ -86,7 +86,7 @@ class PreparedDecoder(ModelDecoder):
                 f"{type(model).__name__}. Use ModelDecoder (weights='reference')."
             )
         if weights is not None:
-            _check_matches(weights, model)
+            q.check_matches(weights, model)
         self.weights = weights
         self.step = backend.compile_step(self._step, self.variables) if compile_steps else None
 
@@ -119,22 +119,6 @@ class PreparedDecoder(ModelDecoder):
         return _Bound(self.model, self.weights.entries, self.step, None)
 
 
-def _check_matches(weights, model):
-    if not isinstance(weights, q.GenerationWeights):
-        raise ValueError(
-            "`weights` must be None, 'reference', one of "
-            f"{list(q.MODES)} or GenerationWeights. Received: {type(weights).__name__}"
-        )
-    for name, (out_in, _) in q._expected(model).items():
-        entry = weights.entries.get(name)
-        if entry is None or tuple(entry["kernel"].shape) != out_in:
-            got = None if entry is None else tuple(entry["kernel"].shape)
-            raise ValueError(
-                f"`weights` do not fit this model: {name!r} kernel is {got}, the model needs "
-                f"{out_in}. Quantize this model: quantize_for_generation(model, mode)."
-            )
-
-
 def prepared_logits(model, token_ids, weights=None):
     """Logits (batch, seq, V) of every position through `PreparedDecoder` (for perplexity).
 
@@ -159,14 +143,6 @@ def prepared_logits(model, token_ids, weights=None):
     return logits
 
 
-def _norm(layer, x):
-    """`layer(x)` for a built normalization layer, without `Layer.__call__`'s bookkeeping (name
-    scopes, argument binding, masks): on PyTorch, which runs the decode loop eagerly, that
-    bookkeeping was a third of a step at the baby shape. The input is cast to the layer's
-    compute dtype, as `__call__` does."""
-    return layer.call(ops.cast(x, layer.compute_dtype))
-
-
 class _Bound:
     """`init_cache` / `call_with_cache` over one set of (out, in) projection entries; one-token
     steps go through `step(step_entries, ...)` when there is one."""
@@ -183,6 +159,10 @@ class _Bound:
     def _dense(self, x, name):
         return q.project(x, self.entries[name])  # (batch, seq, in) -> (batch, seq, out)
 
+    def _block_dense(self, i):
+        """The `dense` hook of block `i`: its projections ("qkv", ...) from the entries."""
+        return lambda x, name: self._dense(x, f"block_{i}/{name}")
+
     def call_with_cache(self, token_ids, cache, cache_index, padding_mask, position_ids,
                         last_only=True):
         if self.step is not None and last_only and ops.shape(token_ids)[1] == 1:
@@ -190,24 +170,17 @@ class _Bound:
                              ops.convert_to_tensor(cache_index, "int32"), padding_mask,
                              position_ids)
         model = self.model
-        x = model._embed(token_ids, position_ids, cache_index, False)  # (batch, T, hidden)
-        rope_positions = model._rope_positions(position_ids)
+        x = model.embed(token_ids, position_ids, cache_index)  # (batch, T, hidden)
         caches = []
         for i, (block, layer_cache) in enumerate(zip(model.blocks, cache)):
-            qkv = self._dense(_norm(block.attention_norm, x), f"block_{i}/qkv")
-            out, layer_cache = block.attention.decode_attention(
-                qkv, tuple(layer_cache), cache_index, padding_mask, rope_positions
+            # The block's own code; einsum attention, which groups query heads under their
+            # key/value head and reads the cache without copying it (one query row per step).
+            x, layer_cache = block(
+                x, padding_mask=padding_mask, position_ids=position_ids,
+                cache=tuple(layer_cache), cache_index=cache_index, training=False,
+                dense=self._block_dense(i), attention_impl="einsum",
             )
-            x = x + self._dense(out, f"block_{i}/attention_output")
-            ffn = block.feedforward
-            h = self._dense(_norm(block.feedforward_norm, x), f"block_{i}/up")
-            if ffn.gated:
-                gate, up = ops.split(h, 2, axis=-1)  # each (batch, T, intermediate)
-                h = ffn._activation_fn(gate, up)
-            else:
-                h = ffn._activation_fn(h)
-            x = x + self._dense(h, f"block_{i}/down")
             caches.append(layer_cache)
         # The loops read only the last position: the head runs on it alone, (batch, 1, V).
-        x = _norm(model.final_norm, x[:, -1:, :] if last_only else x)
+        x = model.final_norm(x[:, -1:, :] if last_only else x)
         return ops.cast(self._dense(x, "head"), "float32"), tuple(caches)

@@ -49,6 +49,15 @@ def _numpy(variable):
                       ).astype(_NUMPY[variable.dtype])
 
 
+# The names `TransformerBlock.call` gives its `dense` hook, in `_block_projections` order.
+BLOCK_PROJECTIONS = ("qkv", "attention_output", "up", "down")
+
+
+def _block_projections(block) -> tuple:
+    attention, ffn = block.attention, block.feedforward
+    return attention.query_key_value, attention.output_dense, ffn.up, ffn.down
+
+
 def projections(model) -> dict:
     """The model's projection layers by name: `{name: (kernel (in, out), bias or None)}`.
 
@@ -56,10 +65,7 @@ def projections(model) -> dict:
     """
     out = {}
     for i, block in enumerate(model.blocks):
-        attention, ffn = block.attention, block.feedforward
-        for name, layer in (("qkv", attention.query_key_value),
-                            ("attention_output", attention.output_dense),
-                            ("up", ffn.up), ("down", ffn.down)):
+        for name, layer in zip(BLOCK_PROJECTIONS, _block_projections(block)):
             out[f"block_{i}/{name}"] = (layer.kernel, layer.bias if layer.use_bias else None)
     embedding = model.token_embedding
     if embedding.tie_weights:
@@ -70,9 +76,10 @@ def projections(model) -> dict:
 
 
 def is_keras_quantized(model) -> bool:
-    """Whether `model.quantize(...)` (Keras) replaced some of the model's kernels."""
-    return any(getattr(layer.dtype_policy, "quantization_mode", None)
-               for layer in model._flatten_layers())
+    """Whether `model.quantize(...)` (Keras) replaced some of the model's kernels (Keras
+    quantizes the Dense layers: the projections)."""
+    layers = [model, *(layer for block in model.blocks for layer in _block_projections(block))]
+    return any(getattr(layer.dtype_policy, "quantization_mode", None) for layer in layers)
 
 
 def _check_model(model):
@@ -196,7 +203,7 @@ def quantize_for_generation(model, mode: str = "int8") -> GenerationWeights:
     return GenerationWeights(mode, entries)
 
 
-def _expected(model) -> dict:
+def expected_shapes(model) -> dict:
     """`{tensor name: (shape, numpy dtype name)}` a file for `model` must hold, per mode."""
     shapes = {}
     for name, (kernel, bias) in projections(model).items():
@@ -206,6 +213,26 @@ def _expected(model) -> dict:
             out_in = tuple(kernel.shape)[::-1]
         shapes[name] = (out_in, None if bias is None else (out_in[0],))
     return shapes
+
+
+def check_matches(weights, model) -> None:
+    """Refuse `weights` that are not a `GenerationWeights` of `model`'s shapes.
+
+    Example: `check_matches(quantize_for_generation(model, "int8"), model)` passes.
+    """
+    if not isinstance(weights, GenerationWeights):
+        raise ValueError(
+            "`weights` must be None, 'reference', one of "
+            f"{list(MODES)} or GenerationWeights. Received: {type(weights).__name__}"
+        )
+    for name, (out_in, _) in expected_shapes(model).items():
+        entry = weights.entries.get(name)
+        if entry is None or tuple(entry["kernel"].shape) != out_in:
+            got = None if entry is None else tuple(entry["kernel"].shape)
+            raise ValueError(
+                f"`weights` do not fit this model: {name!r} kernel is {got}, the model needs "
+                f"{out_in}. Quantize this model: quantize_for_generation(model, mode)."
+            )
 
 
 def load_generation_weights(path, model) -> GenerationWeights:
@@ -240,7 +267,7 @@ def load_generation_weights(path, model) -> GenerationWeights:
     mode = metadata["mode"]
     kernel_dtype = {"float32": np.float32, "bfloat16": np.uint16, "int8": np.int8}[mode]
     entries, wanted = {}, set()
-    for name, (out_in, bias_shape) in _expected(model).items():
+    for name, (out_in, bias_shape) in expected_shapes(model).items():
         spec = {"kernel": (out_in, kernel_dtype)}
         if mode == "int8":
             spec["scale"] = ((out_in[0],), np.float32)

@@ -43,6 +43,11 @@ class CausalSelfAttention(keras.layers.Layer):
             transposing the cache.
         cache_index: int or scalar int tensor. the cache slot of `x[:, 0]`.
         training: bool. enables dropout.
+        dense: optional callable. `dense(x, name) -> y` computes the projections instead of
+            the layer's own kernels, `name` being "qkv" or "attention_output": how a decoder
+            runs this layer with its weights in another layout or dtype
+            (`kzoo.generation.decoders`).
+        attention_impl: optional str. overrides the layer's `attention_impl` for this call.
 
     Returns the output (batch, seq, hidden_dim), and with a cache the pair `(output, cache)`.
 
@@ -127,15 +132,17 @@ class CausalSelfAttention(keras.layers.Layer):
         )
         self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
 
-    def _use_fused(self, training):
-        if self.attention_impl == "auto":
+    def _use_fused(self, training, attention_impl=None):
+        impl = self.attention_impl
+        if attention_impl is not None:
+            one_of("attention_impl", attention_impl, ATTENTION_IMPLS)
+            impl = attention_impl
+        if impl == "auto":
             return keras.backend.backend() != "tensorflow" and not (training and self.dropout)
-        return self.attention_impl == "fused"
+        return impl == "fused"
 
     def call(self, x, padding_mask=None, position_ids=None, cache=None, cache_index=None,
-             training=None):
-        batch, seq = ops.shape(x)[0], ops.shape(x)[1]
-        n, h = self.num_heads, self.head_dim
+             training=None, dense=None, attention_impl=None):
         if cache is not None:
             if cache_index is None:
                 raise ValueError("`cache_index` is required when `cache` is given.")
@@ -145,10 +152,18 @@ class CausalSelfAttention(keras.layers.Layer):
                     f"max_length, head_dim). Received: {type(cache).__name__}"
                 )
         start = 0 if cache is None else cache_index
+        qkv = self.query_key_value(x) if dense is None else dense(x, "qkv")
+        fused = self._use_fused(training, attention_impl)
+        out, cache = self._attend(qkv, start, cache, padding_mask, position_ids, fused, training)
+        out = self.output_dense(out) if dense is None else dense(out, "attention_output")
+        return out if cache is None else (out, cache)
 
-        qkv = self.query_key_value(x)  # (batch, seq, (n + 2k) * h)
-        query, key, value = self._split_heads(qkv, start, position_ids)
-
+    def _attend(self, qkv, start, cache, padding_mask, position_ids, fused, training):
+        """Everything between the two projections: qkv (batch, seq, (n + 2k) * h) -> out
+        (batch, seq, n * h) and the updated cache (or None without one)."""
+        batch, seq = ops.shape(qkv)[0], ops.shape(qkv)[1]
+        n, h = self.num_heads, self.head_dim
+        query, key, value = self.split_heads(qkv, start, position_ids)
         key = ops.transpose(key, (0, 2, 1, 3))  # (batch, kv_heads, seq, head_dim)
         value = ops.transpose(value, (0, 2, 1, 3))
         if cache is not None:
@@ -166,21 +181,30 @@ class CausalSelfAttention(keras.layers.Layer):
         if padding_mask is not None:
             mask = ops.logical_and(mask, ops.cast(padding_mask, "bool")[:, None, :])
 
-        if self._use_fused(training):
+        if fused:
             out = ops.dot_product_attention(
                 query, ops.transpose(key, (0, 2, 1, 3)), ops.transpose(value, (0, 2, 1, 3)),
                 mask=mask[:, None], scale=1.0 / math.sqrt(h),
             )
         else:
             out = self._einsum_attention(query, key, value, mask, training)
-        out = ops.reshape(out, (batch, seq, n * h))  # (batch, seq, hidden)
-        out = self.output_dense(out)
-        return out if cache is None else (out, cache)
+        return ops.reshape(out, (batch, seq, n * h)), cache  # (batch, seq, heads * head_dim)
 
-    def _split_heads(self, qkv, start, position_ids):
+    def split_heads(self, qkv, start=0, position_ids=None):
         """Fused q/k/v (batch, seq, (n + 2k) * h) -> query (batch, seq, heads, head_dim), key and
         value (batch, seq, kv_heads, head_dim), RoPE applied at positions `start + arange(seq)`
-        (or `position_ids`)."""
+        (or `position_ids`). `kzoo.viz` draws attention patterns from these.
+
+        Example:
+        ```python
+        import numpy as np
+        from kzoo.layers import CausalSelfAttention
+        attn = CausalSelfAttention(hidden_dim=8, num_heads=2, use_rope=True)
+        x = np.ones((1, 3, 8), "float32")
+        attn.build(x.shape)  # creates query_key_value
+        q, k, v = attn.split_heads(attn.query_key_value(x))  # (1, 3, 2, 4) each
+        ```
+        """
         batch, seq = ops.shape(qkv)[0], ops.shape(qkv)[1]
         n, k, h = self.num_heads, self.num_kv_heads, self.head_dim
         query, key, value = ops.split(qkv, [n * h, (n + k) * h], axis=-1)
@@ -200,9 +224,9 @@ class CausalSelfAttention(keras.layers.Layer):
     def decode_attention(self, qkv, cache, cache_index, padding_mask=None, position_ids=None):
         """Attention of already projected tokens against the cache, for fast decoders.
 
-        The part of `call` between the two projections, on the cached path and without
-        dropout, so a decoder that keeps its projection weights in another layout or dtype
-        (`kzoo.generation.quantization`) shares every other step with the layer.
+        The part of `call` between the two projections, on the cached path, with the einsum
+        attention and without dropout. (`call(..., dense=...)` runs the whole layer with other
+        projection weights; this stays for callers that project themselves.)
 
         Args:
             qkv: float tensor. (batch, seq, (num_heads + 2 * num_kv_heads) * head_dim), the
@@ -221,29 +245,14 @@ class CausalSelfAttention(keras.layers.Layer):
         import numpy as np
         from kzoo.layers import CausalSelfAttention
         attn = CausalSelfAttention(hidden_dim=8, num_heads=2)
+        attn.build((1, 1, 8))  # creates query_key_value
         cache = (np.zeros((1, 2, 4, 4), "float32"),) * 2
         x = np.ones((1, 1, 8), "float32")
         out, cache = attn.decode_attention(attn.query_key_value(x), cache, 0)  # (1, 1, 8)
         ```
         """
-        batch, seq = ops.shape(qkv)[0], ops.shape(qkv)[1]
-        n, h = self.num_heads, self.head_dim
-        query, key, value = self._split_heads(qkv, cache_index, position_ids)
-        keys, values = cache
-        origin = [0, 0, cache_index, 0]
-        # The cache is (batch, kv_heads, slots, head_dim): the new tokens go in at cache_index.
-        keys = backend.update_slice(keys, origin, ops.cast(ops.transpose(key, (0, 2, 1, 3)),
-                                                           keys.dtype))
-        values = backend.update_slice(values, origin, ops.cast(
-            ops.transpose(value, (0, 2, 1, 3)), values.dtype))
-        num_keys = ops.shape(keys)[2]
-        mask = (ops.arange(seq) + cache_index)[:, None] >= ops.arange(num_keys)[None, :]
-        mask = mask[None]  # (1, seq, keys)
-        if padding_mask is not None:
-            mask = ops.logical_and(mask, ops.cast(padding_mask, "bool")[:, None, :])
-        out = self._einsum_attention(query, ops.cast(keys, self.compute_dtype),
-                                     ops.cast(values, self.compute_dtype), mask, False)
-        return ops.reshape(out, (batch, seq, n * h)), (keys, values)
+        return self._attend(qkv, cache_index, tuple(cache), padding_mask, position_ids,
+                            fused=False, training=False)
 
     def _einsum_attention(self, query, key, value, mask, training):
         batch, seq = ops.shape(query)[0], ops.shape(query)[1]

@@ -19,6 +19,11 @@ class FeedForward(keras.layers.Layer):
     Plain activations compute `down(act(up(x)))`; gated ones (`swiglu`, `geglu`, `reglu`)
     compute `down(act(gate(x)) * up(x))`, with gate and up fused into one matmul.
 
+    Call arguments:
+        x: float tensor. (batch, seq, hidden_dim).
+        dense: optional callable. `dense(x, name) -> y` computes the projections ("up", "down")
+            instead of the layer's own kernels (a decoder's prepared or int8 weights).
+
     Args:
         hidden_dim: int. input and output width.
         intermediate_dim: int. width of the hidden layer.
@@ -60,14 +65,14 @@ class FeedForward(keras.layers.Layer):
             self.dtype_policy, "down",
         )
 
-    def call(self, x):
-        h = self.up(x)
+    def call(self, x, dense=None):
+        h = self.up(x) if dense is None else dense(x, "up")
         if self.gated:
             gate, up = ops.split(h, 2, axis=-1)  # each (batch, seq, intermediate_dim)
             h = self._activation_fn(gate, up)
         else:
             h = self._activation_fn(h)
-        return self.down(h)
+        return self.down(h) if dense is None else dense(h, "down")
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -19,7 +19,11 @@ class TransformerBlock(keras.layers.Layer):
     """`x + attn(norm(x))`, then `x + ffn(norm(x))`: GPT-2 and Llama are both this block.
 
     Call arguments are those of `CausalSelfAttention` (`padding_mask`, `position_ids`, `cache`,
-    `cache_index`, `training`); with a cache the block returns `(output, cache)`.
+    `cache_index`, `training`, `attention_impl`); with a cache the block returns `(output,
+    cache)`. `dense`: optional callable `dense(x, name) -> y` that computes every projection
+    ("qkv", "attention_output", "up", "down") instead of the layers' own kernels, so a decoder
+    with its weights in another layout or dtype runs this very block
+    (`kzoo.generation.decoders`).
 
     Args:
         hidden_dim: int. model width.
@@ -114,15 +118,16 @@ class TransformerBlock(keras.layers.Layer):
             layer.build(shape)
 
     def call(self, x, padding_mask=None, position_ids=None, cache=None, cache_index=None,
-             training=None):
+             training=None, dense=None, attention_impl=None):
         h = self.attention(
             self.attention_norm(x), padding_mask=padding_mask, position_ids=position_ids,
-            cache=cache, cache_index=cache_index, training=training,
+            cache=cache, cache_index=cache_index, training=training, dense=dense,
+            attention_impl=attention_impl,
         )
         if cache is not None:
             h, cache = h
         x = x + self.residual_dropout(h, training=training)
-        h = self.feedforward(self.feedforward_norm(x))
+        h = self.feedforward(self.feedforward_norm(x), dense=dense)
         x = x + self.residual_dropout(h, training=training)
         return x if cache is None else (x, cache)
 

@@ -231,18 +231,36 @@ class CausalLM(LoRAMixin, InteropMixin, GenerationMixin, keras.Model):
             )
         check_vocabulary(self.vocab_size, token_ids)
 
-    def _embed(self, token_ids, position_ids, start, training):
+    def embed(self, token_ids, position_ids=None, cache_index=0, training=False):
+        """The residual stream entering the first block: token embeddings, plus learned
+        position embeddings for the GPT family (RoPE models add positions inside attention).
+
+        The ids are not checked here (`model(...)` and `call_with_cache` check them), so a
+        compiled decode step can call it without reading values.
+
+        Args:
+            token_ids: int tensor. (batch, seq).
+            position_ids: optional int tensor. (batch, seq); default `cache_index + arange(seq)`.
+            cache_index: int or scalar int tensor. the position of `token_ids[:, 0]`.
+            training: bool. enables the embedding dropout.
+
+        Returns float tensor (batch, seq, hidden_dim) in the compute dtype.
+
+        Example:
+        ```python
+        import numpy as np
+        from kzoo.models import CausalLM
+        x = CausalLM.from_preset("gpt_nano").embed(np.array([[1, 2, 3]]))  # (1, 3, 64)
+        ```
+        """
         x = self.token_embedding(token_ids)  # (batch, seq, hidden)
         if self.position_embedding_layer is not None:
             if position_ids is None:
-                position_ids = (ops.arange(ops.shape(token_ids)[1]) + start)[None, :]
+                position_ids = (ops.arange(ops.shape(token_ids)[1]) + cache_index)[None, :]
             x = x + self.position_embedding_layer(position_ids)
         # Dropout is the identity unless training: skipping its Layer call saves eager
         # backends (PyTorch) that bookkeeping on every decoded token.
         return self.embedding_dropout(x, training=True) if training else x
-
-    def _rope_positions(self, position_ids):
-        return position_ids if self.position_embedding == "rope" else None
 
     def hidden_states(self, inputs, training=None):
         """Final-norm hidden states (batch, seq, hidden_dim), before the output head.
@@ -258,11 +276,11 @@ class CausalLM(LoRAMixin, InteropMixin, GenerationMixin, keras.Model):
         """
         token_ids, padding_mask, position_ids = self._unpack(inputs)
         self._check_token_ids(token_ids)
-        x = self._embed(token_ids, position_ids, 0, training)
-        rope_positions = self._rope_positions(position_ids)
+        x = self.embed(token_ids, position_ids, 0, training)
+        # Blocks read `position_ids` for RoPE only; learned positions were added by `embed`.
         for block in self.blocks:
             def run(h, block=block):
-                return block(h, padding_mask=padding_mask, position_ids=rope_positions,
+                return block(h, padding_mask=padding_mask, position_ids=position_ids,
                              training=training)
             # Remat keeps only each block's input for the backward pass, recomputing the rest.
             x = keras.remat(run)(x) if self.remat and training else run(x)
@@ -353,12 +371,11 @@ class CausalLM(LoRAMixin, InteropMixin, GenerationMixin, keras.Model):
                 "Make it with `model.init_cache`."
             )
         self._check_token_ids(token_ids, limit=cache[0][0].shape[2])
-        x = self._embed(token_ids, position_ids, cache_index, training)
-        rope_positions = self._rope_positions(position_ids)
+        x = self.embed(token_ids, position_ids, cache_index, training)
         caches = []
         for block, layer_cache in zip(self.blocks, cache):
             x, layer_cache = block(
-                x, padding_mask=padding_mask, position_ids=rope_positions,
+                x, padding_mask=padding_mask, position_ids=position_ids,
                 cache=tuple(layer_cache), cache_index=cache_index, training=training,
             )
             caches.append(layer_cache)

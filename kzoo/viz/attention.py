@@ -26,25 +26,11 @@ from pathlib import Path
 import numpy as np
 from keras import ops
 
-from kzoo.layers.rotary import apply_rotary, rotary_cos_sin
-
 
 def _split_heads(layer, x, position_ids=None):
-    """Queries and keys/values of `x` under `layer`'s weights, RoPE applied."""
-    batch, seq = ops.shape(x)[0], ops.shape(x)[1]
-    n, k, h = layer.num_heads, layer.num_kv_heads, layer.head_dim
-    qkv = layer.query_key_value(x)  # (batch, seq, (n + 2k) * h)
-    query, key, value = ops.split(qkv, [n * h, (n + k) * h], axis=-1)
-    query = ops.reshape(query, (batch, seq, n, h))  # (batch, seq, heads, head_dim)
-    key = ops.reshape(key, (batch, seq, k, h))  # (batch, seq, kv_heads, head_dim)
-    value = ops.reshape(value, (batch, seq, k, h))  # (batch, seq, kv_heads, head_dim)
-    if layer.use_rope:
-        if position_ids is None:
-            position_ids = ops.arange(seq)[None, :]
-        cos, sin = rotary_cos_sin(position_ids, h, layer.rope_max_wavelength,
-                                  layer.rope_scaling_factor, dtype=layer.compute_dtype)
-        query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
-    return query, key, value
+    """Queries and keys/values of `x` under `layer`'s weights, RoPE applied: the layer's own
+    `split_heads` of its `query_key_value` projection."""
+    return layer.split_heads(layer.query_key_value(x), 0, position_ids)
 
 
 def attention_weights(layer, x, padding_mask=None, position_ids=None):
@@ -131,7 +117,7 @@ def attention_output(layer, x, probs, position_ids=None):
     return np.asarray(ops.convert_to_numpy(ops.cast(out, "float32")), np.float32)
 
 
-def _token_ids(model, token_ids):
+def as_token_ids(model, token_ids):
     """`token_ids` as an int32 tensor (batch, seq), checked against the model's context."""
     token_ids = np.asarray(token_ids)
     if token_ids.ndim != 2 or not np.issubdtype(token_ids.dtype, np.integer):
@@ -141,15 +127,6 @@ def _token_ids(model, token_ids):
         raise ValueError(f"Sequence of length {token_ids.shape[1]} is longer than the model's "
                          f"max_sequence_length={model.max_sequence_length}.")
     return ops.convert_to_tensor(token_ids, "int32")
-
-
-def _embed(model, token_ids):
-    """The residual stream entering the first block (mirrors `CausalLM`'s embedding)."""
-    x = model.token_embedding(token_ids)  # (batch, seq, hidden)
-    if model.position_embedding_layer is not None:
-        positions = ops.arange(ops.shape(token_ids)[1])[None, :]  # (1, seq)
-        x = x + model.position_embedding_layer(positions)
-    return x
 
 
 def model_attention(model, token_ids, padding_mask=None, return_hidden_states=False):
@@ -175,7 +152,7 @@ def model_attention(model, token_ids, padding_mask=None, return_hidden_states=Fa
     [p.shape for p in model_attention(model, np.array([[1, 2, 3]]))]   # 2 x (1, 2, 3, 3)
     ```
     """
-    x = _embed(model, _token_ids(model, token_ids))
+    x = model.embed(as_token_ids(model, token_ids))  # (batch, seq, hidden)
     patterns = []
     for block in model.blocks:
         patterns.append(attention_weights(block.attention, block.attention_norm(x),

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from keras import ops
 
-from kzoo.viz.attention import _embed, _token_ids
+from kzoo.viz.attention import as_token_ids
 
 
 def _count(variables) -> int:
@@ -84,7 +84,7 @@ def logit_lens(model, token_ids) -> np.ndarray:
     probs[:, 0, -1].argmax(-1)                         # each reading's top guess after "3"
     ```
     """
-    x = _embed(model, _token_ids(model, token_ids))  # (batch, seq, hidden)
+    x = model.embed(as_token_ids(model, token_ids))  # (batch, seq, hidden)
     readings = []
     for block in [None, *model.blocks]:
         if block is not None:

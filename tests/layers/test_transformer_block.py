@@ -38,3 +38,31 @@ def test_bad_arguments_fail_at_construction():
         TransformerBlock(10, 4, 32)
     with pytest.raises(ValueError, match="norm"):
         TransformerBlock(16, 4, 32, norm="groupnorm")
+
+
+@pytest.mark.parametrize("kwargs", [{}, LLAMA], ids=["gpt", "llama"])
+def test_dense_hook_computes_every_projection(rng, kwargs):
+    """`dense(h, name)` replaces the four projections: the decoders' prepared and int8
+    weights run through this very block (issue 28)."""
+    block = TransformerBlock(16, 4, 32, **kwargs)
+    x = rng.normal(size=(2, 5, 16)).astype("float32")
+    want = np.asarray(block(x))
+    layers = {"qkv": block.attention.query_key_value,
+              "attention_output": block.attention.output_dense,
+              "up": block.feedforward.up, "down": block.feedforward.down}
+    seen = []
+
+    def own(h, name):
+        seen.append(name)
+        return layers[name](h)
+
+    np.testing.assert_allclose(block(x, dense=own, attention_impl="einsum"), want, atol=1e-5)
+    assert seen == ["qkv", "attention_output", "up", "down"]
+    doubled = np.asarray(block(x, dense=lambda h, name: 2 * layers[name](h)))
+    assert np.abs(doubled - want).max() > 1e-3  # the hook's output is what the block uses
+
+
+def test_attention_impl_override_is_checked(rng):
+    block = TransformerBlock(16, 4, 32)
+    with pytest.raises(ValueError, match="attention_impl"):
+        block(rng.normal(size=(1, 3, 16)).astype("float32"), attention_impl="flash")

@@ -190,3 +190,18 @@ def test_initial_weights_follow_the_global_seed():
 
     for a, b in zip(weights(), weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_embed_is_the_residual_stream_entering_the_first_block():
+    gpt = CausalLM.from_preset("gpt_nano", vocab_size=20, max_sequence_length=16)
+    ids = np.array([[1, 2, 3]])
+    tokens = np.asarray(gpt.token_embedding(ids))
+    positions = np.asarray(gpt.position_embedding_layer.embeddings)
+    np.testing.assert_allclose(gpt.embed(ids), tokens + positions[None, :3], atol=1e-6)
+    np.testing.assert_allclose(gpt.embed(ids, cache_index=4), tokens + positions[None, 4:7],
+                               atol=1e-6)
+    np.testing.assert_allclose(gpt.embed(ids, position_ids=np.array([[0, 0, 5]])),
+                               tokens + positions[None, [0, 0, 5]], atol=1e-6)
+    llama = CausalLM.from_preset("llama_nano", vocab_size=20, max_sequence_length=16)
+    # RoPE models add positions inside attention: the stream is the token embeddings.
+    np.testing.assert_allclose(llama.embed(ids, cache_index=4), llama.token_embedding(ids))

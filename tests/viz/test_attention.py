@@ -26,6 +26,19 @@ def test_weights_reproduce_layer_output(num_heads, num_kv_heads, use_rope):
     np.testing.assert_allclose(attention_output(layer, x, probs), expected, atol=1e-5)
 
 
+def test_weights_follow_the_layers_rope_scaling():
+    """The pattern comes from the layer's own `split_heads`, so Llama 3.1's RoPE scaling is in
+    it (a copy of the head split once left the scaling out)."""
+    scaling = {"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8}
+    layer = CausalSelfAttention(hidden_dim=16, num_heads=4, num_kv_heads=2, use_rope=True,
+                                rope_scaling=scaling)
+    x = RNG.normal(size=(1, 9, 16)).astype("float32")
+    expected = np.asarray(layer(x))
+    np.testing.assert_allclose(attention_output(layer, x, attention_weights(layer, x)),
+                               expected, atol=1e-5)
+
+
 def test_wrong_pattern_does_not_reproduce_output():
     """Guards the check above: a pattern with heads swapped gives a different output."""
     layer = CausalSelfAttention(hidden_dim=16, num_heads=4, num_kv_heads=2, use_rope=True)
@@ -55,9 +68,7 @@ def test_model_attention_matches_model_hidden_states(preset):
     np.testing.assert_allclose(hidden, np.asarray(model.hidden_states(ids)), atol=1e-5)
     # And each block's pattern reproduces that block's attention output on its real input.
     block = model.blocks[1]
-    x = np.asarray(model.blocks[0](model.token_embedding(ids)
-                                   + (0 if model.position_embedding_layer is None
-                                      else model.position_embedding_layer(np.arange(9)[None]))))
+    x = np.asarray(model.blocks[0](model.embed(ids)))
     normed = block.attention_norm(x)
     np.testing.assert_allclose(attention_output(block.attention, normed, patterns[1]),
                                np.asarray(block.attention(normed)), atol=1e-5)
