@@ -29,6 +29,14 @@ KNOBS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "freque
          "presence_penalty")
 SAMPLERS = ("greedy", "random", "top_k", "top_p", "min_p")
 SETTABLE = ("sampler", *KNOBS, "seed", "max_new_tokens")
+
+
+def sampler_problem(name: str) -> str | None:
+    """Why `name` cannot be the chat's sampler (one line), or None when it can."""
+    if name in SAMPLERS:
+        return None
+    return (f"{name!r}: expected one of {', '.join(SAMPLERS)} (a reply streams; beam search "
+            "picks its tokens only at the end)")
 HELP = """commands:
   /reset              forget the conversation
   /set KEY VALUE      change a setting: {keys}
@@ -193,9 +201,8 @@ class Chat:
 
         settings = {**self.settings, **changes}
         name = settings.get("sampler") or "top_p"
-        if name not in SAMPLERS:
-            raise ValueError(f"sampler {name!r}: expected one of {', '.join(SAMPLERS)} (a "
-                             "reply streams; beam search picks its tokens only at the end)")
+        if sampler_problem(name):
+            raise ValueError(f"sampler {sampler_problem(name)}")
         context = self.model.max_sequence_length
         limit = settings.get("max_new_tokens")
         limit = min(256, context // 2) if limit is None else limit  # 0 is refused, not "default"
@@ -394,9 +401,8 @@ def main(argv=None) -> int:
     problem = None
     if not Path(args.run_dir).exists():
         problem = f"RUN_OR_MODEL_DIR {args.run_dir} does not exist"
-    elif args.sampler not in SAMPLERS:
-        problem = (f"--sampler {args.sampler!r}: expected one of {', '.join(SAMPLERS)} (a "
-                   "reply streams; beam search picks its tokens only at the end)")
+    elif sampler_problem(args.sampler):
+        problem = f"--sampler {sampler_problem(args.sampler)}"
     elif args.max_new_tokens is not None and args.max_new_tokens < 1:
         problem = f"--max-new-tokens {args.max_new_tokens}: must be at least 1"
     if problem:
