@@ -1,6 +1,6 @@
 """Alignment: the seed's second stage, tuning a pre-trained model on demonstrations and feedback.
 
-- `sft`: supervised fine-tuning on instruction records (loss on the response only);
+- `sft`: `SFTModel`, supervised fine-tuning on instruction records (loss on the response only);
 - `dpo`: `DPOModel`, the DPO family on (chosen, rejected) pairs against a frozen reference;
 - `reward`: `RewardModel`, a Bradley-Terry reward model on pairs;
 - `kto`: `KTOModel`, unpaired thumbs-up / thumbs-down feedback;
@@ -30,7 +30,7 @@ from kzoo.alignment.orpo import ORPOModel
 from kzoo.alignment.reward import RewardModel
 from kzoo.alignment.rewards import Reward, RewardSet, load_reward, reward_set_from_config
 from kzoo.alignment.rl import OnlineConfig, build_trainer, sample_rewards, train_online
-from kzoo.alignment.sft import compile_sft, response_nll
+from kzoo.alignment.sft import SFTModel, compile_sft, response_nll
 
 __all__ = [
     "DPOModel",
@@ -41,6 +41,7 @@ __all__ = [
     "Reward",
     "RewardModel",
     "RewardSet",
+    "SFTModel",
     "build_trainer",
     "compile_sft",
     "compute_reference_logps",

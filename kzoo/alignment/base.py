@@ -259,7 +259,12 @@ class PolicyModel(keras.Model):
         """
         super().compile(optimizer=optimizer or self.default_optimizer, **kwargs)
         # Create the slots now, under the caller's distribution scope, not inside the step.
-        self.optimizer.build(self.policy.trainable_variables)
+        self.optimizer.build(self.tuned_variables())
+
+    def tuned_variables(self):
+        """The weights a step changes: the policy's trainable ones (a method with a head of
+        its own, such as the reward model, adds it)."""
+        return self.policy.trainable_variables
 
     def compile_from_config(self, config):
         # Keras skips restoring compile() for a model that overrides it: a loaded `.keras`
@@ -280,7 +285,7 @@ class PolicyModel(keras.Model):
     def apply_policy_gradients(self, compute_loss):
         """One optimizer step on the policy's weights: `compute_loss() -> (loss, aux)`; aux."""
         return backend.apply_gradients(self.optimizer, compute_loss,
-                                       self.policy.trainable_variables)[1]
+                                       self.tuned_variables())[1]
 
     def update_means(self, values, weight=None):
         """Add each value's mean (batch-weighted when `weight` is given) to its tracker; the

@@ -22,15 +22,20 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from kzoo.alignment.base import PolicyModel
 from kzoo.losses import BradleyTerryLoss, pairwise_accuracy
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class RewardModel(keras.Model):
+class RewardModel(PolicyModel):
     """Scores (pairs, 2, L) token rows; column 0 is the chosen response, column 1 the rejected.
 
     Call: `model({"token_ids": (pairs, 2, L) ints, "lengths": (pairs, 2) ints})` returns float32
     rewards (pairs, 2). Rows may also be scored alone with `score(token_ids, lengths)`.
+
+    On the alignment base (`kzoo.alignment.base.PolicyModel`, no reference): its `policy` is the
+    backbone; `compile` builds the optimizer's slots for the backbone and the head at once. It
+    trains through Keras' own step with a compiled loss (Bradley-Terry by default).
 
     Args:
         backbone: CausalLM. the language model whose hidden states the head reads.
@@ -46,9 +51,10 @@ class RewardModel(keras.Model):
     ```
     """
 
+    takes_reference = False
+
     def __init__(self, backbone, **kwargs):
-        super().__init__(**kwargs)
-        self.backbone = backbone
+        super().__init__(backbone, **kwargs)
         self.head = keras.layers.Dense(1, dtype=backbone.dtype_policy, name="reward_head")
         self.head.build((None, backbone.hidden_dim))
         self.built = True
@@ -67,6 +73,19 @@ class RewardModel(keras.Model):
         lengths = ops.reshape(inputs["lengths"], (-1,))
         return ops.reshape(self.score(flat, lengths, training=training), (-1, 2))  # (pairs, 2)
 
+    @property
+    def backbone(self):
+        """The scored `CausalLM` (the base's `policy`)."""
+        return self.policy
+
+    @property
+    def metrics(self):
+        # Keras' own step: its loss tracker and compiled metrics, not the base's trackers.
+        return keras.Model.metrics.fget(self)
+
+    def tuned_variables(self):
+        return self.trainable_variables  # the backbone's and the head's
+
     def compile(self, optimizer="adamw", loss=None, metrics=None, **kwargs):
         """Compile with the Bradley-Terry loss and pairwise accuracy by default."""
         super().compile(
@@ -76,21 +95,17 @@ class RewardModel(keras.Model):
             **kwargs,
         )
 
-    def compile_from_config(self, config):
-        # Keras skips restoring compile() for models that override it; restore it here.
-        self.compile(**keras.saving.deserialize_keras_object(config))
-        if self.optimizer is not None:
-            self.optimizer.build(self.trainable_variables)
-
     def get_config(self):
-        return {**super().get_config(),
-                "backbone": keras.saving.serialize_keras_object(self.backbone)}
+        config = super().get_config()
+        # The key files saved before the base used: old and new `.keras` files load alike.
+        config["backbone"] = config.pop("policy")
+        return config
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)
+        backbone = keras.saving.deserialize_keras_object(config.pop("backbone"))
+        return cls(backbone, **config)
 
 
 def reward_dataset(arrays: dict, batch_size: int, shuffle: bool = True, seed: int = 0):

@@ -1,9 +1,11 @@
 """Supervised fine-tuning (SFT) with the loss on response tokens only, through `model.fit`.
 
 The data (`kzoo.data.instruction.sft_dataset`) yields `(x, y, sample_weight)` where the weight is
-1.0 on response targets and 0.0 on prompt and padding targets. The loss divides by the sum of the
-weights (`reduction="mean_with_sample_weight"`), so the logged loss is the mean negative
-log-likelihood per response token.
+1.0 on response targets and 0.0 on prompt and padding targets. `SFTModel` (on the alignment base,
+`kzoo.alignment.base.PolicyModel`, with no reference) divides by the response tokens of the
+global batch, and its logged loss is weighted by tokens across batches, so an epoch's `val_loss`
+is exactly `response_nll` of the held-out rows. `compile_sft` keeps the older way: a plain
+`CausalLM` compiled with a sample-weighted Keras loss (its epoch loss averages batches).
 
 Example:
 ```python
@@ -15,8 +17,9 @@ from kzoo.alignment.sft import compile_sft
 records = read_instruction_records("../shared/data/instruction-data.json")
 arrays = encode_sft(records, ByteTokenizer(), max_length=256)
 model = CausalLM.from_preset("gpt_nano", vocab_size=257, max_sequence_length=256)
-compile_sft(model, keras.optimizers.AdamW(1e-3))
-model.fit(sft_dataset(arrays, batch_size=16), epochs=1)
+sft = SFTModel(model)
+sft.compile(optimizer=keras.optimizers.AdamW(1e-3))
+sft.fit(sft_dataset(arrays, batch_size=16), epochs=1)
 ```
 """
 
@@ -24,6 +27,68 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+from keras import ops
+
+from kzoo import backend
+from kzoo.alignment.base import PolicyModel, global_token_mean
+
+
+@keras.saving.register_keras_serializable(package="kzoo")
+class SFTModel(PolicyModel):
+    """Trains `policy` on `(x, y, sample_weight)` batches: NLL per weighted (response) target.
+
+    The loss of a step is the summed NLL of the weighted targets over the global batch's
+    weight (under `tf.distribute` too); the logged `loss` is weighted by tokens across
+    batches. With no `sample_weight` every target counts.
+
+    Args:
+        policy: CausalLM. the model being tuned.
+        **kwargs: passed to `keras.Model` (e.g. `name`).
+
+    Example:
+    ```python
+    import numpy as np
+    from kzoo.models import CausalLM
+    from kzoo.alignment.sft import SFTModel
+    sft = SFTModel(CausalLM.from_preset("gpt_nano"))
+    sft.compile(optimizer="adamw")
+    ids = np.array([[1, 2, 3, 4]])
+    sft.train_on_batch(ids[:, :-1], ids[:, 1:], sample_weight=np.array([[0.0, 1.0, 1.0]]))
+    ```
+    """
+
+    takes_reference = False
+
+    def __init__(self, policy, **kwargs):
+        super().__init__(policy, **kwargs)
+        self.track(("loss",))
+
+    def call(self, inputs, training=False):
+        """The policy's logits (batch, seq, vocab)."""
+        return self.policy(inputs, training=training)
+
+    def _loss(self, data, training):
+        x, y, weight = keras.utils.unpack_x_y_sample_weight(data)
+        logits = self.policy(x, training=training)  # (batch, seq, vocab)
+        nll = ops.sparse_categorical_crossentropy(
+            ops.cast(y, "int32"), ops.cast(logits, "float32"), from_logits=True)  # (batch, seq)
+        weight = ops.ones_like(nll) if weight is None else ops.cast(weight, "float32")
+        tokens = ops.sum(weight)
+        share, logged = global_token_mean(ops.sum(nll * weight), tokens)
+        return share, {"loss": logged, "tokens": tokens}
+
+    def _update_metrics(self, aux):
+        # Token-weighted: the epoch's loss is the mean NLL per response token of the epoch.
+        return self.update_means({"loss": aux["loss"]}, aux["tokens"])
+
+    @backend.stateful_step
+    def train_step(self, data):
+        return self._update_metrics(self.apply_policy_gradients(
+            lambda: self._loss(data, training=True)))
+
+    @backend.stateful_step
+    def test_step(self, data):
+        return self._update_metrics(self._loss(data, training=False)[1])
 
 
 def response_loss_fn():
@@ -58,7 +123,7 @@ def response_nll(model, arrays: dict, batch_size: int = 32) -> float:
     response_nll(model, arrays)   # e.g. 1.73 nats per token
     ```
     """
-    from kzoo.alignment.dpo import sequence_logps
+    from kzoo.alignment.base import sequence_logps
 
     length = arrays["token_ids"].shape[-1]
     ids = arrays["token_ids"].reshape(-1, length)  # (rows, L): pairs flattened to rows

@@ -69,7 +69,7 @@ def run(config: SFTConfig) -> dict:
 
 def _run_in(run_dir, config: SFTConfig) -> dict:
 
-    from kzoo.alignment.sft import compile_sft, load_tokenizer_and_model, response_nll
+    from kzoo.alignment.sft import SFTModel, load_tokenizer_and_model, response_nll
     from kzoo.data.instruction import (
         encode_sft,
         read_instruction_records,
@@ -100,12 +100,13 @@ def _run_in(run_dir, config: SFTConfig) -> dict:
     train, val = encode(train_records), encode(val_records)
     model = prepare_tuning(model, config.lora, config.train)
     optimizer = tuning_optimizer(config.train, weight_decay=config.train.weight_decay)
-    compile_sft(model, optimizer, jit_compile=backend_jit_compile(config.train.jit_compile))
+    tuner = SFTModel(model)
+    tuner.compile(optimizer=optimizer, jit_compile=backend_jit_compile(config.train.jit_compile))
     before = response_nll(model, val)
     eval_before = evaluation.score(model, tokenizer)
     guard = NaNGuard(model, keys=("loss",), max_loss_factor=config.train.max_loss_factor)
     # Every epoch's order fixed by (seed, epoch): the same batches on every backend.
-    history = model.fit(
+    history = tuner.fit(
         sft_dataset(train, config.train.batch_size, seed=config.seed,
                     epochs=config.train.epochs),
         steps_per_epoch=sft_steps(train, config.train.batch_size),

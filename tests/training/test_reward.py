@@ -61,3 +61,25 @@ def test_json_round_trip_and_keras_file(tmp_path):
     rm.save(path)
     loaded = keras.models.load_model(path)
     np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(rm(x)), rtol=1e-5)
+
+
+def test_reward_model_on_the_alignment_base_trains_head_and_backbone():
+    from kzoo.alignment.base import PolicyModel
+
+    rm = RewardModel(_backbone())
+    assert isinstance(rm, PolicyModel) and rm.policy is rm.backbone
+    rm.compile(optimizer=keras.optimizers.Adam(1e-2))
+    # compile() made the slots at once, for the head as well as the backbone
+    tuned = {id(v) for v in rm.tuned_variables()}
+    assert {id(v) for v in rm.head.trainable_variables} <= tuned
+    assert {id(v) for v in rm.backbone.trainable_variables} <= tuned
+    before = [v.numpy().copy() for v in rm.trainable_variables]
+    pairs = _pairs(8, seed=4)
+    logs = rm.train_on_batch({"token_ids": pairs["token_ids"], "lengths": pairs["lengths"]},
+                             np.zeros((8,), "float32"), return_dict=True)
+    assert set(logs) == {"loss", "pairwise_accuracy"}
+    moved = {v.path: not np.allclose(a, v.numpy()) for a, v in zip(before, rm.trainable_variables)}
+    # Bradley-Terry sees only score differences: a shift of every score (the head's bias, the
+    # final norm's beta seen through the head) has no gradient. Everything else moves.
+    still = {rm.head.bias.path, rm.backbone.final_norm.beta.path}
+    assert {path for path, m in moved.items() if not m} == still, moved
