@@ -99,14 +99,12 @@ def test_save_round_trip(tmp_path):
 
 
 def test_shipped_pretrain_configs_load():
-    import glob
+    from kzoo.recipes.registry import get_recipe, shipped_configs
 
-    paths = glob.glob("recipes/configs/*/*_pretrain.yaml")
-    assert len(paths) >= 3
-    for path in paths:
-        first = open(path).readline()
-        assert first.startswith("# python recipes/pretrain.py --config " + path), path
-        load_config(path, PretrainConfig)
+    names = get_recipe("pretrain").configs
+    assert len(names) >= 3
+    for name in names:
+        load_config(shipped_configs()[name], PretrainConfig)
 
 
 def test_run_dir_layout(tmp_path):
@@ -223,25 +221,20 @@ SCHEMAS = {"sft": "SFTConfig", "dpo": "DPOConfig", "reward": "RewardConfig",
 
 
 def _recipe_schema(name):
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
     if name == "pretrain":
-        return root, PretrainConfig
+        return PretrainConfig
     from tests.helpers import load_recipe
 
-    return root, getattr(load_recipe(name), SCHEMAS[name])
+    return getattr(load_recipe(name), SCHEMAS[name])
 
 
 @pytest.mark.parametrize("recipe, item", [(r, i) for r, items in RECIPE_BAD_VALUES.items()
                                           for i in items])
 def test_every_recipe_refuses_nonsense_values_at_load(recipe, item):
-    import glob
+    from kzoo.recipes.registry import get_recipe, shipped_configs
 
-    root, schema = _recipe_schema(recipe)
-    header = f"# python recipes/{recipe}.py "
-    path = next(p for p in sorted(glob.glob(str(root / "recipes/configs/*/*.yaml")))
-                if open(p).readline().startswith(header))
+    schema = _recipe_schema(recipe)
+    path = shipped_configs()[get_recipe(recipe).configs[0]]  # the registry's, not a comment's
     load_config(path, schema)  # the shipped config itself is fine
     key = item.split("=")[0]
     with pytest.raises(ValueError, match=rf"with --set overrides: key '{key}' must be "):
