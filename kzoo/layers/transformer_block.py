@@ -18,6 +18,9 @@ from kzoo.layers.rotary import check_rope_scaling
 class TransformerBlock(keras.layers.Layer):
     """`x + attn(norm(x))`, then `x + ffn(norm(x))`: GPT-2 and Llama are both this block.
 
+    With `post_norms` (Gemma 2/3) each branch is normed once more before the residual add:
+    `x + post_attention_norm(attn(norm(x)))`, `x + post_feedforward_norm(ffn(norm(x)))`.
+
     Call arguments are those of `CausalSelfAttention` (`padding_mask`, `position_ids`, `cache`,
     `cache_index`, `training`, `attention_impl`); with a cache the block returns `(output,
     cache)`. `dense`: optional callable `dense(x, name) -> y` that computes every projection
@@ -46,6 +49,12 @@ class TransformerBlock(keras.layers.Layer):
         rope_max_wavelength: float. RoPE base.
         rope_scaling_factor: float. RoPE linear position interpolation.
         attention_impl: str. see `CausalSelfAttention`.
+        qk_norm: bool. per-head RMSNorm on queries and keys before RoPE (needs
+            norm="rmsnorm"), see `CausalSelfAttention`.
+        norm_scale_offset: float. `scale_offset` of every RMSNorm here (Gemma: 1.0).
+        post_norms: bool. the extra norm after attention and after the feed-forward (Gemma).
+        sliding_window: int or None. local attention window, see `CausalSelfAttention`.
+        attention_scale: float or None. factor on q.k; None: `head_dim ** -0.5`.
         kernel_initializer: initializer of input projections.
         output_initializer: initializer of the two projections that write into the residual
             stream (GPT-2 scales them down by the depth); default `kernel_initializer`.
@@ -69,7 +78,10 @@ class TransformerBlock(keras.layers.Layer):
                  output_initializer=None, qkv_bias: bool | None = None,
                  attention_output_bias: bool | None = None,
                  feedforward_bias: bool | None = None, head_dim: int | None = None,
-                 rope_scaling: dict | None = None, **kwargs):
+                 rope_scaling: dict | None = None, qk_norm: bool = False,
+                 norm_scale_offset: float = 0.0, post_norms: bool = False,
+                 sliding_window: int | None = None, attention_scale: float | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.hidden_dim = positive_int("hidden_dim", hidden_dim)
         self.num_heads = num_heads
@@ -87,6 +99,17 @@ class TransformerBlock(keras.layers.Layer):
         self.attention_impl = attention_impl
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.output_initializer = optional_initializer(output_initializer)
+        if qk_norm and norm != "rmsnorm":
+            # Qwen3 and Gemma 3 norm each head with an RMSNorm; no checkpoint has a per-head
+            # LayerNorm shared across heads, so there is nothing to be exact against.
+            raise ValueError(
+                f"`qk_norm=True` needs norm='rmsnorm' (a per-head RMSNorm over head_dim, as in "
+                f"Qwen3 and Gemma 3); received norm={norm!r}."
+            )
+        self.norm_scale_offset = norm_scale_offset
+        if not isinstance(post_norms, bool):
+            raise ValueError(f"`post_norms` must be True or False. Received: {post_norms!r}")
+        self.post_norms = post_norms
         # Sub-layers are created here so that bad arguments fail at construction time.
         common = dict(
             kernel_initializer=self.kernel_initializer,
@@ -97,25 +120,32 @@ class TransformerBlock(keras.layers.Layer):
             use_rope=use_rope, rope_max_wavelength=rope_max_wavelength,
             rope_scaling_factor=rope_scaling_factor, attention_impl=attention_impl,
             qkv_bias=qkv_bias, output_bias=attention_output_bias, head_dim=head_dim,
-            rope_scaling=rope_scaling, name="attention", **common,
+            rope_scaling=rope_scaling, qk_norm=qk_norm, qk_norm_epsilon=norm_epsilon,
+            norm_scale_offset=norm_scale_offset, sliding_window=sliding_window,
+            attention_scale=attention_scale, name="attention", **common,
         )
         self.feedforward = FeedForward(
             hidden_dim, intermediate_dim, activation=activation, use_bias=self.feedforward_bias,
             name="feedforward", **common,
         )
-        self.attention_norm = get_norm(
-            norm, norm_epsilon, use_bias, dtype=self.dtype_policy, name="attention_norm"
-        )
-        self.feedforward_norm = get_norm(
-            norm, norm_epsilon, use_bias, dtype=self.dtype_policy, name="feedforward_norm"
-        )
+        def make_norm(name):
+            return get_norm(norm, norm_epsilon, use_bias, norm_scale_offset,
+                            dtype=self.dtype_policy, name=name)
+
+        self.attention_norm = make_norm("attention_norm")
+        self.feedforward_norm = make_norm("feedforward_norm")
+        self.post_attention_norm = self.post_feedforward_norm = None
+        if post_norms:
+            self.post_attention_norm = make_norm("post_attention_norm")
+            self.post_feedforward_norm = make_norm("post_feedforward_norm")
         self.residual_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape=None):
         shape = (None, None, self.hidden_dim)
         for layer in (self.attention_norm, self.attention, self.feedforward_norm,
-                      self.feedforward):
-            layer.build(shape)
+                      self.feedforward, self.post_attention_norm, self.post_feedforward_norm):
+            if layer is not None:
+                layer.build(shape)
 
     def call(self, x, padding_mask=None, position_ids=None, cache=None, cache_index=None,
              training=None, dense=None, attention_impl=None):
@@ -126,8 +156,12 @@ class TransformerBlock(keras.layers.Layer):
         )
         if cache is not None:
             h, cache = h
+        if self.post_norms:
+            h = self.post_attention_norm(h)
         x = x + self.residual_dropout(h, training=training)
         h = self.feedforward(self.feedforward_norm(x), dense=dense)
+        if self.post_norms:
+            h = self.post_feedforward_norm(h)
         x = x + self.residual_dropout(h, training=training)
         return x if cache is None else (x, cache)
 
@@ -155,6 +189,11 @@ class TransformerBlock(keras.layers.Layer):
             "rope_scaling_factor": self.rope_scaling_factor,
             "rope_scaling": check_rope_scaling(self.attention.rope_scaling),
             "attention_impl": self.attention_impl,
+            "qk_norm": self.attention.qk_norm,
+            "norm_scale_offset": self.norm_scale_offset,
+            "post_norms": self.post_norms,
+            "sliding_window": self.attention.sliding_window,
+            "attention_scale": self.attention.attention_scale,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             "output_initializer": serialize_optional_initializer(self.output_initializer),
         })

@@ -1,6 +1,5 @@
 """`CausalLM`: a decoder-only language model assembled from kzoo layers."""
 
-import inspect
 import math
 
 import keras
@@ -8,8 +7,8 @@ from keras import ops
 
 from kzoo.layers import PositionEmbedding, TokenEmbedding, TransformerBlock, get_norm
 from kzoo.layers._checks import fraction, one_of, positive_int
-from kzoo.layers.activations import is_gated
 from kzoo.layers.rotary import check_rope_scaling
+from kzoo.models import _lm_arguments as args_
 from kzoo.models._token_checks import check_vocabulary
 from kzoo.models.lora import LoRAMixin
 from kzoo.models.mixins import GenerationMixin, InteropMixin
@@ -18,20 +17,15 @@ from kzoo.models.presets import get_preset
 POSITION_EMBEDDINGS = ("learned", "rope")
 
 
-def _default_intermediate_dim(hidden_dim: int, activation: str) -> int:
-    if not is_gated(activation):
-        return 4 * hidden_dim
-    # Llama's rule: a gated MLP with 2/3 of 4x keeps the parameter count of a 4x plain MLP.
-    return 32 * math.ceil(8 * hidden_dim / 3 / 32)
-
-
 @keras.saving.register_keras_serializable(package="kzoo")
 class CausalLM(LoRAMixin, InteropMixin, GenerationMixin, keras.Model):
     """A causal language model: token ids in, next-token logits out.
 
     Built from flat arguments, so a configuration is a plain dict (see `from_preset`). The GPT
     family uses learned positions, LayerNorm, GELU and tied embeddings; the Llama family RoPE,
-    RMSNorm, SwiGLU, grouped-query attention and an untied output head.
+    RMSNorm, SwiGLU, grouped-query attention and an untied output head; Qwen3 adds `qk_norm`,
+    Gemma 3 also `norm_scale_offset`, `embedding_scale`, `post_norms`, sliding-window layers
+    (`sliding_window`, `layer_types`, `local_rope_max_wavelength`) and `attention_scale`.
 
     Call: `model(token_ids)` or `model({"token_ids": ..., "padding_mask": ..., "position_ids":
     ...})` with int (batch, seq) tensors; returns float32 logits (batch, seq, vocab_size).
@@ -66,6 +60,21 @@ class CausalLM(LoRAMixin, InteropMixin, GenerationMixin, keras.Model):
         attention_impl: str. "auto", "einsum" or "fused" (see `CausalSelfAttention`).
         remat: bool. recompute each block's forward pass in the backward pass (activation
             checkpointing) when training: less memory, one more forward. Needs dropout 0.
+        qk_norm: bool. per-head RMSNorm (`norm_epsilon`) on queries and keys after the
+            projection, before RoPE (Qwen3, Gemma 3); needs norm="rmsnorm".
+        norm_scale_offset: float. every RMSNorm multiplies by `norm_scale_offset + scale`
+            (Gemma: 1.0, its `(1 + w)` weights; the scales then start at zero).
+        embedding_scale: float or None. token embeddings times this (cast to the compute
+            dtype) before the first block (Gemma: sqrt(hidden_dim)); the tied head is unscaled.
+        post_norms: bool. Gemma 2/3's norm on each branch's output before its residual add.
+        sliding_window: int or None. a sliding layer's query at t sees keys t - window + 1 .. t.
+        layer_types: list of str or None. per layer "full_attention" or "sliding_attention";
+            None: every layer slides when `sliding_window` is set. Without `sliding_window`
+            every layer attends to all keys (the type still picks the RoPE).
+        local_rope_max_wavelength: float or None. RoPE base of the sliding layers, which then
+            use no rope scaling (Gemma 3: 10 000); None: the global RoPE settings everywhere.
+        attention_scale: float or None. factor on q.k; None: head_dim ** -0.5 (Gemma 3:
+            query_pre_attn_scalar ** -0.5).
         **kwargs: passed on to `keras.Model` (`name`, `dtype` such as "mixed_bfloat16").
 
     Example:
@@ -86,14 +95,19 @@ class CausalLM(LoRAMixin, InteropMixin, GenerationMixin, keras.Model):
                  initializer_range: float = 0.02, attention_impl: str = "auto",
                  qkv_bias: bool | None = None, attention_output_bias: bool | None = None,
                  feedforward_bias: bool | None = None, head_dim: int | None = None,
-                 rope_scaling: dict | None = None, remat: bool = False, **kwargs):
+                 rope_scaling: dict | None = None, remat: bool = False, qk_norm: bool = False,
+                 norm_scale_offset: float = 0.0, embedding_scale: float | None = None,
+                 post_norms: bool = False, sliding_window: int | None = None,
+                 layer_types: list[str] | None = None,
+                 local_rope_max_wavelength: float | None = None,
+                 attention_scale: float | None = None, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = positive_int("vocab_size", vocab_size)
         self.num_layers = positive_int("num_layers", num_layers)
         self.num_heads = positive_int("num_heads", num_heads)
         self.hidden_dim = positive_int("hidden_dim", hidden_dim)
         if intermediate_dim is None:
-            intermediate_dim = _default_intermediate_dim(hidden_dim, activation)
+            intermediate_dim = args_.default_intermediate_dim(hidden_dim, activation)
         self.intermediate_dim = positive_int("intermediate_dim", intermediate_dim)
         self.num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         self.max_sequence_length = positive_int("max_sequence_length", max_sequence_length)
@@ -110,6 +124,15 @@ class CausalLM(LoRAMixin, InteropMixin, GenerationMixin, keras.Model):
         self.initializer_range = initializer_range
         self.attention_impl = attention_impl
         self.remat = remat
+        self.rope_scaling = check_rope_scaling(rope_scaling)
+        (self.norm_scale_offset, self.embedding_scale, self.local_rope_max_wavelength,
+         self.attention_scale) = args_.check_options(
+            norm_scale_offset, embedding_scale, local_rope_max_wavelength, attention_scale,
+            qk_norm, post_norms)
+        self.qk_norm, self.post_norms = qk_norm, post_norms
+        self.layer_types = args_.check_layer_types(layer_types, num_layers, sliding_window)
+        self.sliding_window = sliding_window
+        self.layer_kinds = args_.layer_kinds(self.layer_types, num_layers, sliding_window)
 
         init = keras.initializers.RandomNormal(stddev=initializer_range)
         residual_init = keras.initializers.RandomNormal(
@@ -136,24 +159,23 @@ class CausalLM(LoRAMixin, InteropMixin, GenerationMixin, keras.Model):
                 hidden_dim, num_heads, self.intermediate_dim, num_kv_heads=self.num_kv_heads,
                 activation=activation, norm=norm, norm_epsilon=norm_epsilon, use_bias=use_bias,
                 dropout=dropout, use_rope=position_embedding == "rope",
-                rope_max_wavelength=rope_max_wavelength,
-                rope_scaling_factor=rope_scaling_factor, attention_impl=attention_impl,
-                kernel_initializer=init, output_initializer=residual_init, dtype=policy,
-                qkv_bias=qkv_bias, attention_output_bias=attention_output_bias,
-                feedforward_bias=feedforward_bias, head_dim=head_dim, rope_scaling=rope_scaling,
-                name=f"block_{i}",
+                attention_impl=attention_impl, kernel_initializer=init,
+                output_initializer=residual_init, dtype=policy, qkv_bias=qkv_bias,
+                attention_output_bias=attention_output_bias, feedforward_bias=feedforward_bias,
+                head_dim=head_dim, qk_norm=qk_norm, norm_scale_offset=self.norm_scale_offset,
+                post_norms=post_norms, attention_scale=self.attention_scale,
+                name=f"block_{i}", **args_.block_settings(self, i),
             )
             for i in range(num_layers)
         ]
         self.final_norm = get_norm(
-            norm, norm_epsilon, use_bias, dtype=policy, name="final_norm"
+            norm, norm_epsilon, use_bias, self.norm_scale_offset, dtype=policy, name="final_norm"
         )
         first = self.blocks[0]
         self.qkv_bias = first.attention.qkv_bias
         self.attention_output_bias = first.attention.output_bias
         self.feedforward_bias = first.feedforward_bias
         self.head_dim = first.attention.head_dim
-        self.rope_scaling = first.attention.rope_scaling
         # All shapes are known from the arguments: create the weights now, as keras-hub does,
         # so a fresh model can be counted, copied into and loaded without a dummy call.
         self.build((None, None))
@@ -189,51 +211,13 @@ class CausalLM(LoRAMixin, InteropMixin, GenerationMixin, keras.Model):
         model = CausalLM.from_preset("llama_nano", vocab_size=65, max_sequence_length=64)
         ```
         """
-        args = get_preset(name)
-        valid = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
-        valid |= {"name", "dtype"}
-        unknown = sorted(set(overrides) - valid)
-        if unknown:
-            raise ValueError(
-                f"Unknown override(s) for preset {name!r}: {unknown}. Valid: {sorted(valid)}"
-            )
-        args.update(overrides)
-        return cls(**args)
+        return cls(**args_.preset_arguments(cls, get_preset(name), name, overrides))
 
     # ----------------------------------------------------------------------------- calling
-    def _unpack(self, inputs):
-        if isinstance(inputs, dict):
-            unknown = set(inputs) - {"token_ids", "padding_mask", "position_ids"}
-            if "token_ids" not in inputs or unknown:
-                raise ValueError(
-                    "CausalLM inputs must be a tensor of token ids or a dict with 'token_ids' "
-                    f"and optionally 'padding_mask', 'position_ids'. Received keys: "
-                    f"{sorted(inputs)}"
-                )
-            return inputs["token_ids"], inputs.get("padding_mask"), inputs.get("position_ids")
-        return inputs, None, None
-
-    def _check_token_ids(self, token_ids, limit: int | None = None):
-        shape = tuple(token_ids.shape)
-        if len(shape) != 2:
-            raise ValueError(
-                f"`token_ids` must have shape (batch, seq). Received shape: {shape}"
-            )
-        dtype = keras.backend.standardize_dtype(token_ids.dtype)
-        if "int" not in dtype:
-            raise ValueError(f"`token_ids` must be an integer tensor. Received dtype: {dtype}")
-        limit = self.max_sequence_length if limit is None else limit
-        if shape[1] is not None and shape[1] > limit:
-            raise ValueError(
-                f"Sequence of length {shape[1]} is longer than the model's "
-                f"max_sequence_length={self.max_sequence_length} (at most {limit} here). "
-                "Use a shorter input or a model with more positions."
-            )
-        check_vocabulary(self.vocab_size, token_ids)
-
     def embed(self, token_ids, position_ids=None, cache_index=0, training=False):
-        """The residual stream entering the first block: token embeddings, plus learned
-        position embeddings for the GPT family (RoPE models add positions inside attention).
+        """The residual stream entering the first block: token embeddings (times
+        `embedding_scale` when set), plus learned position embeddings for the GPT family (RoPE
+        models add positions inside attention).
 
         The ids are not checked here (`model(...)` and `call_with_cache` check them), so a
         compiled decode step can call it without reading values.
@@ -254,6 +238,9 @@ class CausalLM(LoRAMixin, InteropMixin, GenerationMixin, keras.Model):
         ```
         """
         x = self.token_embedding(token_ids)  # (batch, seq, hidden)
+        if self.embedding_scale is not None:
+            # In the compute dtype, as transformers' Gemma casts sqrt(hidden) to the weights'.
+            x = x * ops.cast(self.embedding_scale, x.dtype)
         if self.position_embedding_layer is not None:
             if position_ids is None:
                 position_ids = (ops.arange(ops.shape(token_ids)[1]) + cache_index)[None, :]
@@ -274,8 +261,8 @@ class CausalLM(LoRAMixin, InteropMixin, GenerationMixin, keras.Model):
         h = CausalLM.from_preset("gpt_nano").hidden_states(np.array([[1, 2]]))  # (1, 2, 64)
         ```
         """
-        token_ids, padding_mask, position_ids = self._unpack(inputs)
-        self._check_token_ids(token_ids)
+        token_ids, padding_mask, position_ids = args_.unpack_inputs(inputs)
+        args_.check_token_ids(self, token_ids)
         x = self.embed(token_ids, position_ids, 0, training)
         # Blocks read `position_ids` for RoPE only; learned positions were added by `embed`.
         for block in self.blocks:
@@ -342,7 +329,9 @@ class CausalLM(LoRAMixin, InteropMixin, GenerationMixin, keras.Model):
         """Run `token_ids` (batch, T) against a key/value cache: prefill, then one at a time.
 
         Keys and values of `token_ids` are written to cache slots `[cache_index, cache_index +
-        T)`; every token attends to the cache's slots before and at its own.
+        T)`; every token attends to the cache's slots before and at its own (sliding layers:
+        the last `sliding_window` of them; the cache keeps every slot, see
+        `CausalSelfAttention.attention_mask`).
 
         Args:
             token_ids: int tensor. (batch, T) new tokens.
@@ -370,7 +359,7 @@ class CausalLM(LoRAMixin, InteropMixin, GenerationMixin, keras.Model):
                 f"`cache` holds {len(cache)} layers; this model has {self.num_layers}. "
                 "Make it with `model.init_cache`."
             )
-        self._check_token_ids(token_ids, limit=cache[0][0].shape[2])
+        args_.check_token_ids(self, token_ids, limit=cache[0][0].shape[2])
         x = self.embed(token_ids, position_ids, cache_index, training)
         caches = []
         for block, layer_cache in zip(self.blocks, cache):
@@ -400,32 +389,10 @@ class CausalLM(LoRAMixin, InteropMixin, GenerationMixin, keras.Model):
         config = {"name": self.name, "trainable": self.trainable}
         if self.dtype_policy.name != keras.config.dtype_policy().name:
             config["dtype"] = keras.dtype_policies.serialize(self.dtype_policy)
-        config.update({
-            "vocab_size": self.vocab_size,
-            "num_layers": self.num_layers,
-            "num_heads": self.num_heads,
-            "hidden_dim": self.hidden_dim,
-            "intermediate_dim": self.intermediate_dim,
-            "num_kv_heads": self.num_kv_heads,
-            "max_sequence_length": self.max_sequence_length,
-            "position_embedding": self.position_embedding,
-            "norm": self.norm,
-            "activation": self.activation,
-            "tie_embeddings": self.tie_embeddings,
-            "use_bias": self.use_bias,
-            "dropout": self.dropout,
-            "norm_epsilon": self.norm_epsilon,
-            "rope_max_wavelength": self.rope_max_wavelength,
-            "rope_scaling_factor": self.rope_scaling_factor,
-            "initializer_range": self.initializer_range,
-            "attention_impl": self.attention_impl,
-            "remat": self.remat,
-            "qkv_bias": self.qkv_bias,
-            "attention_output_bias": self.attention_output_bias,
-            "feedforward_bias": self.feedforward_bias,
-            "head_dim": self.head_dim,
-            "rope_scaling": check_rope_scaling(self.rope_scaling),  # not a TrackedDict
-        })
+        config.update({key: getattr(self, key) for key in args_.CONFIG_KEYS})
+        config["rope_scaling"] = check_rope_scaling(self.rope_scaling)  # not a TrackedDict
+        if self.layer_types is not None:
+            config["layer_types"] = list(self.layer_types)  # not a TrackedList
         return config
 
     @classmethod

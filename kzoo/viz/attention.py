@@ -45,7 +45,8 @@ def attention_weights(layer, x, padding_mask=None, position_ids=None):
 
     Returns:
         float32 numpy array (batch, num_heads, seq, seq): row `t` is how much query `t`
-        attends to each key; every row sums to 1 and is 0 right of the diagonal.
+        attends to each key; every row sums to 1 and is 0 right of the diagonal (and, in a
+        sliding-window layer, left of the window).
 
     Example:
     ```python
@@ -66,16 +67,14 @@ def attention_weights(layer, x, padding_mask=None, position_ids=None):
         raise ValueError(f"`x` must have shape (batch, seq, {layer.hidden_dim}); "
                          f"received {tuple(x.shape)}.")
     query, key, _ = _split_heads(layer, x, position_ids)
-    seq, h = ops.shape(query)[1], layer.head_dim
+    seq = ops.shape(query)[1]
     groups = layer.num_heads // layer.num_kv_heads
     # Each kv head serves `groups` consecutive query heads: repeat it to line up with queries.
     key = ops.repeat(key, groups, axis=2)  # (batch, seq, heads, head_dim)
     scores = ops.einsum("bqnh,bknh->bnqk", ops.cast(query, "float32"),
-                        ops.cast(key, "float32")) / math.sqrt(h)  # (batch, heads, seq, seq)
-    mask = ops.arange(seq)[:, None] >= ops.arange(seq)[None, :]  # (queries, keys)
-    mask = mask[None, None]  # (1, 1, queries, keys)
-    if padding_mask is not None:
-        mask = ops.logical_and(mask, ops.cast(padding_mask, "bool")[:, None, None, :])
+                        ops.cast(key, "float32")) * layer.scale  # (batch, heads, seq, seq)
+    # The layer's own mask: causal, its sliding window if any, padding.
+    mask = layer.attention_mask(seq, seq, 0, padding_mask)[:, None]  # (1|batch, 1, q, k)
     scores = ops.where(mask, scores, -1e9)
     return np.asarray(ops.convert_to_numpy(ops.softmax(scores, axis=-1)), np.float32)
 
