@@ -43,7 +43,8 @@ def read_config(path: str | os.PathLike) -> dict:
 
 
 def load_hf(path: str | os.PathLike, dtype=None, **overrides):
-    """Build a `CausalLM` from a local Hugging Face folder (gpt2, llama, mistral, qwen2).
+    """Build a `CausalLM` from a local Hugging Face folder (any `model_type` of
+    `kzoo.interop.SUPPORTED_MODEL_TYPES`).
 
     Args:
         path: str | PathLike. a folder with `config.json` and `model.safetensors` (or shards
@@ -79,16 +80,13 @@ def load_hf(path: str | os.PathLike, dtype=None, **overrides):
     return model
 
 
-def _family(config: dict) -> str:
-    return "gpt2" if config["model_type"] == "gpt2" else "llama"
-
-
 def save_hf(model, path: str | os.PathLike, tokenizer=None) -> Path:
     """Write `model` (and `tokenizer`) as a Hugging Face folder transformers can load.
 
     Args:
-        model: CausalLM. the model; GPT-style ones become "gpt2", Llama-style "llama" (or
-            "qwen2" when only query/key/value projections have biases).
+        model: CausalLM. the model; its family is the one whose transformers model computes
+            the same (`kzoo.models.families.family_for_model`): GPT-style ones become "gpt2",
+            Llama-style "llama", "qwen2" when only query/key/value projections have biases...
         path: str | PathLike. the folder (created).
         tokenizer: kzoo tokenizer or None. an `HFTokenizer`, or a kzoo `BPETokenizer`
             (written with kzoo's default chat template).
@@ -100,6 +98,7 @@ def save_hf(model, path: str | os.PathLike, tokenizer=None) -> Path:
         ValueError: one line when the model uses a setting no supported transformers model
             has, or the tokenizer has more ids than the model.
     """
+    from kzoo.models.families import family_for_model_type
     from kzoo.tokenizers.hf import HFTokenizer
 
     folder = Path(path)
@@ -117,7 +116,7 @@ def save_hf(model, path: str | os.PathLike, tokenizer=None) -> Path:
                "eos_token_id": eos[0] if len(eos) == 1 else (eos or None)}
     config = hf_config_from_kzoo(model, **ids)
     folder.mkdir(parents=True, exist_ok=True)
-    producers, shapes = export_tensors(model, _family(config))
+    producers, shapes = export_tensors(model, family_for_model_type(config["model_type"]).name)
     write_safetensors(folder / SINGLE_FILE, producers, {"format": "pt"}, shapes)
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     generation = {k: v for k, v in ids.items() if v is not None}

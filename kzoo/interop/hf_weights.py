@@ -1,10 +1,8 @@
 """Where each Hugging Face tensor lives in a `CausalLM`, and moving them in and out.
 
-A `Slot` is one kzoo variable and the Hugging Face tensors it is made of: kzoo fuses the
-query/key/value projections into one matmul and the gate/up projections into another, so a
-slot may hold several tensors side by side along its last axis. torch's `Linear` stores
-(out, in) where Keras' `Dense` stores (in, out), so those are transposed; GPT-2's `Conv1D`
-already stores (in, out).
+A `Slot` (`kzoo.interop.slots`) is one kzoo variable and the Hugging Face tensors it is made
+of; each family module (`kzoo.models.families`) lists its slots, and this module adds the
+untied output head, reads checkpoints (one file or shards) and copies tensor by tensor.
 
 Example:
 ```python
@@ -19,13 +17,14 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from keras import ops
 
 from kzoo.interop.safetensors_io import SafetensorsFile, convert
+from kzoo.interop.slots import Slot
+from kzoo.interop.slots import slot as _slot  # named as before slots moved there
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -34,90 +33,28 @@ SINGLE_FILE = "model.safetensors"
 _BUFFERS = re.compile(r"(\.attn\.(masked_)?bias|rotary_emb\.inv_freq)$")
 
 
-@dataclass
-class Slot:
-    """A kzoo variable filled from `names`, placed side by side along its last axis."""
-
-    variable: object
-    names: tuple[str, ...]
-    sizes: tuple[int, ...]  # each tensor's width along the variable's last axis
-    transpose: bool  # torch Linear (out, in) <-> Keras Dense (in, out)
-
-    def hf_shape(self, i: int) -> tuple[int, ...]:
-        shape = (*tuple(self.variable.shape)[:-1], self.sizes[i])
-        return shape[::-1] if self.transpose else shape
-
-
-def _slot(variable, names, transpose=False, sizes=None):
-    names = (names,) if isinstance(names, str) else tuple(names)
-    sizes = tuple(sizes) if sizes else (int(variable.shape[-1]),)
-    return Slot(variable, names, sizes, transpose and len(variable.shape) == 2)
-
-
-def _gpt2_slots(model, prefix: str):
-    p = prefix
-    out = [_slot(model.token_embedding.embeddings, p + "wte.weight"),
-           _slot(model.position_embedding_layer.embeddings, p + "wpe.weight")]
-
-    def norm(layer, name):
-        return [_slot(layer.gamma, name + ".weight"), _slot(layer.beta, name + ".bias")]
-
-    def dense(layer, name):
-        return [_slot(layer.kernel, name + ".weight"), _slot(layer.bias, name + ".bias")]
-
-    for i, block in enumerate(model.blocks):
-        b = f"{p}h.{i}."
-        out += norm(block.attention_norm, b + "ln_1")
-        out += dense(block.attention.query_key_value, b + "attn.c_attn")
-        out += dense(block.attention.output_dense, b + "attn.c_proj")
-        out += norm(block.feedforward_norm, b + "ln_2")
-        out += dense(block.feedforward.up, b + "mlp.c_fc")
-        out += dense(block.feedforward.down, b + "mlp.c_proj")
-    out += norm(model.final_norm, p + "ln_f")
-    return out
-
-
-def _llama_slots(model, prefix: str):
-    p = prefix
-    out = [_slot(model.token_embedding.embeddings, p + "embed_tokens.weight")]
-    q, kv = model.num_heads * model.head_dim, model.num_kv_heads * model.head_dim
-
-    def dense(layer, names, sizes=None):
-        names = [names] if isinstance(names, str) else names
-        found = [_slot(layer.kernel, [n + ".weight" for n in names], True, sizes)]
-        if layer.use_bias:
-            found.append(_slot(layer.bias, [n + ".bias" for n in names], False, sizes))
-        return found
-
-    for i, block in enumerate(model.blocks):
-        b = f"{p}layers.{i}."
-        a, f = block.attention, block.feedforward
-        out.append(_slot(block.attention_norm.scale, b + "input_layernorm.weight"))
-        out += dense(a.query_key_value, [b + f"self_attn.{n}_proj" for n in "qkv"], (q, kv, kv))
-        out += dense(a.output_dense, b + "self_attn.o_proj")
-        out.append(_slot(block.feedforward_norm.scale, b + "post_attention_layernorm.weight"))
-        width = model.intermediate_dim
-        out += dense(f.up, [b + "mlp.gate_proj", b + "mlp.up_proj"], (width, width))
-        out += dense(f.down, b + "mlp.down_proj")
-    out.append(_slot(model.final_norm.scale, p + "norm.weight"))
-    return out
-
-
 def slots(model, family: str, prefix: str | None = None) -> list[Slot]:
     """Every variable of `model` with the Hugging Face tensors it holds.
 
     Args:
         model: CausalLM. the kzoo model.
-        family: str. "gpt2" or "llama" (Mistral and Qwen2 share Llama's names).
-        prefix: str or None. the checkpoint's name prefix; default that of the
+        family: str. a registered family's name ("gpt2", "llama", "mistral", ...; see
+            `kzoo.models.families.list_families`).
+        prefix: str or None. the checkpoint's name prefix; default that of the family's
             `...ForCausalLM` classes ("transformer." for GPT-2, "model." for Llama).
     """
-    if prefix is None:
-        prefix = "transformer." if family == "gpt2" else "model."
-    found = (_gpt2_slots if family == "gpt2" else _llama_slots)(model, prefix)
+    family = family_of(family)
+    found = family.slots(model, family.prefix if prefix is None else prefix)
     if not model.tie_embeddings:
         found.append(_slot(model.token_embedding.reverse_embeddings, "lm_head.weight", True))
     return found
+
+
+def family_of(family):
+    """A registered family from its name (or the family itself)."""
+    from kzoo.models.families import get_family
+
+    return get_family(family) if isinstance(family, str) else family
 
 
 class Checkpoint:
@@ -181,14 +118,13 @@ class Checkpoint:
         return handle
 
 
-def _prefix(names: set[str], family: str) -> str:
-    """The checkpoint's prefix: `...ForCausalLM` files use "transformer."/"model.", base-model
-    files (GPT-2 on the Hub, saved from GPT2Model) none."""
-    first = "wte.weight" if family == "gpt2" else "embed_tokens.weight"
+def _prefix(names: set[str], family) -> str:
+    """The checkpoint's prefix: `...ForCausalLM` files use the family's ("transformer.",
+    "model."), base-model files (GPT-2 on the Hub, saved from GPT2Model) none."""
     for prefix in ("transformer.", "model.", ""):
-        if prefix + first in names:
+        if prefix + family.first_tensor in names:
             return prefix
-    return "transformer." if family == "gpt2" else "model."
+    return family.prefix
 
 
 _CHUNK_BYTES = 32 * 2**20
@@ -225,7 +161,7 @@ def load_weights(model, checkpoint: Checkpoint, family: str) -> None:
     Args:
         model: CausalLM. built from the checkpoint's config (`kzoo_args_from_hf`).
         checkpoint: Checkpoint. the folder's tensors.
-        family: str. "gpt2" or "llama".
+        family: str. the family's name (`kzoo_args_from_hf` returns it).
 
     All names and shapes are checked from the headers before any data is read, so a wrong
     folder fails in a second, not after minutes of copying.
@@ -235,6 +171,7 @@ def load_weights(model, checkpoint: Checkpoint, family: str) -> None:
             differs from the one the config implies (both shapes given).
     """
     names = checkpoint.names()
+    family = family_of(family)
     plan = slots(model, family, _prefix(names, family))
     used = set()
     for slot in plan:
@@ -253,7 +190,8 @@ def load_weights(model, checkpoint: Checkpoint, family: str) -> None:
     extra = sorted(n for n in names - used if not _BUFFERS.search(n) and n != head)
     if extra:
         raise ValueError(f"{checkpoint.folder}: {len(extra)} tensor(s) have no place in this "
-                         f"{family} model, e.g. {extra[:3]} in {checkpoint.where[extra[0]]}")
+                         f"{family.name} model, e.g. {extra[:3]} in "
+                         f"{checkpoint.where[extra[0]]}")
     for slot in plan:
         dtype = slot.variable.dtype
         if len(slot.names) == 1 and _assign_in_chunks(slot, checkpoint.file(slot.names[0])):
@@ -281,7 +219,7 @@ def export_tensors(model, family: str) -> tuple[dict, dict]:
 
     Args:
         model: CausalLM. the model to export.
-        family: str. "gpt2" or "llama" (see `kzoo.interop.hf_config.hf_config_from_kzoo`).
+        family: str. the family's name (`kzoo.models.families.family_for_model(model).name`).
 
     Example:
     ```python

@@ -12,7 +12,9 @@ class InteropMixin:
     # kzoo.interop sits above the models; imported when called so models never import it.
     @classmethod
     def from_hf(cls, path, dtype=None, **overrides):
-        """Build from a local Hugging Face folder (gpt2, llama, mistral, qwen2; safetensors).
+        """Build from a local Hugging Face folder (safetensors) of any model type a registered
+        family reads (`kzoo.interop.SUPPORTED_MODEL_TYPES`: gpt2, llama, mistral, qwen2,
+        qwen3, gemma3_text).
 
         See `kzoo.interop.load_hf` for `dtype`, the `overrides` and every refusal.
 
@@ -35,14 +37,16 @@ class InteropMixin:
 
     @classmethod
     def from_keras_hub(cls, model_or_preset, dtype=None, **options):
-        """Copy a keras-hub GPT-2 or Llama-family backbone / CausalLM, or a preset folder
-        saved with `save_to_preset` (see `kzoo.interop.keras_hub.from_keras_hub`)."""
+        """Copy a keras-hub backbone / CausalLM of a registered family (GPT-2, Llama, Llama 3,
+        Qwen3), or a preset folder saved with `save_to_preset` (see
+        `kzoo.interop.keras_hub.from_keras_hub`)."""
         from kzoo.interop.keras_hub import from_keras_hub
 
         return from_keras_hub(model_or_preset, dtype=dtype, **options)
 
     def to_keras_hub(self):
-        """The equivalent keras-hub backbone (`GPT2Backbone` or `LlamaBackbone`)."""
+        """The equivalent keras-hub backbone (`GPT2Backbone`, `LlamaBackbone`, `Qwen3Backbone`:
+        the model's family's)."""
         from kzoo.interop.keras_hub import to_keras_hub
 
         return to_keras_hub(self)

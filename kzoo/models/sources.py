@@ -6,8 +6,9 @@ What each form is recognized by (checked in this order):
 - a `.keras` file: written by `model.save(...)`, loaded in Keras safe mode;
 - a kzoo run folder: `kzoo-run.json`, `model.keras`, `config.yaml` or `tokenizer/` inside; its
   model file (default `model.keras`) and its `tokenizer/`;
-- a keras-hub preset folder: `config.json` naming a keras-hub GPT2Backbone, LlamaBackbone or
-  Llama3Backbone, `model.weights.h5` (written by `save_to_preset`);
+- a keras-hub preset folder: `config.json` naming a keras-hub backbone some model family reads
+  (`kzoo.models.families.keras_hub_backbones()`: GPT2Backbone, LlamaBackbone, ...),
+  `model.weights.h5` (written by `save_to_preset`);
 - a Hugging Face folder: `config.json` with a `model_type`, and `model.safetensors` (or shards
   with `model.safetensors.index.json`).
 
@@ -30,10 +31,11 @@ import os
 from pathlib import Path
 
 from kzoo._files import read_json_object
+from kzoo.models.families import keras_hub_backbones
 
 RUN_SIGNS = ("kzoo-run.json", "model.keras", "config.yaml", "tokenizer")
 HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
-KERAS_HUB_BACKBONES = ("GPT2Backbone", "LlamaBackbone", "Llama3Backbone")
+KERAS_HUB_BACKBONES = keras_hub_backbones()
 ACCEPTED = ("a .keras model file; a kzoo run folder (kzoo-run.json, model.keras, tokenizer/); "
             "a Hugging Face folder (config.json with model.safetensors or "
             "model.safetensors.index.json); a keras-hub preset folder (config.json naming "

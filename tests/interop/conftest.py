@@ -26,30 +26,43 @@ def perturb(model, seed=0):
     return model.eval()
 
 
+_ROPE_MODEL = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                   rms_norm_eps=1e-5)
+# A tiny transformers config per Hugging Face model_type the registry reads
+# (`test_every_registered_model_type_has_a_tiny_config` keeps this in step with it).
+SMALL = {
+    "gpt2": dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, n_inner=80,
+                 activation_function="gelu_new", layer_norm_epsilon=1e-4),
+    "llama": _ROPE_MODEL, "mistral": _ROPE_MODEL, "qwen2": _ROPE_MODEL,
+    "qwen3": dict(_ROPE_MODEL, head_dim=8),
+    "gemma3_text": dict(_ROPE_MODEL, head_dim=8, query_pre_attn_scalar=8, sliding_window=64,
+                        layer_types=["sliding_attention", "full_attention"]),
+}
+
+
 def small_config(model_type, **overrides):
     """A tiny config of `model_type` with no end tokens (so generation runs its full length)."""
     tokens = dict(bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    if model_type == "gpt2":
-        args = dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
-                    n_inner=80, activation_function="gelu_new", layer_norm_epsilon=1e-4)
-        return transformers.GPT2Config(**{**args, **tokens, **overrides})
-    args = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                rms_norm_eps=1e-5)
-    cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
-           "qwen2": transformers.Qwen2Config}[model_type]
-    return cls(**{**args, **tokens, **overrides})
+    return transformers.AutoConfig.for_model(model_type,
+                                             **{**SMALL[model_type], **tokens, **overrides})
 
 
 def make_checkpoint(folder, model_type, dtype=None, seed=0, save_kwargs=None, **overrides):
     """Save a random transformers model of `model_type` to `folder`; return the float32 model
-    (the reference: a bf16 folder is compared against its own weights upcast)."""
+    (the reference: a bf16 folder is compared against its own weights upcast, as transformers
+    loads them)."""
     torch.manual_seed(seed)
     config = small_config(model_type, **overrides)
     model = perturb(transformers.AutoModelForCausalLM.from_config(config), seed)
     if dtype is not None:
         model = model.to(dtype)
     model.save_pretrained(folder, **(save_kwargs or {}))
+    if dtype is not None:
+        # transformers' own float32 reading of the folder: upcasting the model in place would
+        # keep buffers rounded to `dtype` (Gemma's sqrt(hidden) embedding scale)
+        return transformers.AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch.float32).eval()
     return model.float().eval()
 
 
@@ -97,6 +110,6 @@ def helpers():
     """The module's helpers, for test files (conftest modules are not importable by name)."""
     import types
 
-    return types.SimpleNamespace(perturb=perturb, small_config=small_config,
+    return types.SimpleNamespace(perturb=perturb, small_config=small_config, SMALL=SMALL,
                                  make_checkpoint=make_checkpoint, hf_logits=hf_logits,
                                  edit_json=edit_json, VOCAB=VOCAB)

@@ -32,8 +32,18 @@ def _rewrite_weights(folder, drop=(), add=None, file="model.safetensors"):
 def test_unsupported_model_type_lists_the_supported_ones(copy_of, helpers):
     folder = copy_of("llama")
     helpers.edit_json(folder / "config.json", model_type="gemma")
-    _refused(folder, r"model_type 'gemma' is not supported; supported model types: "
-             r"\['gpt2', 'llama', 'mistral', 'qwen2'\]")
+    from kzoo.models.families import supported_model_types
+
+    message = _refused(folder, r"model_type 'gemma' is not supported; supported model types: "
+                       r"\['gpt2', 'llama', 'mistral', 'qwen2', ")
+    assert message.endswith(f"supported model types: {list(supported_model_types())}")
+
+
+def test_multimodal_gemma3_is_refused_by_name(copy_of, helpers):
+    folder = copy_of("llama")
+    helpers.edit_json(folder / "config.json", model_type="gemma3")
+    _refused(folder, r"model_type 'gemma3' is not supported: it is the multimodal Gemma 3 .* "
+             r"use a 'gemma3_text' checkpoint")
 
 
 def test_missing_shard_is_named(copy_of):
@@ -104,19 +114,59 @@ def test_missing_config_is_named(copy_of):
     _refused(folder, r"config.json is missing")
 
 
-def test_sliding_window_smaller_than_context_is_refused_not_ignored(helpers, tmp_path):
+def test_sliding_window_smaller_than_context_is_read_and_a_covering_one_dropped(helpers,
+                                                                               tmp_path):
+    """A window that binds is computed (parity in test_hf_parity); one that covers the context
+    never binds, so the model is exactly a global one."""
     helpers.make_checkpoint(tmp_path, "mistral", sliding_window=16)
-    _refused(tmp_path, r"sliding_window=16 is smaller than the context \(64 positions\) and kzoo "
-             r"has no sliding-window attention; load with .*max_sequence_length=16")
-    # Inside the window, the window never binds: exact, and allowed.
-    assert CausalLM.from_hf(tmp_path, max_sequence_length=16).max_sequence_length == 16
+    model = CausalLM.from_hf(tmp_path)
+    assert (model.sliding_window, model.layer_types, model.max_sequence_length) == (16, None, 64)
+    inside = CausalLM.from_hf(tmp_path, max_sequence_length=16)
+    assert inside.max_sequence_length == 16 and inside.sliding_window is None
 
 
-def test_qwen2_sliding_layers_are_refused(copy_of, helpers):
+def test_qwen2_sliding_layers_are_read(copy_of, helpers):
     folder = copy_of("llama")
     helpers.edit_json(folder / "config.json", model_type="qwen2", use_sliding_window=True,
                       sliding_window=8, layer_types=["full_attention", "sliding_attention"])
-    _refused(folder, r"sliding_window=8 is smaller than the context")
+    _rewrite_weights(folder, add={f"model.layers.{i}.self_attn.{n}_proj.bias":
+                                  np.zeros(w, "float32") for i in range(2)
+                                  for n, w in (("q", 32), ("k", 16), ("v", 16))})
+    model = CausalLM.from_hf(folder)
+    assert model.sliding_window == 8
+    assert model.layer_types == ["full_attention", "sliding_attention"]
+    helpers.edit_json(folder / "config.json", layer_types=["full_attention", "local"])
+    _refused(folder, r"layer_types \['local'\] are not supported; supported: "
+             r"\['full_attention', 'sliding_attention'\]")
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"final_logit_softcapping": 30.0}, r"final_logit_softcapping=30.0 is not implemented"),
+    ({"attn_logit_softcapping": 50.0}, r"attn_logit_softcapping=50.0 is not implemented"),
+    ({"attention_bias": True}, r"attention_bias=True is not implemented"),
+    ({"use_bidirectional_attention": True}, r"use_bidirectional_attention=True is not "),
+    ({"hidden_activation": "silu"}, r"hidden_activation 'silu' is not supported; supported: "
+     r"\['gelu_pytorch_tanh', 'gelu_new'\]"),
+    ({"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1e4},
+                          "sliding_attention": {"rope_type": "linear", "factor": 2.0,
+                                                "rope_theta": 1e4}}},
+     r"rope_parameters\['sliding_attention'\] .* scales the local RoPE"),
+    ({"rope_parameters": {"full_attention": {"rope_type": "yarn", "factor": 2.0,
+                                             "rope_theta": 1e4}}},
+     r"rope type 'yarn' is not implemented"),
+])
+def test_gemma3_fields_that_change_the_computation_are_refused_by_name(changes, match, helpers,
+                                                                       tmp_path):
+    helpers.make_checkpoint(tmp_path, "gemma3_text")
+    helpers.edit_json(tmp_path / "config.json", **changes)
+    _refused(tmp_path, match)
+
+
+def test_qwen3_checkpoint_without_q_norm_names_the_tensor(helpers, tmp_path):
+    helpers.make_checkpoint(tmp_path, "qwen3")
+    _rewrite_weights(tmp_path, drop=["model.layers.1.self_attn.k_norm.weight"])
+    _refused(tmp_path, r"no tensor 'model.layers.1.self_attn.k_norm.weight' \(kzoo variable "
+             r"\S*block_1/attention/key_norm/scale, expected shape \(8,\)\)")
 
 
 @pytest.mark.parametrize("changes, match", [

@@ -1,7 +1,10 @@
 """kzoo loads transformers checkpoints and computes what transformers computes, then saves them
-back in a form transformers loads: for gpt2, llama, mistral and qwen2, tied and untied, with
-non-default RoPE (llama3 scaling, linear, another theta), an explicit head_dim, q/k/v biases,
-a sharded folder and a bfloat16 one.
+back in a form transformers loads: for every registered family's model types (gpt2, llama,
+mistral, qwen2, qwen3, gemma3_text), tied and untied, with non-default RoPE (llama3 scaling,
+linear, another theta; Gemma 3's local and global bases), an explicit head_dim, q/k/v biases,
+q/k norms, sliding windows shorter than the prompt (64 greedy tokens past them), a sharded
+folder and a bfloat16 one. A model type without a case here fails
+`test_every_registered_model_type_has_a_case`: registering a family is what gets it tested.
 """
 
 import json
@@ -32,12 +35,47 @@ CASES = {
     "qwen2-qkvbias-headdim-tied": dict(
         model_type="qwen2", tie_word_embeddings=True, head_dim=12,
         rope_parameters={"rope_type": "default", "rope_theta": 2000.0}),
+    # Windows shorter than the prompt: 64 greedy tokens run far past them.
+    "mistral-window-binds": dict(model_type="mistral", sliding_window=6,
+                                 max_position_embeddings=128, new_tokens=64),
+    "qwen2-sliding-layers-from-max-window-layers": dict(
+        model_type="qwen2", use_sliding_window=True, sliding_window=6, max_window_layers=1,
+        max_position_embeddings=128, new_tokens=64),
+    "qwen3-untied-window-linearrope-sharded": dict(
+        model_type="qwen3", tie_word_embeddings=False, use_sliding_window=True,
+        sliding_window=6, layer_types=["sliding_attention", "full_attention"],
+        rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 5000.0},
+        max_position_embeddings=128, save_kwargs={"max_shard_size": "20KB"}, new_tokens=64),
+    "qwen3-tied-attentionbias-llama3rope-bf16": dict(
+        model_type="qwen3", tie_word_embeddings=True, attention_bias=True, head_dim=12,
+        rope_parameters=LLAMA3, dtype="bfloat16"),
+    "gemma3-window-local-global-rope-sharded": dict(
+        model_type="gemma3_text", sliding_window=6, query_pre_attn_scalar=12,
+        layer_types=["sliding_attention", "full_attention"], max_position_embeddings=128,
+        rope_parameters={
+            "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 100000.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1000.0}},
+        save_kwargs={"max_shard_size": "20KB"}, new_tokens=64),
+    "gemma3-untied-llama3rope-bf16": dict(
+        model_type="gemma3_text", tie_word_embeddings=False, sliding_window=6,
+        layer_types=["full_attention", "sliding_attention"], max_position_embeddings=128,
+        rope_parameters={"full_attention": LLAMA3,
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 50.0}},
+        dtype="bfloat16", new_tokens=64),
 }
 IDS = np.random.default_rng(7).integers(0, 96, size=(2, 24))
 
 
+def test_every_registered_model_type_has_a_case(helpers):
+    from kzoo.models.families import supported_model_types
+
+    assert set(helpers.SMALL) == set(supported_model_types())
+    assert {case["model_type"] for case in CASES.values()} == set(supported_model_types())
+
+
 def _build(helpers, folder, case):
     case = dict(case)
+    case.pop("new_tokens", None)
     model_type = case.pop("model_type")
     dtype = getattr(torch, case.pop("dtype")) if "dtype" in case else None
     return helpers.make_checkpoint(folder, model_type, dtype=dtype,
@@ -57,11 +95,14 @@ def test_logits_generation_and_export_match_transformers(name, helpers, tmp_path
     assert expected.std() > 0.05  # not vacuous: the logits vary
 
     prompts = IDS[:, :8]
-    ours = model.generate(prompts.tolist(), max_new_tokens=32).token_ids
+    new = CASES[name].get("new_tokens", 32)
+    ours = model.generate(prompts.tolist(), max_new_tokens=new).token_ids
     with torch.no_grad():
-        theirs = reference.generate(torch.tensor(prompts), max_new_tokens=32, min_new_tokens=32,
-                                    do_sample=False, pad_token_id=0)
+        theirs = reference.generate(torch.tensor(prompts), max_new_tokens=new,
+                                    min_new_tokens=new, do_sample=False, pad_token_id=0)
     assert ours == theirs[:, 8:].tolist()
+    if getattr(reference.config, "sliding_window", None) in (6,):
+        assert model.sliding_window == 6 and 8 + new > 2 * model.sliding_window
 
     model.save_hf(tmp_path / "back")
     again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "back",
@@ -99,8 +140,12 @@ def test_bfloat16_folder_loads_into_a_bfloat16_model(helpers, tmp_path):
 def test_large_tensors_load_a_few_rows_at_a_time(model_type, helpers, tmp_path, monkeypatch):
     """Embeddings and output heads go in by slices of rows (the head transposed), so loading
     never holds a second copy of them; a tiny chunk size sends these small ones that way."""
+    import keras
+
     from kzoo.interop import hf_weights
 
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("only TensorFlow variables take sliced assignments (hf_weights)")
     monkeypatch.setattr(hf_weights, "_CHUNK_BYTES", 1000)
     reference = helpers.make_checkpoint(tmp_path, model_type, tie_word_embeddings=False)
     calls = []

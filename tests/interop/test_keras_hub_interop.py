@@ -1,4 +1,4 @@
-"""keras-hub both ways: GPT-2, Llama and Llama 3 (frequency-scaled RoPE) backbones, the
+"""keras-hub both ways: GPT-2, Llama, Llama 3 (frequency-scaled RoPE) and Qwen3 backbones, the
 CausalLM tasks holding them and preset folders written by `save_to_preset`, into kzoo and back,
 with identical logits."""
 
@@ -39,11 +39,33 @@ def _backbones():
             hidden_dim=32, intermediate_dim=48, rope_max_wavelength=500,
             rope_frequency_adjustment_factor=4.0, rope_low_freq_factor=1.0,
             rope_high_freq_factor=4.0, rope_pretraining_sequence_length=8),
+        "qwen3-untied-window-rope-factor": lambda: keras_hub.models.Qwen3Backbone(
+            vocabulary_size=97, num_layers=2, num_query_heads=4, num_key_value_heads=2,
+            head_dim=12, hidden_dim=32, intermediate_dim=48, rope_max_wavelength=500,
+            rope_scaling_factor=2.0, tie_word_embeddings=False, sliding_window_size=5),
+        "qwen3-tied": lambda: keras_hub.models.Qwen3Backbone(
+            vocabulary_size=97, num_layers=2, num_query_heads=4, num_key_value_heads=1,
+            head_dim=8, hidden_dim=32, intermediate_dim=48, tie_word_embeddings=True),
     }
+
+
+def test_every_family_backbone_has_a_case():
+    """A family that registers a keras-hub backbone is tested here by being registered."""
+    from kzoo.models.families import keras_hub_backbones
+
+    made = {type(make()).__name__ for make in _backbones().values()}
+    assert made == set(keras_hub_backbones())
 
 
 @pytest.mark.parametrize("name", list(_backbones()))
 def test_backbone_into_kzoo_and_back(name):
+    import keras
+
+    if "window" in name and keras.backend.backend() != "tensorflow":
+        # keras-hub 0.32's Qwen3 window mask off TensorFlow (triu/tril instead of band_part)
+        # gives other logits past the window than its TensorFlow path and transformers, which
+        # kzoo matches on every backend (test_hf_parity's qwen3 window cases).
+        pytest.skip("keras-hub's Qwen3 sliding window is exact on TensorFlow only")
     backbone = _randomize(_backbones()[name]())
     expected = _hub_logits(backbone)
     model = CausalLM.from_keras_hub(backbone)
