@@ -13,7 +13,8 @@ What keeps it safe to leave running:
 - a request body of at most `MAX_BODY` bytes (413), read within `BODY_TIMEOUT_S` (408); a body
   that is not UTF-8 JSON, or nests too deeply, is a 400; every error is a JSON
   `{"error": ...}`, the malformed requests uvicorn refuses itself included (`_Protocol`).
-- uvicorn's limits: idle keep-alive connections closed after `KEEP_ALIVE_S`, a connection that
+- uvicorn's limits (`kzoo.serve.http`, shared with `kzoo serve`): idle keep-alive
+  connections closed after `KEEP_ALIVE_S`, a connection that
   sends no complete request head in `HEAD_TIMEOUT_S` closed, at most `MAX_CONNECTIONS`
   connections (503 past that), a listen backlog of `BACKLOG`.
 - `X-Frame-Options: DENY` and a Content-Security-Policy with `frame-ancestors 'none'`: no other
@@ -28,13 +29,8 @@ server.serve_forever()                      # until Ctrl-C, or server.shutdown()
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
-import json
 import secrets
-import socket
 import sys
-import threading
 from importlib import resources
 from urllib.parse import parse_qs
 
@@ -44,16 +40,14 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from kzoo.cli.rate.sources import JudgementError
+from kzoo.serve import http
+from kzoo.serve.http import BACKLOG, KEEP_ALIVE_S, MAX_CONNECTIONS, is_loopback  # noqa: F401
 
 MAX_BODY = 1 << 20  # a correction is text a person typed: 1 MiB is far more than one needs
 BODY_TIMEOUT_S = 30.0
 HEAD_TIMEOUT_S = 30.0
-KEEP_ALIVE_S = 5
-MAX_CONNECTIONS = 256
-BACKLOG = 512  # the kernel caps it at net.core.somaxconn (4096 on current Linux)
 STATIC = {"/": ("page.html", "text/html"), "/rate.js": ("rate.js", "text/javascript"),
           "/rate.css": ("rate.css", "text/css")}
 HEADERS = {
@@ -64,24 +58,7 @@ HEADERS = {
     "Referrer-Policy": "no-referrer",  # the page's URL may hold the token
     "Cache-Control": "no-store",
 }
-
-
-def is_loopback(host: str) -> bool:
-    """True for `localhost` and loopback addresses (127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-class _Refused(Exception):
-    """A request answered with `status` and `{"error": message}`."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
+_Refused = http.Refused  # the shared server pieces live in kzoo.serve.http
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -89,42 +66,9 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 async def _read_json(request: Request) -> dict:
-    """The body as a JSON object, read within the size and time limits.
-
-    Raises:
-        _Refused: 413 too large, 408 too slow, 400 not UTF-8 JSON object.
-    """
-    length = request.headers.get("content-length")
-    if length is not None and not length.isdigit():  # uvicorn refuses these first; others may not
-        raise _Refused(400, f"Content-Length {length!r}: not a number of bytes")
-    if length is not None and int(length) > MAX_BODY:
-        raise _Refused(413, f"the body is {int(length)} bytes; at most {MAX_BODY} are accepted")
-
-    async def read() -> bytes:
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_BODY:  # a chunked body has no Content-Length to check first
-                raise _Refused(413, f"the body is over {MAX_BODY} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    try:
-        data = await asyncio.wait_for(read(), BODY_TIMEOUT_S)
-    except TimeoutError:
-        raise _Refused(408, f"the body did not arrive within {BODY_TIMEOUT_S:g} s") from None
-    try:
-        body = json.loads(data.decode("utf-8")) if data.strip() else {}
-    except UnicodeDecodeError:
-        raise _Refused(400, "the body is not UTF-8 text") from None
-    except json.JSONDecodeError as error:
-        raise _Refused(400, f"the body is not JSON ({error.msg} at character {error.pos})") \
-            from None
-    except RecursionError:
-        raise _Refused(400, "the body nests too deeply") from None
-    if not isinstance(body, dict):
-        raise _Refused(400, "the request body must be a JSON object")
-    return body
+    """The body as a JSON object within `MAX_BODY` and `BODY_TIMEOUT_S` (read at call time,
+    so tests can lower them); `_Refused` 413 / 408 / 400 otherwise."""
+    return await http.read_json(request, MAX_BODY, BODY_TIMEOUT_S)
 
 
 def build_app(rate_app, host: str, port: int, token: str | None = None) -> Starlette:
@@ -189,7 +133,7 @@ def build_app(rate_app, host: str, port: int, token: str | None = None) -> Starl
     routes += [Route("/api/next", guarded(next_unit), methods=["GET"]),
                Route("/api/judge", guarded(judge), methods=["POST"])]
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
-    return _with_headers(app)
+    return http.with_headers(app, HEADERS)
 
 
 def _has_token(request: Request, token: str, cookie: str) -> bool:
@@ -200,52 +144,15 @@ def _has_token(request: Request, token: str, cookie: str) -> bool:
                for g in given)
 
 
-def _with_headers(app):
-    """`app` with `HEADERS` added to every answer (404s and 401s included)."""
-    extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in HEADERS.items()]
+class _Protocol(http.JSONErrorProtocol):
+    """The shared protocol (`kzoo.serve.http.JSONErrorProtocol`) with the page's error body,
+    headers and head timeout (`HEAD_TIMEOUT_S`, read at each connection)."""
 
-    async def asgi(scope, receive, send):
-        if scope["type"] != "http":
-            return await app(scope, receive, send)
+    def head_timeout_s(self) -> float:
+        return HEAD_TIMEOUT_S
 
-        async def send_with_headers(message):
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *extra]}
-            await send(message)
-
-        await app(scope, receive, send_with_headers)
-    return asgi
-
-
-class _Protocol(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol, with two changes: a request uvicorn refuses itself (bad
-    Content-Length, malformed head) is answered with a JSON error like the app's, and a
-    connection that sends no complete request head within `HEAD_TIMEOUT_S` is closed (uvicorn
-    times out only idle keep-alive connections: half-sent heads would be held forever)."""
-
-    def connection_made(self, transport):
-        super().connection_made(transport)
-        self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_too_slow)
-
-    def _head_too_slow(self):
-        if self.cycle is None and not self.transport.is_closing():
-            self.transport.close()
-
-    def connection_lost(self, exc):
-        self._head_timer.cancel()
-        super().connection_lost(exc)
-
-    def send_400_response(self, msg: str) -> None:
-        import h11
-
-        body = json.dumps({"error": f"malformed HTTP request ({msg.rstrip('.')})"}).encode()
-        headers = [(b"content-type", b"application/json; charset=utf-8"),
-                   (b"content-length", str(len(body)).encode()), (b"connection", b"close"),
-                   *((k.lower().encode(), v.encode()) for k, v in HEADERS.items())]
-        for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
-                      h11.Data(data=body), h11.EndOfMessage()):
-            self.transport.write(self.conn.send(event))
-        self.transport.close()
+    def extra_headers(self) -> dict:
+        return HEADERS
 
 
 class RateServer:
@@ -266,43 +173,20 @@ class RateServer:
 
     def __init__(self, host: str, port: int, app=None, token: str | None = None):
         self.app, self.token = app, token
-        try:
-            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                        flags=socket.AI_PASSIVE)[0][0]
-            self.socket = socket.create_server((host, port), family=family, backlog=BACKLOG)
-        except (OSError, OverflowError) as error:
-            reason = getattr(error, "strerror", None) or str(error)
-            raise ValueError(f"--port {port}: cannot listen on {host}:{port} ({reason}); is "
-                             "another kzoo rate running? pick another --port") from None
+        self.socket = http.bind(host, port, what="kzoo rate")
         self.server_address = self.socket.getsockname()[:2]
-        self._server = self._uvicorn()  # made now: a shutdown() before serving is not lost
-        self._serving, self._stopped = False, threading.Event()
-
-    def _uvicorn(self):
-        import uvicorn
-
-        port = self.server_address[1]
-        app = build_app(lambda: self.app, self.server_address[0], port, self.token)
-        config = uvicorn.Config(app, http=_Protocol, lifespan="off", log_config=None,
-                                log_level="error", access_log=False, server_header=False,
-                                timeout_keep_alive=KEEP_ALIVE_S, backlog=BACKLOG,
-                                limit_concurrency=MAX_CONNECTIONS, timeout_graceful_shutdown=2)
-        return uvicorn.Server(config)
+        asgi = build_app(lambda: self.app, self.server_address[0], self.server_address[1],
+                         self.token)
+        self._server = http.UvicornServer(self.socket, asgi, _Protocol)
 
     def serve_forever(self) -> None:
         """Serve until `shutdown()` (from another thread) or Ctrl-C (KeyboardInterrupt)."""
-        self._serving = True
-        try:
-            self._server.run(sockets=[self.socket])
-        finally:
-            self._stopped.set()
+        self._server.serve_forever()
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Make `serve_forever` (running in another thread) return, and wait until it has
-        (it finishes the requests under way first, `timeout_graceful_shutdown` at most)."""
-        self._server.should_exit = True
-        if self._serving:
-            self._stopped.wait(timeout)
+        (it finishes the requests under way first, 2 s at most)."""
+        self._server.shutdown(timeout)
 
     def server_close(self) -> None:
         self.socket.close()

@@ -1,0 +1,400 @@
+"""`Engine`: continuous batching over a fixed set of slots in one KV cache, run by one thread.
+
+The cache has `slots` rows of `L` (the model's context) cache slots, in the compiled shapes of
+the model's own `init_cache`. All rows write their next token at one shared slot `t`; a row's
+tokens are the contiguous slots `[t - count, t)` (its own padding mask), and every token carries
+its own position, so where a row sits in the cache does not change what it computes. Three
+compiled programs (`kzoo.backend.compile_function`, the decoder of `kzoo.generation`; no second
+implementation of the model):
+
+- prefill (one per power-of-two prompt length P): `kzoo.generation.loops.prefill` of one prompt
+  into a fresh one-row cache, its slots moved to end at `t`, the row written into the batch's
+  cache, and the first token picked;
+- step: one token for every row (`decoder.call_with_cache` at slot `t`), each row sampled with
+  its own settings (`kzoo.serve.sampling.pick`);
+- shift: every row's slots moved by the same amount, when `t` reaches `L` (left, by the free
+  room) or a new prompt is longer than `t` (right); rare, so the cache is not copied per token.
+
+A request waiting in the queue is admitted at the next step boundary when a slot is free; a
+finished, stopped or cancelled sequence frees its slot at that boundary. The ASGI handlers talk
+to the thread through `submit` and each sequence's event queue.
+
+Example:
+```python
+engine = Engine(model, tokenizer, slots=4)
+engine.start()
+seq = Sequence([5, 6, 7], SamplingParams(max_tokens=8, seed=0), sink=print)
+engine.submit([seq])      # events: {"type": "token", ...} ..., then {"type": "done", ...}
+engine.stop()
+```
+"""
+
+from __future__ import annotations
+
+import collections
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from keras import ops, tree
+
+from kzoo import backend
+from kzoo.generation import Generator, loops
+from kzoo.generation.inputs import bucket, fine_bucket
+from kzoo.serve import sampling
+
+
+@dataclass
+class SamplingParams:
+    """One request's settings (already checked by `kzoo.serve.protocol`)."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    seed: int | None = None
+    stop: list = field(default_factory=list)  # stop strings
+    stop_token_ids: list = field(default_factory=list)
+    logprobs: int | None = None  # top-N alternatives per token, or None
+    echo: bool = False  # also score the prompt (its log-probabilities)
+
+
+class Sequence:
+    """One choice of one prompt, from admission to its last token.
+
+    Args:
+        prompt_ids: list[int]. the prompt.
+        params: SamplingParams.
+        sink: callable. receives each event dict (called from the engine thread).
+        choice: int. which of a request's `n` choices (it changes the random numbers).
+    """
+
+    def __init__(self, prompt_ids, params: SamplingParams, sink, choice: int = 0):
+        self.prompt_ids, self.params = list(prompt_ids), params
+        self.sink, self.choice = sink, choice
+        self.seed = params.seed if params.seed is not None else secrets.randbits(63)
+        self.ids, self.logprobs, self.tops = [], [], []
+        self.prompt_logprobs, self.prompt_tops = None, None
+        self.shown, self.full_text, self.finish_reason = "", "", None
+        self.sent = 0  # tokens already sent to the client in "token" events
+        self.cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Free the slot at the next step boundary (thread-safe)."""
+        self.cancelled.set()
+
+
+class Engine:
+    """The slots, the KV cache and the thread that owns the model.
+
+    Args:
+        model: kzoo `CausalLM`.
+        tokenizer: kzoo tokenizer (texts of tokens, stop strings).
+        slots: int. rows decoded together.
+        weights: None, "float32", "bfloat16" or "int8". the generation weights
+            (`kzoo.generation.Generator`'s `weights=`).
+        jit_compile: bool. XLA on TensorFlow and JAX.
+        max_queue: int. sequences waiting for a slot before `submit` refuses more.
+
+    Attributes:
+        steps: int. decode steps run so far (every active row advances in each).
+        active: int. slots in use now (the gauge: 0 when idle).
+    """
+
+    def __init__(self, model, tokenizer, slots: int = 8, weights=None, jit_compile=True,
+                 max_queue: int = 64):
+        self.model, self.tokenizer = model, tokenizer
+        self.slots, self.length = int(slots), int(model.max_sequence_length)
+        self.max_queue = int(max_queue)
+        self.decoder = Generator(model, weights=weights, jit_compile=jit_compile).decoder
+        self.jit_compile = jit_compile
+        self.steps, self.prefills, self.trace_count = 0, 0, 0
+        self._programs: dict = {}
+        self._rows: list[Sequence | None] = [None] * self.slots
+        self._counts = np.zeros(self.slots, np.int64)  # tokens of each row in the cache
+        self._tokens = np.zeros(self.slots, np.int32)  # each row's token to feed next
+        self._t = 0  # the slot the next step writes
+        self._pending: collections.deque = collections.deque()
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread = None
+        self._open = 0  # sequences submitted and not yet ended (done, failed or cancelled)
+
+    # ------------------------------------------------------------------ the public side
+    @property
+    def active(self) -> int:
+        return sum(r is not None for r in self._rows)
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        """Compile the step program and start the model thread."""
+        self._prepared = self._compiled("prepare", (), self.decoder.prepare)()
+        self._cache = self.model.init_cache(self.slots, self.length)
+        self._thread = threading.Thread(target=self._run, name="kzoo-serve-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, sequences: list[Sequence]) -> bool:
+        """Queue `sequences` (one request's, together); False when the queue is full."""
+        with self._wake:
+            if self._stopping or len(self._pending) + len(sequences) > self.max_queue:
+                return False
+            self._pending.extend(sequences)
+            self._open += len(sequences)
+            self._wake.notify()
+        return True
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Cancel what is queued or running (each gets an error event) and end the thread."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ programs
+    def _compiled(self, kind: str, key: tuple, fn):
+        if (kind, *key) not in self._programs:
+            self._programs[(kind, *key)] = backend.compile_function(
+                fn, self.decoder.variables, self.jit_compile, on_trace=self._count_trace)
+        return self._programs[(kind, *key)]
+
+    def _count_trace(self):
+        self.trace_count += 1
+
+    def _shifted(self, cache, shift):
+        """Every row's cache slots moved by `shift` (slot j gets old slot j - shift)."""
+        index = ops.mod(ops.arange(self.length) - shift, self.length)
+        return tree.map_structure(lambda c: ops.take(c, index, axis=2), cache)  # (B, kv, L, h)
+
+    def _prefill_program(self, prompt_slots: int):
+        def program(prepared, cache, token_ids, lengths, row, t, settings):
+            decoder = self.decoder.bind(prepared)
+            # the prompt's real tokens land in slots [P - n, P) of a fresh (1, L) cache
+            logits, own, _ = loops.prefill(decoder, token_ids, lengths, self.length - prompt_slots)
+            own = self._shifted(own, t - prompt_slots)  # ... now in [t - n, t)
+            cache = tree.map_structure(
+                lambda big, one: backend.update_slice(big, [row, 0, 0, 0], one), cache, own)
+            return (cache, *sampling.pick(logits, settings))
+        return self._compiled("prefill", (prompt_slots,), program)
+
+    def _step_program(self):
+        def program(prepared, cache, tokens, positions, mask, t, settings):
+            decoder = self.decoder.bind(prepared)
+            logits, cache = decoder.call_with_cache(tokens[:, None], cache, t, mask,
+                                                    positions[:, None])  # (B, 1, V)
+            return (cache, *sampling.pick(logits[:, -1, :], settings))
+        return self._compiled("step", (), program)
+
+    def _score_program(self, width: int):
+        def program(token_ids, targets):
+            logp = ops.log_softmax(ops.cast(self.model(token_ids), "float32"), axis=-1)
+            picked = ops.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]  # (1, W)
+            top_logps, top_ids = ops.top_k(logp, k=min(sampling.TOP_N, self.model.vocab_size))
+            return picked, ops.cast(top_ids, "int32"), top_logps
+        return self._compiled("score", (width,), program)
+
+    # ------------------------------------------------------------------ the thread
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stopping and not self._pending and not self.active:
+                    self._wake.wait(0.5)
+                if self._stopping:
+                    break
+            try:
+                self._free_cancelled()
+                self._admit()
+                if self.active:
+                    self._step()
+            except Exception as error:  # noqa: BLE001  a bug must not leave requests hanging
+                self._fail_all(f"internal error in the model thread ({type(error).__name__}: "
+                               f"{error})")
+        self._fail_all("the server is shutting down")
+
+    def _fail_all(self, message: str) -> None:
+        with self._wake:
+            waiting, self._pending = list(self._pending), collections.deque()
+        for seq in waiting + [s for s in self._rows if s is not None]:
+            seq.sink({"type": "error", "message": message})
+            self._ended()
+        self._rows = [None] * self.slots
+
+    def _free_cancelled(self) -> None:
+        for row, seq in enumerate(self._rows):
+            if seq is not None and seq.cancelled.is_set():
+                self._rows[row] = None
+                self._ended()
+
+    def _admit(self) -> None:
+        while True:
+            free = [r for r, s in enumerate(self._rows) if s is None]
+            with self._wake:
+                if not self._pending:
+                    return
+                if self._pending[0].params.max_tokens > 0 and not free:
+                    return
+                seq = self._pending.popleft()
+            if seq.cancelled.is_set():
+                self._ended()
+                continue
+            try:
+                if seq.params.echo:
+                    self._score_prompt(seq)
+                if seq.params.max_tokens == 0:
+                    seq.finish_reason = "length"
+                    seq.sink(self._done(seq))
+                    self._ended()
+                    continue
+                self._prefill(seq, free[0])
+            except Exception as error:
+                if seq in self._rows:
+                    raise  # in a slot: `_run` fails every row
+                seq.sink({"type": "error", "message": f"internal error in the model thread "
+                          f"({type(error).__name__}: {error})"})
+                self._ended()
+
+    def _score_prompt(self, seq: Sequence) -> None:
+        """The log-probability of each prompt token after the ones before it (None first)."""
+        ids = seq.prompt_ids
+        width = min(fine_bucket(len(ids)), self.length)
+        token_ids = np.zeros((1, width), np.int32)
+        token_ids[0, :len(ids)] = ids
+        targets = np.zeros((1, width), np.int32)
+        targets[0, :len(ids) - 1] = ids[1:]
+        picked, top_ids, top_logps = self._score_program(width)(
+            _tensor(token_ids), _tensor(targets))
+        picked, top_ids, top_logps = (ops.convert_to_numpy(x)[0] for x in (picked, top_ids,
+                                                                           top_logps))
+        seq.prompt_logprobs = [None] + [float(x) for x in picked[:len(ids) - 1]]
+        seq.prompt_tops = [None] + [list(zip(top_ids[i].tolist(), top_logps[i].tolist()))
+                                    for i in range(len(ids) - 1)]
+
+    def _settings(self, seqs: list[Sequence | None]) -> dict:
+        rows = [None if s is None else {
+            "temperature": s.params.temperature, "top_k": s.params.top_k,
+            "top_p": s.params.top_p, "min_p": s.params.min_p,
+            "u": sampling.uniform(s.seed, s.choice, len(s.ids))} for s in seqs]
+        return {k: _tensor(v) for k, v in sampling.settings_arrays(rows).items()}
+
+    def _shift(self, shift: int) -> None:
+        program = self._compiled("shift", (), self._shifted)
+        self._cache = program(self._cache, _tensor(np.int32(shift)))
+        self._t += shift
+
+    def _prefill(self, seq: Sequence, row: int) -> None:
+        n = len(seq.prompt_ids)
+        if self._t < n:  # the prompt must end at slot t: move every row right to make room
+            self._shift(n - self._t)
+        slots = min(bucket(n), self.length)
+        token_ids = np.zeros((1, slots), np.int32)
+        token_ids[0, slots - n:] = seq.prompt_ids
+        self._cache, token, logp, top_ids, top_logps = self._prefill_program(slots)(
+            self._prepared, self._cache, _tensor(token_ids), _tensor(np.array([n], np.int32)),
+            _tensor(np.int32(row)), _tensor(np.int32(self._t)), self._settings([seq]))
+        self.prefills += 1
+        self._rows[row], self._counts[row] = seq, n
+        self._take(row, *(ops.convert_to_numpy(x)[0] for x in (token, logp, top_ids, top_logps)))
+
+    def _step(self) -> None:
+        if self._t >= self.length:  # no slot left on the right: move every row left
+            used = max(int(self._counts[r]) for r, s in enumerate(self._rows) if s is not None)
+            self._shift(-(self.length - used))
+        slots = np.arange(self.length)
+        counts = np.where([s is not None for s in self._rows], self._counts, 0)
+        # a row sees its own slots and the one written now (an empty row: that one only)
+        mask = (slots[None, :] >= self._t - counts[:, None]) & (slots[None, :] <= self._t)
+        self._cache, tokens, logps, top_ids, top_logps = self._step_program()(
+            self._prepared, self._cache, _tensor(self._tokens), _tensor(counts.astype(np.int32)),
+            _tensor(mask), _tensor(np.int32(self._t)), self._settings(self._rows))
+        self.steps += 1
+        self._t += 1
+        tokens, logps, top_ids, top_logps = (ops.convert_to_numpy(x)
+                                             for x in (tokens, logps, top_ids, top_logps))
+        for row, seq in enumerate(self._rows):
+            if seq is not None:
+                self._counts[row] += 1
+                self._take(row, tokens[row], logps[row], top_ids[row], top_logps[row])
+
+    # ------------------------------------------------------------------ per token
+    def _take(self, row: int, token, logp, top_ids, top_logps) -> None:
+        """Row `row` drew `token`: record it, tell its client, free the row when it ends."""
+        seq = self._rows[row]
+        token = int(token)
+        params = seq.params
+        if token in params.stop_token_ids:
+            return self._finish(row, "stop")
+        seq.ids.append(token)
+        seq.logprobs.append(float(logp))
+        seq.tops.append(list(zip(top_ids.tolist(), top_logps.tolist())))
+        text = self.tokenizer.decode(seq.ids)
+        hits = [i for i in (text.find(s) for s in params.stop) if i >= 0]
+        if hits:
+            seq.full_text = text[:min(hits)]
+            return self._finish(row, "stop")
+        seq.full_text = text
+        self._tokens[row] = token
+        if len(seq.ids) >= params.max_tokens:
+            return self._finish(row, "length")
+        # hold back an incomplete character and a tail that may grow into a stop string
+        safe = len(text) - (1 if text.endswith("\ufffd") else 0)
+        safe -= _pending_stop(text[:safe], params.stop)
+        if safe > len(seq.shown):
+            seq.sink({"type": "token", "text": text[len(seq.shown):safe],
+                      "entries": _entries(seq)})
+            seq.shown = text[:safe]
+
+    def _finish(self, row: int, reason: str) -> None:
+        seq = self._rows[row]
+        self._rows[row] = None
+        seq.finish_reason = reason
+        seq.sink(self._done(seq))
+        self._ended()
+
+    def _ended(self) -> None:
+        with self._wake:
+            self._open -= 1
+
+    def _done(self, seq: Sequence) -> dict:
+        text = seq.full_text
+        return {"type": "done", "text": text, "delta": text[len(seq.shown):],
+                "entries": _entries(seq),
+                "finish_reason": seq.finish_reason, "token_ids": seq.ids,
+                "logprobs": seq.logprobs, "tops": seq.tops, "prompt_ids": seq.prompt_ids,
+                "prompt_logprobs": seq.prompt_logprobs, "prompt_tops": seq.prompt_tops}
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Wait until every submitted sequence has ended (for tests and shutdown)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if not self._open:
+                return True
+            time.sleep(0.01)
+        return False
+
+
+def _entries(seq: Sequence) -> list:
+    """(id, logprob, tops) of the tokens not yet sent to the client; marks them sent."""
+    new = list(zip(seq.ids, seq.logprobs, seq.tops))[seq.sent:]
+    seq.sent = len(seq.ids)
+    return new
+
+
+def _pending_stop(text: str, stops: list) -> int:
+    """Length of the longest tail of `text` that is a proper prefix of a stop string."""
+    best = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), best, -1):
+            if text.endswith(stop[:k]):
+                best = k
+                break
+    return best
+
+
+def _tensor(array):
+    return ops.convert_to_tensor(np.asarray(array))
