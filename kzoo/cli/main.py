@@ -1,5 +1,5 @@
-"""The `kzoo` command: every recipe of the registry, plus `prepare`, `chat`, `rate`, `eval`,
-`ls` and `cp`.
+"""The `kzoo` command: every recipe of the registry, plus the tools of `TOOLS` (`prepare`,
+`chat`, `rate`, `eval`, `serve`, `plan`, `ls`, `cp`).
 
     kzoo ls                                   # the recipe commands and their shipped configs
     kzoo cp gpt/nano_pydocs_pretrain my.yaml  # copy one out to edit
@@ -31,14 +31,24 @@ import sys
 from kzoo.cli._library import load_library
 from kzoo.recipes.registry import RECIPES, recipes
 
-TOOLS = {
-    "prepare": "Tokenize a corpus of any size into token shards for pre-training.",
-    "chat": "Chat with a model in the terminal: streamed, multi-turn, /odds shows the odds.",
-    "rate": "A local page where you rate and correct completions (TRL-format JSONL).",
-    "eval": "Run lm-eval tasks on a model offline: a results table and results.json.",
-    "ls": "List the shipped configs and the command each is for.",
-    "cp": "Copy a shipped config out: kzoo cp NAME DEST.yaml.",
+# tool -> (the `module:function` its arguments go to, its line in `kzoo --help`)
+TOOL_TABLE = {
+    "prepare": ("kzoo.cli.prepare:main",
+                "Tokenize a corpus of any size into token shards for pre-training."),
+    "chat": ("kzoo.cli.chat:main",
+             "Chat with a model in the terminal: streamed, multi-turn, /odds shows the odds."),
+    "rate": ("kzoo.cli.main:_run_rate",
+             "A local page where you rate and correct completions (TRL-format JSONL)."),
+    "eval": ("kzoo.cli.eval:main",
+             "Run lm-eval tasks on a model offline: a results table and results.json."),
+    "serve": ("kzoo.serve.cli:main",
+              "Serve a model over OpenAI's HTTP API, many requests decoded together."),
+    "plan": ("kzoo.cli.plan:main",
+             "Bytes per device of training a model on a mesh, before making any weight."),
+    "ls": ("kzoo.cli.configs:ls_main", "List the shipped configs and the command each is for."),
+    "cp": ("kzoo.cli.configs:cp_main", "Copy a shipped config out: kzoo cp NAME DEST.yaml."),
 }
+TOOLS = {name: summary for name, (_, summary) in TOOL_TABLE.items()}
 
 
 def _command(module: str) -> str:
@@ -141,8 +151,7 @@ def _run_rate(args: list[str]) -> int:
             raise
         return _error("kzoo rate is not installed here (no module kzoo.cli.rate)")
     # rate loads TensorFlow and the model itself, only for --run (--candidates needs neither)
-    with _prog("kzoo rate"):
-        return rate.main(args)
+    return rate.main(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,28 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command in recipes():
             return _run_recipe(command, args)
-        if command == "ls":
-            from kzoo.cli.configs import ls_main
-
-            return ls_main(args)
-        if command == "cp":
-            from kzoo.cli.configs import cp_main
-
-            return cp_main(args)
-        if command == "prepare":
-            from kzoo.cli.prepare import main as prepare_main
-
-            return prepare_main(args)
-        if command == "chat":
-            from kzoo.cli.chat import main as chat_main
-
-            return chat_main(args)
-        if command == "rate":
-            return _run_rate(args)
-        if command == "eval":
-            from kzoo.cli.eval import main as eval_main
-
-            return eval_main(args)
+        if command in TOOL_TABLE:
+            module, _, function = TOOL_TABLE[command][0].partition(":")
+            # __import__ (C's import path), so `python -X importtime` traces the tool's module
+            run = getattr(__import__(module, fromlist=[function]), function)
+            with _prog(f"kzoo {command}"):
+                return run(args)
     except SystemExit as error:  # argparse: --help (0) or a bad flag (2)
         return _exit_code(error)
     return _error(f"unknown command {argv[0]!r}; the commands: {', '.join(commands())} "

@@ -162,13 +162,18 @@ def test_kzoo_has_no_import_circle():
 
 def test_the_circles_once_found_stay_broken():
     # Each pair imported the other (issue 28); now only the second imports the first.
+    # kzoo.cli.main reaches the tools through its TOOL_TABLE (module names, imported by name).
+    from kzoo.cli.main import TOOL_TABLE
+
+    tools = {target.partition(":")[0] for target, _ in TOOL_TABLE.values()}
     graph = import_graph(PACKAGE)
     for importer, imported in [("kzoo.cli.chat", "kzoo.cli.main"),
                                ("kzoo.cli.eval", "kzoo.cli.main"),
                                ("kzoo.tokenizers.base", "kzoo.tokenizers.hf"),
                                ("kzoo.training.checkpoints", "kzoo.training.run_folder")]:
         assert imported not in graph[importer], f"{importer} imports {imported} again"
-        assert importer in graph[imported], f"{imported} no longer imports {importer}: update"
+        assert importer in graph[imported] or (imported == "kzoo.cli.main" and importer in tools), (
+            f"{imported} no longer imports {importer}: update")
 
 
 def test_each_allowed_edge_exists_inside_a_function_and_closes_a_circle():

@@ -39,7 +39,7 @@ def test_every_recipe_module_is_a_command():
             "export_hf"} <= expected
     assert set(recipe_commands().values()) == expected
     assert set(commands()) == {*(m.replace("_", "-") for m in expected), "prepare", "chat",
-                               "rate", "eval", "ls", "cp"}
+                               "rate", "eval", "serve", "plan", "ls", "cp"}
 
 
 def test_each_script_runs_the_package_recipe():
