@@ -25,6 +25,13 @@ from kzoo.models.families.base import Family, extras, refuse_extras
 def args_from_hf(fields: Fields, model_type: str, overrides: dict) -> dict:
     llama.refuse_biases(fields, model_type)
     args = llama.rope_args_from_hf(fields, overrides, biases=(True, False, False))
+    return {**args, **window_from_hf(fields, args)}
+
+
+def window_from_hf(fields: Fields, args: dict) -> dict:
+    """The window arguments of Qwen2's settings (Qwen3 reads them alike): `sliding_window`
+    applies only with `use_sliding_window`, to the `layer_types` layers or, without them, to
+    the layers from `max_window_layers` on."""
     window = fields.get("sliding_window")  # read either way: it is then accounted for
     window = window if fields.get("use_sliding_window", False) else None
     layer_types = fields.get("layer_types")
@@ -33,8 +40,7 @@ def args_from_hf(fields: Fields, model_type: str, overrides: dict) -> dict:
         layer_types = ["sliding_attention" if i >= first else "full_attention"
                        for i in range(args["num_layers"])]
     fields.seen.add("max_window_layers")
-    args.update(window_args(fields, window, layer_types, args["max_sequence_length"]))
-    return args
+    return window_args(fields, window, layer_types, args["max_sequence_length"])
 
 
 WINDOW = ("sliding_window", "layer_types")

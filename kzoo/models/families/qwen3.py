@@ -18,7 +18,7 @@ model.qk_norm, model.head_dim   # (True, 16)
 
 from __future__ import annotations
 
-from kzoo.interop.hf_fields import Fields, window_args
+from kzoo.interop.hf_fields import Fields
 from kzoo.interop.slots import slot
 from kzoo.models.families import llama, qwen2
 from kzoo.models.families.base import Family, extras, refuse_extras
@@ -50,16 +50,7 @@ def args_from_hf(fields: Fields, model_type: str, overrides: dict) -> dict:
     bias = bool(fields.get("attention_bias", False))
     # head_dim: transformers' Qwen3 default is 128, not width / heads
     args = llama.rope_args_from_hf(fields, overrides, (bias, bias, False), head_dim=128)
-    window = fields.get("sliding_window")  # read either way: it is then accounted for
-    window = window if fields.get("use_sliding_window", False) else None
-    layer_types = fields.get("layer_types")
-    if layer_types is None and window is not None:
-        first = int(fields.get("max_window_layers", 28))  # transformers' default
-        layer_types = ["sliding_attention" if i >= first else "full_attention"
-                       for i in range(args["num_layers"])]
-    fields.seen.add("max_window_layers")
-    args.update(window_args(fields, window, layer_types, args["max_sequence_length"]))
-    return {**args, "qk_norm": True}
+    return {**args, **qwen2.window_from_hf(fields, args), "qk_norm": True}
 
 
 def matches(model) -> bool:
