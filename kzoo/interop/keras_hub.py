@@ -4,7 +4,9 @@ keras-hub keeps attention kernels per head, (hidden, heads, head_dim), and separ
 value and gate/up projections; kzoo keeps them flat and fused. Each family module
 (`kzoo.models.families`) lists every kzoo variable with the keras-hub variables that make it
 (in order along its last axis), so the same table copies both ways; this module finds the
-backbone, picks the family and copies.
+backbone, picks the family and copies. An entry may carry a third item, an axis permutation
+that puts a keras-hub array in kzoo's axis order before it is flattened (Gemma 3 stores its
+q/k/v kernels (heads, hidden, head_dim)); the way back applies the inverse.
 
 Example:
 ```python
@@ -32,7 +34,8 @@ def _variables(backbone) -> dict:
     for variable in backbone.weights:
         path = variable.path
         for start in ("token_embedding/", "position_embedding/", "transformer_layer_",
-                      "layer_norm/", "sequence_output_layernorm/"):
+                      "decoder_block_", "layer_norm/", "sequence_output_layernorm/",
+                      "final_normalization/"):
             if start in path:
                 path = path[path.index(start):]
                 break
@@ -60,7 +63,9 @@ def _backbone(model_or_preset):
 
 
 def _copy(table, hub: dict, to_kzoo: bool) -> None:
-    for variable, paths in table:
+    for variable, paths, *permute in table:
+        # permute: axes taking a keras-hub array to kzoo's order (None: already in it)
+        permute = permute[0] if permute else None
         missing = [p for p in paths if p not in hub]
         if missing:
             raise ValueError(f"the keras-hub model has no variable {missing[0]!r} (for kzoo "
@@ -68,8 +73,10 @@ def _copy(table, hub: dict, to_kzoo: bool) -> None:
         parts = [hub[p] for p in paths]
         lead = tuple(variable.shape)[:-1]
         if to_kzoo:
-            arrays = [ops.convert_to_numpy(v).reshape(*lead, -1) for v in parts]
-            value = np.concatenate(arrays, axis=-1)
+            arrays = [ops.convert_to_numpy(v) for v in parts]
+            if permute is not None:
+                arrays = [np.transpose(a, permute) for a in arrays]
+            value = np.concatenate([a.reshape(*lead, -1) for a in arrays], axis=-1)
             if value.shape != tuple(variable.shape):
                 raise ValueError(f"keras-hub variables {paths} make shape {value.shape}; kzoo "
                                  f"variable {variable.path} is {tuple(variable.shape)}")
@@ -79,19 +86,24 @@ def _copy(table, hub: dict, to_kzoo: bool) -> None:
             sizes = [int(np.prod(v.shape)) // max(int(np.prod(lead)), 1) for v in parts]
             pieces = np.split(value, np.cumsum(sizes)[:-1], axis=-1)
             for target, piece in zip(parts, pieces):
-                target.assign(convert(piece.reshape(tuple(target.shape)), target.dtype))
+                shape = tuple(target.shape)
+                if permute is not None:
+                    # unflatten in kzoo's axis order, then back to keras-hub's
+                    piece = piece.reshape(tuple(shape[a] for a in permute))
+                    piece = np.transpose(piece, np.argsort(permute))
+                target.assign(convert(piece.reshape(shape), target.dtype))
 
 
 def from_keras_hub(model_or_preset, dtype=None, max_sequence_length: int = 4096):
-    """A `CausalLM` with the weights of a keras-hub model (GPT-2, Llama / Llama 3, ...: the
-    backbones of `kzoo.models.families.keras_hub_backbones()`).
+    """A `CausalLM` with the weights of a keras-hub model (GPT-2, Llama / Llama 3, Qwen3,
+    Gemma 3 text: the backbones of `kzoo.models.families.keras_hub_backbones()`).
 
     Args:
         model_or_preset: keras_hub Backbone, CausalLM or str. a backbone, a task holding one,
             or a preset folder written by `save_to_preset`.
         dtype: str or None. the kzoo model's dtype policy; None: Keras' default.
-        max_sequence_length: int. context of a Llama model (keras-hub's Llama has no limit);
-            GPT-2 keeps its own.
+        max_sequence_length: int. context of a RoPE model (keras-hub's Llama, Qwen3 and Gemma 3
+            have no limit); GPT-2 keeps its own.
 
     Raises:
         ValueError: one line for another kind of model, or a variable that is missing.
@@ -122,7 +134,8 @@ def from_keras_hub(model_or_preset, dtype=None, max_sequence_length: int = 4096)
 def to_keras_hub(model, dtype=None):
     """The keras-hub backbone computing what `model` computes, from its family's hooks:
     `GPT2Backbone` for GPT-style models, `LlamaBackbone` (`Llama3Backbone` with Llama 3.1 RoPE
-    scaling) for Llama-style, ...
+    scaling) for Llama-style, `Qwen3Backbone`, `Gemma3Backbone` (text, its fixed layer
+    pattern), ...
 
     Wrap it for generation with e.g. `keras_hub.models.GPT2CausalLM(backbone, preprocessor)`.
 

@@ -1,9 +1,11 @@
 """Generation results for tests/backends/test_cross_backend.py, on the current Keras backend.
 
 Called by `cross_backend_checks.compute` in the TensorFlow parent and in each child backend.
-Keys compared across backends: greedy and beam tokens and log-probs from ragged (left-padded)
-prompts, a stop token, an int8 weights snapshot, streamed greedy tokens, and a second greedy
-call after the weights changed (a program that baked the first weights in would repeat itself).
+Keys compared across backends, for every family of `cross_backend_checks.FAMILIES` (the nano
+presets of GPT-2, Llama and Gemma 3): greedy and beam tokens and log-probs from ragged
+(left-padded) prompts, a stop token, an int8 weights snapshot, streamed greedy tokens, greedy
+tokens generated past a sliding window (models with one), and a second greedy call after the
+weights changed (a program that baked the first weights in would repeat itself).
 Keys starting with `own_` hold what only has to hold within one backend (sampling draws from
 each backend's own random generator): same seed -> same tokens, stream == generate, one trace
 per shape bucket.
@@ -17,9 +19,9 @@ PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [3, 4]]  # ragged: row 1 is left-padded by 5
 NEW = 10
 
 
-def _padded(lists, fill=-1) -> np.ndarray:
-    """Id lists as one (rows, NEW) array; missing slots are `fill`."""
-    out = np.full((len(lists), NEW), fill, np.float32)
+def _padded(lists, fill=-1, width=NEW) -> np.ndarray:
+    """Id lists as one (rows, width) array; missing slots are `fill`."""
+    out = np.full((len(lists), width), fill, np.float32)
     for r, row in enumerate(lists):
         out[r, :len(row)] = row
     return out
@@ -68,6 +70,12 @@ def generation_checks(workdir: Path, out: dict) -> None:
             greedy.trace_count == 3,  # greedy: generate, stop (same bucket), stream's 2
         ], np.float32)
 
+        # after the trace counts above: this is another shape bucket
+        window = getattr(model, "sliding_window", None)
+        if window:
+            # past the window: the KV-cached decoder's mask must drop the oldest keys alike
+            long = greedy.generate(PROMPTS, max_new_tokens=window + NEW).token_ids
+            out[f"gen_{family}_past_window"] = _padded(long, width=window + NEW)
         set_fixed_weights(model, seed=77)  # new weights, same compiled programs
         out[f"gen_{family}_after_update"] = _padded(
             greedy.generate(PROMPTS, max_new_tokens=NEW).token_ids)

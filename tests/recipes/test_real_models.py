@@ -344,3 +344,42 @@ def test_the_human_loop_on_a_hugging_face_folder(root, tmp_path, capsys):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["bad_pairs"]["read"] == len(prompts)
     assert metrics["split"]["train_pairs"] > 0 and metrics["split"]["validation_pairs"] > 0
+
+
+@pytest.mark.parametrize("model_type, tokenizer", [("qwen3", "qwen3"),
+                                                   ("gemma3_text", "gemma3")])
+def test_sft_init_from_qwen3_and_gemma3_folders(root, tmp_path, model_type, tokenizer):
+    """`model.init_from` on folders saved by transformers, with the family's tokenizer and
+    chat template (tests/tokenizers/family_tokenizers.py): the run's held-out loss before
+    training is transformers' on the same chat-rendered rows (Gemma's window shorter than
+    them)."""
+    from kzoo.data.instruction import encode_sft, read_instruction_records, split_records
+    from tests.tokenizers.family_tokenizers import write_folder
+
+    folder = write_folder(tokenizer, tmp_path / "hf")
+    vocab = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json")).get_vocab_size()
+    window = {"sliding_window": 16} if tokenizer == "gemma3" else {}
+    interop.make_checkpoint(folder, model_type, vocab_size=vocab, max_position_embeddings=128,
+                            **window)
+    run = tmp_path / "sft"
+    code = recipe("sft").main(["--config", str(CONFIGS / "baby_instruction_sft.yaml"), *sets(
+        *TINY, "data.template=chat", f"run_dir={run}", f"data.path={root / 'sft.json'}",
+        f"model.init_from={folder}", "model.tokenizer=auto")])
+    assert code == 0
+    model = load_model_file(run / "model.keras", expect=CausalLM)
+    assert model.qk_norm and (model.sliding_window == 16) == (tokenizer == "gemma3")
+    tok = load_tokenizer(run / "tokenizer")
+    assert tok.chat_template == transformers.AutoTokenizer.from_pretrained(
+        folder).chat_template
+    metrics = json.loads((run / "metrics.json").read_text())
+    _, val = split_records(read_instruction_records(root / "sft.json"), 0.25, 0)
+    arrays = encode_sft(val, tok, 64, "chat")
+    ids, mask = arrays["token_ids"], arrays["loss_mask"][:, 1:]
+    assert ids.shape[1] > 16 and mask.sum() > 0
+    reference = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        logps = torch.log_softmax(reference(torch.tensor(ids[:, :-1])).logits, -1)
+    target = np.take_along_axis(logps.numpy(), ids[:, 1:, None], -1)[..., 0]
+    expected = -float((target * mask).sum() / mask.sum())
+    assert abs(metrics["val_response_loss_before"] - expected) < 1e-4
+    assert metrics["val_response_loss_after"] != metrics["val_response_loss_before"]
