@@ -38,15 +38,15 @@ class InteropMixin:
     @classmethod
     def from_keras_hub(cls, model_or_preset, dtype=None, **options):
         """Copy a keras-hub backbone / CausalLM of a registered family (GPT-2, Llama, Llama 3,
-        Qwen3), or a preset folder saved with `save_to_preset` (see
+        Qwen3, Gemma 3), or a preset folder saved with `save_to_preset` (see
         `kzoo.interop.keras_hub.from_keras_hub`)."""
         from kzoo.interop.keras_hub import from_keras_hub
 
         return from_keras_hub(model_or_preset, dtype=dtype, **options)
 
     def to_keras_hub(self):
-        """The equivalent keras-hub backbone (`GPT2Backbone`, `LlamaBackbone`, `Qwen3Backbone`:
-        the model's family's)."""
+        """The equivalent keras-hub backbone (`GPT2Backbone`, `LlamaBackbone`, `Qwen3Backbone`,
+        `Gemma3Backbone`: the model's family's)."""
         from kzoo.interop.keras_hub import to_keras_hub
 
         return to_keras_hub(self)
