@@ -280,14 +280,20 @@ class KerasStrategy:
 
     Args:
         distribution: keras.distribution.Distribution | None. None: one device.
-        num_replicas: int. devices the batch is split between.
+        num_replicas: int. devices the batch is split between (the mesh's `batch` axis under
+            a sharded layout).
+        layout: str | None. "fsdp" or "tensor_parallel" for a `ModelParallel`; None otherwise.
+        layout_map: keras.distribution.LayoutMap | None. the map that `ModelParallel` reads,
+            filled by `kzoo.training.distribute.lay_out` before the model is built.
 
     Example: `KerasStrategy().num_replicas_in_sync` is 1.
     """
 
-    def __init__(self, distribution=None, num_replicas: int = 1):
+    def __init__(self, distribution=None, num_replicas: int = 1, layout=None, layout_map=None):
         self.distribution = distribution
         self.num_replicas_in_sync = num_replicas
+        self.layout = layout
+        self.layout_map = layout_map
 
     def scope(self):
         """The distribution's scope (variables created in it are laid out on its devices)."""
@@ -310,25 +316,42 @@ def distribution_names() -> tuple:
     return tuple(getattr(module, "DISTRIBUTIONS", ()))
 
 
-def distribution(strategy_name: str, logical_cpus: int = 0):
+# The sharded layouts need `keras.distribution.ModelParallel`, which these backends have.
+MODEL_PARALLEL_NAMES = ("fsdp", "tensor_parallel")
+MODEL_PARALLEL_BACKENDS = ("jax",)
+
+
+def distribution(strategy_name: str, logical_cpus: int = 0, mesh: dict | None = None):
     """The distribution strategy called `strategy_name`: a `tf.distribute.Strategy` on
     TensorFlow, a `KerasStrategy` on JAX and PyTorch. Create it before any other op runs.
 
     Args:
         strategy_name: str. one of `distribution_names()`: "none", "data_parallel"
             (TensorFlow MirroredStrategy, JAX `keras.distribution.DataParallel`), "mirrored"
-            (the same) or "multi_worker" (TensorFlow, needs TF_CONFIG).
+            (the same), "multi_worker" (TensorFlow, needs TF_CONFIG), "fsdp" or
+            "tensor_parallel" (JAX `keras.distribution.ModelParallel` on a mesh).
         logical_cpus: int. split the CPU into this many devices first (0/1: don't).
+        mesh: dict | None. `{"batch": N, "model": M}` for fsdp / tensor_parallel (N x M must
+            be the device count); None: every device on `model`.
 
     Raises:
-        ValueError: one line naming `strategy_name` and the values allowed on this backend.
+        ValueError: one line naming `strategy_name` and the values allowed on this backend
+            (for fsdp / tensor_parallel elsewhere: the backends that have them), or a mesh
+            whose size is not the device count.
 
     Example: `backend.distribution("data_parallel", logical_cpus=2).num_replicas_in_sync` is 2.
     """
     allowed = distribution_names()
+    if strategy_name in MODEL_PARALLEL_NAMES and strategy_name not in allowed:
+        raise ValueError(f"distribution {strategy_name!r} needs keras.distribution."
+                         f"ModelParallel, which the {' and '.join(MODEL_PARALLEL_BACKENDS)} "
+                         f"backend has, not {name()}; set KERAS_BACKEND="
+                         f"{MODEL_PARALLEL_BACKENDS[0]}")
     if strategy_name not in allowed:
         raise ValueError(f"unknown distribution {strategy_name!r} for the {name()} backend; "
                          f"valid: {sorted(allowed)}")
+    if strategy_name in MODEL_PARALLEL_NAMES:
+        return _module("distribution")(strategy_name, logical_cpus, mesh)
     return _module("distribution")(strategy_name, logical_cpus)
 
 

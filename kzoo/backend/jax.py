@@ -138,7 +138,8 @@ def clip_global_batch(grads, clip):
     return clip(grads)
 
 
-DISTRIBUTIONS = ("data_parallel", "mirrored", "none")
+DISTRIBUTIONS = ("data_parallel", "fsdp", "mirrored", "none", "tensor_parallel")
+MODEL_PARALLEL = ("fsdp", "tensor_parallel")
 
 
 def split_cpu(logical_cpus):
@@ -155,11 +156,24 @@ def split_cpu(logical_cpus):
             f"={logical_cpus})") from None
 
 
-def distribution(strategy_name, logical_cpus):
+def distribution(strategy_name, logical_cpus, mesh=None):
     from kzoo.backend import KerasStrategy
 
     if strategy_name == "none":
         return KerasStrategy()
-    split_cpu(logical_cpus)  # data_parallel, mirrored
+    split_cpu(logical_cpus)
     devices = keras.distribution.list_devices()
-    return KerasStrategy(keras.distribution.DataParallel(devices=devices), len(devices))
+    if strategy_name not in MODEL_PARALLEL:  # data_parallel, mirrored
+        return KerasStrategy(keras.distribution.DataParallel(devices=devices), len(devices))
+    mesh = mesh or {"batch": 1, "model": len(devices)}  # no mesh: every device on `model`
+    if mesh["batch"] * mesh["model"] != len(devices):
+        raise ValueError(f"mesh {{batch: {mesh['batch']}, model: {mesh['model']}}} holds "
+                         f"{mesh['batch'] * mesh['model']} devices but {len(devices)} are "
+                         "available; make batch x model equal the device count")
+    device_mesh = keras.distribution.DeviceMesh(
+        (mesh["batch"], mesh["model"]), ("batch", "model"), devices)
+    # Filled with the model's layouts once its arguments are known (distribute.lay_out):
+    # ModelParallel reads the map when each variable is created.
+    layouts = keras.distribution.LayoutMap(device_mesh)
+    return KerasStrategy(keras.distribution.ModelParallel(
+        layout_map=layouts, batch_dim_name="batch"), mesh["batch"], strategy_name, layouts)

@@ -43,9 +43,11 @@ from kzoo.training.distribute import (
     get_strategy,
     is_chief,
     is_tf_distributed,
+    lay_out,
     run_scope,
 )
 from kzoo.training.evaluation import EvalConfig, RecipeEval, compare
+from kzoo.training.layouts import LAYOUTS, family_of
 from kzoo.training.optimizers import build_adamw
 from kzoo.training.recipe import backend_jit_compile
 from kzoo.training.resume import check_plan, interval_plan, resume_point
@@ -103,8 +105,11 @@ class TrainConfig:
     jit_compile: bool = True  # XLA on TensorFlow and JAX; PyTorch: see recipe.backend_jit_compile
     steps_per_execution: int = checked(1, "positive")
     # "none", "data_parallel" (= "mirrored": one replica per local device, on TensorFlow and
-    # JAX) or "multi_worker" (TensorFlow, TF_CONFIG); see kzoo.training.distribute
-    distribution: Literal["none", "data_parallel", "mirrored", "multi_worker"] = "none"
+    # JAX), "multi_worker" (TensorFlow, TF_CONFIG), or the sharded "fsdp" / "tensor_parallel"
+    # (JAX, on `mesh`); see kzoo.training.distribute
+    distribution: Literal["none", "data_parallel", "mirrored", "multi_worker", "fsdp",
+                          "tensor_parallel"] = "none"
+    mesh: dict[str, int] | None = None  # {batch: N, model: M} for fsdp / tensor_parallel
     logical_cpus: int = checked(0, "non_negative")  # N logical CPU devices (tests, demos)
     verbose: int = 1  # Keras progress bar: 0 silent, 1 bar, 2 one line per epoch
     tensorboard: bool = True
@@ -258,7 +263,8 @@ def pretrain(config: PretrainConfig) -> dict:
     """
     _validate(config)
     # Before any other TensorFlow or JAX op: collectives and device counts are fixed then.
-    strategy = get_strategy(config.train.distribution, config.train.logical_cpus)
+    strategy = get_strategy(config.train.distribution, config.train.logical_cpus,
+                            config.train.mesh)
     replicas = strategy.num_replicas_in_sync
     if isinstance(strategy, KerasStrategy) and config.train.batch_size % replicas:
         raise ValueError(f"train.batch_size={config.train.batch_size} must be divisible by the "
@@ -277,6 +283,12 @@ def _pretrain_in(run: RunDir, config: PretrainConfig, strategy, chief: bool) -> 
     tokenizer, train_tokens, val_tokens, doc_starts = _load_tokens(config, run, resume)
     set_random_seed(config.seed)  # same initial weights for the same seed
 
+    m = config.model
+    if t.distribution in LAYOUTS:  # sharded layouts need the weights' shapes before they exist
+        from kzoo.models import get_preset
+
+        lay_out(strategy, m.init_from or {**get_preset(m.preset), "vocab_size":
+                                          tokenizer.vocab_size, **m.args}, family_of(m.preset))
     with strategy.scope():
         model = build_model(config, tokenizer.vocab_size)
         check_vocab(tokenizer, model.vocab_size)

@@ -21,7 +21,7 @@ IDENTITY = ("data", "tokenizer", "model", "train.block_size", "train.dtype")
 # How a run is watched and written, not what it computes: free to change on a resume.
 FREE = ("run_dir", "resume", "sample", "train.eval_interval", "train.val_batches",
         "train.steps_per_execution", "train.verbose", "train.tensorboard",
-        "train.jit_compile", "train.distribution", "train.logical_cpus",
+        "train.jit_compile", "train.distribution", "train.mesh", "train.logical_cpus",
         "train.keep_backups", "train.max_loss_factor", "eval")
 
 

@@ -225,7 +225,7 @@ def test_the_child_ran_the_backend_it_was_given(seams, backend):
 def test_distributions_by_backend(seams):
     tf_, jax_, torch_ = (seams[b] for b in BACKEND_NAMES)
     assert tf_["names"] == ["data_parallel", "mirrored", "multi_worker", "none"]
-    assert jax_["names"] == ["data_parallel", "mirrored", "none"]
+    assert jax_["names"] == ["data_parallel", "fsdp", "mirrored", "none", "tensor_parallel"]
     assert torch_["names"] == ["none"]
     # Two CPU devices after split_cpu(2): two replicas on TensorFlow and JAX.
     assert tf_["data_parallel"] == ["MirroredStrategy", 2]
@@ -234,7 +234,8 @@ def test_distributions_by_backend(seams):
     assert torch_["none"][0] == jax_["none"][0] == "KerasStrategy"
     assert tf_["multi_worker"].startswith(
         "ValueError: distribution 'multi_worker' needs the TF_CONFIG environment variable")
-    for result, valid in ((jax_, "['data_parallel', 'mirrored', 'none']"),
+    for result, valid in ((jax_, "['data_parallel', 'fsdp', 'mirrored', 'none', "
+                                 "'tensor_parallel']"),
                           (torch_, "['none']")):
         assert result["multi_worker"] == (
             f"ValueError: unknown distribution 'multi_worker' for the {result['backend']} "

@@ -271,7 +271,7 @@ def test_unsupported_distributions_name_the_valid_ones(pretrain_runs):
     jax_child = _child(pretrain_runs, "jax")
     assert jax_child["strategies"]["multi_worker"] == (
         "ValueError: unknown distribution 'multi_worker' for the jax backend; valid: "
-        "['data_parallel', 'mirrored', 'none']")
+        "['data_parallel', 'fsdp', 'mirrored', 'none', 'tensor_parallel']")
     assert jax_child["strategies"]["data_parallel"].startswith("KerasStrategy(DataParallel")
     for child in (torch_child, jax_child):
         assert "\n" not in child["refused"] and "valid:" in child["refused"]

@@ -70,6 +70,9 @@ class Family:
         to_keras_hub: callable or None. `(model, dtype) -> backbone`, refusing what it lacks.
         refused_model_types: mapping. `model_type`s of this family kzoo does not read, with
             the one-line reason and what to use instead (Gemma 3's multimodal "gemma3").
+        layouts: mapping. layout name ("fsdp", "tensor_parallel") -> rule
+            `(kzoo.training.plan.Variable, model_size) -> axes` replacing the shared rule of
+            `kzoo.training.layouts.SHARED_RULES` for this family; empty: the shared rules.
     """
 
     name: str
@@ -87,3 +90,4 @@ class Family:
     keras_hub_table: Callable | None = None
     to_keras_hub: Callable | None = None
     refused_model_types: Mapping = field(default_factory=dict)
+    layouts: Mapping = field(default_factory=dict)
