@@ -13,7 +13,9 @@ model's end tokens. A conversation longer than the model's context keeps its mos
 turns that fit (said once). In the chat: /reset, /set KEY VALUE (temperature, top_k, top_p, min_p,
 repetition_penalty, sampler, seed, max_new_tokens), /odds (the next-word odds behind the last
 reply's first token, at the temperature it was drawn with), /help, /quit. Ctrl-C stops a
-reply; Ctrl-C or Ctrl-D at the prompt exits at once (exit code 0).
+reply; Ctrl-C or Ctrl-D at the prompt exits at once (exit code 0). --prompt-lookup K or
+--draft-model PATH (--draft-tokens K) decode speculatively: the same replies, fewer model
+steps when drafts hit (`kzoo.generation.speculative`).
 """
 
 from __future__ import annotations
@@ -68,6 +70,12 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, help="seed of the first reply (then seed + turn)")
     parser.add_argument("--max-new-tokens", dest="max_new_tokens", type=int,
                         help="longest reply (default: the smaller of 256 and half the context)")
+    parser.add_argument("--prompt-lookup", dest="prompt_lookup", type=int, metavar="K",
+                        help="speculative decoding, K draft tokens from n-grams of the text")
+    parser.add_argument("--draft-model", dest="draft_model", metavar="PATH",
+                        help="speculative decoding with this smaller model's drafts")
+    parser.add_argument("--draft-tokens", dest="draft_tokens", type=int, default=4,
+                        metavar="K", help="draft tokens per step with --draft-model")
     return parser.parse_args(argv)
 
 
@@ -189,8 +197,9 @@ class Chat:
     ```
     """
 
-    def __init__(self, model, tokenizer, chat_format, settings: dict, system=None):
+    def __init__(self, model, tokenizer, chat_format, settings: dict, system=None, draft=None):
         self.model, self.tokenizer, self.format, self.system = model, tokenizer, chat_format, system
+        self.draft = dict(draft or {})  # `Generator`'s draft arguments, checked in `update`
         self.settings = {}
         self.reset()
         self.update(settings)
@@ -210,6 +219,10 @@ class Chat:
             raise ValueError(f"max_new_tokens must be in [1, {context - 1}] (the model's "
                              f"context is {context}), got {limit}")
         sampler = build_sampler({**settings, "sampler": name})
+        if self.draft:  # refuses a sampler that does not combine with drafts (penalties)
+            from kzoo.generation import get_generator
+
+            get_generator(self.model, sampler, self.tokenizer, **self.draft)
         if limit != getattr(self, "limit", limit):
             self.first_turn = 0  # another room for the conversation: look for its window again
         self.settings, self.sampler, self.limit = settings, sampler, limit
@@ -257,7 +270,8 @@ class Chat:
             seed = None if seed is None else seed + len(self.turns)
             for token in stream(self.model, ids, max_new_tokens=self.limit,
                                 sampler=self.sampler, tokenizer=self.tokenizer,
-                                stop_token_ids=self.tokenizer.stop_token_ids, seed=seed):
+                                stop_token_ids=self.tokenizer.stop_token_ids, seed=seed,
+                                **self.draft):
                 generated.append(int(token))
                 text = self.tokenizer.decode(generated)
                 if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
@@ -351,6 +365,18 @@ def load(args):
     return model, tokenizer, chat_format
 
 
+def _draft(args) -> dict:
+    """`Generator`'s draft arguments from --prompt-lookup / --draft-model."""
+    if args.prompt_lookup is not None:
+        return {"draft": "prompt_lookup", "num_draft_tokens": args.prompt_lookup}
+    if args.draft_model is None:
+        return {}
+    from kzoo.models.sources import find_model_source
+
+    draft = find_model_source(args.draft_model, "model.keras", what="--draft-model").load_model()
+    return {"draft": draft, "num_draft_tokens": args.draft_tokens}
+
+
 def read_line(prompt: str) -> str:
     """`input(prompt)`, except that at a terminal Ctrl-C always lands at once.
 
@@ -405,6 +431,10 @@ def main(argv=None) -> int:
         problem = f"--sampler {sampler_problem(args.sampler)}"
     elif args.max_new_tokens is not None and args.max_new_tokens < 1:
         problem = f"--max-new-tokens {args.max_new_tokens}: must be at least 1"
+    elif args.prompt_lookup is not None and args.draft_model is not None:
+        problem = "--prompt-lookup and --draft-model do not combine: choose one"
+    elif min(1 if args.prompt_lookup is None else args.prompt_lookup, args.draft_tokens) < 1:
+        problem = "--prompt-lookup / --draft-tokens: the number of draft tokens must be >= 1"
     if problem:
         print("error: " + problem, file=sys.stderr)
         return 2
@@ -414,7 +444,8 @@ def main(argv=None) -> int:
     try:
         _load_library()
         model, tokenizer, chat_format = load(args)
-        chat = Chat(model, tokenizer, chat_format, settings, system=args.system)
+        chat = Chat(model, tokenizer, chat_format, settings, system=args.system,
+                    draft=_draft(args))
     except ValueError as error:
         print("error: " + " ".join(str(error).split()), file=sys.stderr)
         return 2

@@ -30,8 +30,9 @@ _GENERATORS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def get_generator(model, sampler="greedy", tokenizer=None, jit_compile=True,
-                  weights=None) -> Generator:
-    """The cached `Generator` for `model` with this sampler, tokenizer and compile mode.
+                  weights=None, draft=None, num_draft_tokens=4, max_ngram=3) -> Generator:
+    """The cached `Generator` for `model` with this sampler, tokenizer, compile mode and
+    draft options (`Generator`'s `draft`, `num_draft_tokens`, `max_ngram`).
 
     Samplers given by name or config share programs across calls; a sampler instance gets its
     own Generator (its seed state lives in the instance).
@@ -43,7 +44,9 @@ def get_generator(model, sampler="greedy", tokenizer=None, jit_compile=True,
     else:
         sampler_key = id(sampler)
     weights_key = weights if weights is None or isinstance(weights, str) else id(weights)
-    key = (sampler_key, id(tokenizer), bool(jit_compile), weights_key)
+    draft_key = draft if draft is None or isinstance(draft, str) else id(draft)
+    key = (sampler_key, id(tokenizer), bool(jit_compile), weights_key, draft_key,
+           num_draft_tokens, max_ngram)
     per_model = _GENERATORS.setdefault(model, {})
     # Adding or merging LoRA adapters, or quantizing, bumps the model's structure_version:
     # programs traced before it hold the old variables.
@@ -53,13 +56,16 @@ def get_generator(model, sampler="greedy", tokenizer=None, jit_compile=True,
     per_model["structure_version"] = version
     if key not in per_model:
         per_model[key] = Generator(model, sampler, tokenizer=tokenizer, jit_compile=jit_compile,
-                                   weights=weights)
+                                   weights=weights, draft=draft,
+                                   num_draft_tokens=num_draft_tokens, max_ngram=max_ngram)
     return per_model[key]
 
 
 def generate(model, prompts, max_new_tokens=64, sampler="greedy", tokenizer=None,
-             jit_compile=True, weights=None, **kwargs) -> GenerationResult:
-    """Generate continuations with `model`; see `Generator.generate` for every argument.
+             jit_compile=True, weights=None, draft=None, num_draft_tokens=4, max_ngram=3,
+             **kwargs) -> GenerationResult:
+    """Generate continuations with `model`; see `Generator` (`draft=` for speculative
+    decoding) and `Generator.generate` for every argument.
 
     Example:
     ```python
@@ -67,14 +73,17 @@ def generate(model, prompts, max_new_tokens=64, sampler="greedy", tokenizer=None
     from kzoo.models import CausalLM
     model = CausalLM.from_preset("gpt_nano", vocab_size=256)
     generate(model, [[1, 2], [3, 4, 5]], max_new_tokens=4, sampler="top_k", seed=0).token_ids
+    generate(model, [[1, 2, 1, 2]], max_new_tokens=4, draft="prompt_lookup").stats
     ```
     """
-    generator = get_generator(model, sampler, tokenizer, jit_compile, weights)
+    generator = get_generator(model, sampler, tokenizer, jit_compile, weights, draft,
+                              num_draft_tokens, max_ngram)
     return generator.generate(prompts, max_new_tokens=max_new_tokens, **kwargs)
 
 
 def stream(model, prompt, max_new_tokens=64, sampler="greedy", tokenizer=None,
-           jit_compile=True, weights=None, **kwargs):
+           jit_compile=True, weights=None, draft=None, num_draft_tokens=4, max_ngram=3,
+           **kwargs):
     """Yield new tokens (or text pieces) of one prompt as produced; see `Generator.stream`.
 
     Example:
@@ -85,7 +94,8 @@ def stream(model, prompt, max_new_tokens=64, sampler="greedy", tokenizer=None,
     print(list(stream(model, [1, 2, 3], max_new_tokens=4)))
     ```
     """
-    generator = get_generator(model, sampler, tokenizer, jit_compile, weights)
+    generator = get_generator(model, sampler, tokenizer, jit_compile, weights, draft,
+                              num_draft_tokens, max_ngram)
     return generator.stream(prompt, max_new_tokens=max_new_tokens, **kwargs)
 
 

@@ -8,8 +8,8 @@ from keras import ops
 
 from kzoo import backend
 from kzoo import samplers as samplers_lib
+from kzoo.generation import drafts, loops, quantization, speculative
 from kzoo.generation import inputs as inputs_lib
-from kzoo.generation import loops, quantization
 from kzoo.generation.decoders import ModelDecoder, PreparedDecoder, supports_prepared
 from kzoo.samplers.sampler import seed_variables
 
@@ -25,6 +25,9 @@ class GenerationResult:
             distribution (temperature 1, no filtering), one per new token, stop tokens excluded.
         finish_reasons: list[str]. "stop" (hit a stop token/sequence) or "length".
         texts: list[str] or None. decoded new tokens, when a tokenizer was given.
+        stats: dict or None. with draft tokens (`Generator(draft=...)`): "drafted" and
+            "accepted" draft tokens per row, "acceptance_rate" (accepted / drafted over the
+            batch) and "target_forwards" (prefill plus verification calls of the target).
     """
 
     prompt_token_ids: list
@@ -32,6 +35,7 @@ class GenerationResult:
     logprobs: list | None
     finish_reasons: list
     texts: list | None = None
+    stats: dict | None = None
 
 
 def _reset_seed(sampler, seed):
@@ -79,6 +83,13 @@ class Generator:
             of a call; None: the power of two above it (`kzoo.generation.inputs.bucket`).
             `kzoo.generation.inputs.fine_bucket` pads less for a few more programs (the
             lm-eval model uses it: its prompts' prefill is most of the work).
+        draft: None, "prompt_lookup" or a kzoo `CausalLM`. speculative decoding
+            (`kzoo.generation.speculative`): drafts from n-grams of the prompt and the text so
+            far, or from a smaller model sharing the vocabulary, checked `num_draft_tokens` at a
+            time in one forward of the model. Greedy gives exactly plain greedy's tokens,
+            sampling the same distribution. Not with beam search or penalties.
+        num_draft_tokens: int. >= 1; drafts per verification step.
+        max_ngram: int. >= 1; the longest n-gram prompt lookup matches (longer first).
 
     Example:
     ```python
@@ -92,11 +103,19 @@ class Generator:
     """
 
     def __init__(self, model, sampler="greedy", tokenizer=None, jit_compile=True, pad_id=0,
-                 weights=None, prompt_bucket=None):
+                 weights=None, prompt_bucket=None, draft=None, num_draft_tokens=4,
+                 max_ngram=3):
         self.model = model
         self.jit_compile = bool(jit_compile)
         self.decoder = _decoder(model, weights, self.jit_compile)
         self.sampler = samplers_lib.get(sampler)
+        self.draft, self.num_draft_tokens, self.max_ngram = draft, num_draft_tokens, max_ngram
+        self.draft_decoder = None
+        if draft is not None:
+            draft_model = drafts.check_draft(model, self.sampler, draft, num_draft_tokens,
+                                                  max_ngram)
+            if draft_model is not None:
+                self.draft_decoder = _decoder(draft_model, None, self.jit_compile)
         self.tokenizer = tokenizer
         self.pad_id = int(pad_id)
         self.prompt_bucket = prompt_bucket or inputs_lib.bucket
@@ -112,8 +131,12 @@ class Generator:
         full_key = (kind, *key)
         if full_key not in self._functions:
             self._functions[full_key] = backend.compile_function(
-                fn, self.decoder.variables, self.jit_compile, on_trace=self._count_trace)
+                fn, self._variables, self.jit_compile, on_trace=self._count_trace)
         return self._functions[full_key]
+
+    def _variables(self) -> list:
+        extra = self.draft_decoder.variables() if self.draft_decoder is not None else []
+        return self.decoder.variables() + extra
 
     def _count_trace(self):
         self.trace_count += 1
@@ -173,11 +196,15 @@ class Generator:
             return loop(decoder, self.sampler, token_ids, lengths, limit, stops,
                         batch.new_slots, self.pad_id, seeds)
 
-        fn = self._compiled("beam" if self.is_beam else "sample", key, program)
-        tokens, logprobs, counts, stop_lengths, seeds = fn(
+        kind = "beam" if self.is_beam else "sample"
+        if self.draft is not None:
+            kind, program = "speculative", speculative.program(self, batch)
+        fn = self._compiled(kind, key, program)
+        outputs = fn(
             _tensor(batch.token_ids), _tensor(batch.lengths),
             _tensor(np.int32(max_new_tokens)), _tensor(table), self._seeds(),
         )
+        tokens, logprobs, counts, stop_lengths, seeds = outputs[:5]
         self._keep_seeds(seeds)
         tokens, logprobs, counts, stop_lengths = (
             ops.convert_to_numpy(t) for t in (tokens, logprobs, counts, stop_lengths))
@@ -192,6 +219,8 @@ class Generator:
         )
         if self.tokenizer is not None:
             result.texts = [self.tokenizer.decode(ids) for ids in token_ids]
+        if self.draft is not None:
+            result.stats = speculative.stats(*outputs[5])
         return result
 
     # ------------------------------------------------------------------------- streaming
@@ -224,6 +253,34 @@ class Generator:
         stops = [row[row != inputs_lib.NO_TOKEN].tolist() for row in table]
         stops = [s for s in stops if s]
         _reset_seed(self.sampler, seed)
+        tokens = (speculative.stream_tokens(self, batch, max_new_tokens)
+                  if self.draft is not None else self._plain_tokens(batch, max_new_tokens))
+        generated, emitted, shown = [], 0, ""
+        for token in tokens:
+            generated.append(token)
+            hit = next((s for s in stops if generated[-len(s):] == s), None)
+            if hit is not None:
+                del generated[-len(hit):]
+                break
+            # Hold back a tail that may still grow into a stop sequence.
+            safe = len(generated) - _pending_stop_prefix(generated, stops)
+            if safe > emitted:
+                if is_text:
+                    shown, piece = self._text_piece(generated[:safe], shown)
+                    if piece:
+                        yield piece
+                else:
+                    yield from generated[emitted:safe]
+                emitted = safe
+        if is_text:  # flush held-back text, including an incomplete final character
+            _, piece = self._text_piece(generated, shown, final=True)
+            if piece:
+                yield piece
+        elif len(generated) > emitted:
+            yield from generated[emitted:]
+
+    def _plain_tokens(self, batch, max_new_tokens) -> Iterator[int]:
+        """The new ids of one prompt, one compiled step each, computed only when asked for."""
         sampler, vocab = self.sampler, self.model.vocab_size
         prompt_slots, new_slots = batch.token_ids.shape[1], batch.new_slots
 
@@ -249,35 +306,14 @@ class Generator:
         token, _, cache, mask, counts, prepared, seeds = first_fn(
             _tensor(batch.token_ids), lengths, self._seeds())
         self._keep_seeds(seeds)
-        generated, emitted, shown = [], 0, ""
         for i in range(max_new_tokens):
-            generated.append(int(ops.convert_to_numpy(token)[0]))
-            hit = next((s for s in stops if generated[-len(s):] == s), None)
-            if hit is not None:
-                del generated[-len(hit):]
-                break
-            # Hold back a tail that may still grow into a stop sequence.
-            safe = len(generated) - _pending_stop_prefix(generated, stops)
-            if safe > emitted:
-                if is_text:
-                    shown, piece = self._text_piece(generated[:safe], shown)
-                    if piece:
-                        yield piece
-                else:
-                    yield from generated[emitted:safe]
-                emitted = safe
+            yield int(ops.convert_to_numpy(token)[0])
             if i + 1 < max_new_tokens:
                 token, _, cache, counts, seeds = step_fn(
                     prepared, token, cache, _tensor(np.int32(prompt_slots + i)), mask,
                     lengths + i, counts, seeds,
                 )
                 self._keep_seeds(seeds)
-        if is_text:  # flush held-back text, including an incomplete final character
-            _, piece = self._text_piece(generated, shown, final=True)
-            if piece:
-                yield piece
-        elif len(generated) > emitted:
-            yield from generated[emitted:]
 
     def _text_piece(self, ids, shown, final=False):
         """New text since `shown`; waits while the text ends in an incomplete character."""

@@ -6,6 +6,14 @@
         --sampler top_p --top-p 0.9 --temperature 0.8 --max-new-tokens 200 --seed 0
     python recipes/generate.py runs/gpt_nano_pydocs --prompt "def " --next-word --k 10 \\
         --temperatures 0.5 1 2 --png next_word.png
+    python recipes/generate.py runs/gpt_mini --prompt "..." --sampler greedy --prompt-lookup 4
+    python recipes/generate.py runs/gpt_mini --sampler greedy --draft-model runs/gpt_baby
+
+--prompt-lookup K drafts K tokens at a time from n-grams of the prompt and the text so far;
+--draft-model PATH drafts --draft-tokens K (4) with a smaller model sharing the vocabulary.
+Both are speculative decoding (`kzoo.generation.speculative`): greedy gives the same text as
+without them, sampling the same distribution; one or the other, not with --sampler beam or
+the penalties.
 
 RUN_DIR is a kzoo run folder (model.keras, or --model-file, and tokenizer/), a Hugging Face
 folder (config.json, model.safetensors, tokenizer.json) or a keras-hub preset folder
@@ -54,6 +62,9 @@ class GenerateOptions:
     temperatures: list[float] = checked(check="positive", default_factory=lambda: [1.0])
     png: str | None = None
     truncate: bool = False
+    prompt_lookup: int | None = checked(None, "positive")  # draft tokens from n-gram lookup
+    draft_model: str | None = None  # a folder load_run reads, sharing the vocabulary
+    draft_tokens: int = checked(4, "positive")  # per verification, with --draft-model
 
 
 # YAML keys accepted by --config, with the command-line flag each one fills.
@@ -86,6 +97,12 @@ def parse_args(argv=None):
     parser.add_argument("--png", help="--next-word: also save the chart here")
     parser.add_argument("--truncate", action="store_true", default=None,
                         help="keep the end of a prompt longer than the context")
+    parser.add_argument("--prompt-lookup", dest="prompt_lookup", type=int, metavar="K",
+                        help="speculative decoding, K draft tokens from n-grams of the text")
+    parser.add_argument("--draft-model", dest="draft_model", metavar="PATH",
+                        help="speculative decoding with this smaller model's drafts")
+    parser.add_argument("--draft-tokens", dest="draft_tokens", type=int, metavar="K",
+                        help="draft tokens per step with --draft-model (default 4)")
     return parser.parse_args(argv)
 
 
@@ -151,6 +168,22 @@ def build_sampler(options: dict):
     return samplers.get(name, **knobs)
 
 
+def draft_options(options: dict) -> dict:
+    """`Generator`'s draft arguments from --prompt-lookup / --draft-model (empty: none)."""
+    lookup, path = options.get("prompt_lookup"), options.get("draft_model")
+    if lookup is not None and path is not None:
+        raise ValueError("--prompt-lookup and --draft-model do not combine: choose one")
+    if lookup is not None:
+        return {"draft": "prompt_lookup", "num_draft_tokens": lookup}
+    if path is not None:
+        from kzoo.models.sources import find_model_source
+
+        # The draft's own tokenizer is not needed: Generator checks the vocabulary sizes.
+        draft = find_model_source(path, "model.keras", "--draft-model").load_model()
+        return {"draft": draft, "num_draft_tokens": options.get("draft_tokens", 4)}
+    return {}
+
+
 def run(options: dict, out=None) -> dict:
     from kzoo.generation import Generator, plot_distributions, temperature_sweep
 
@@ -168,7 +201,7 @@ def run(options: dict, out=None) -> dict:
         return {"next_word": [vars(d) for d in dists]}
 
     sampler = build_sampler(options)
-    generator = Generator(model, sampler, tokenizer=tokenizer)
+    generator = Generator(model, sampler, tokenizer=tokenizer, **draft_options(options))
     kwargs = dict(
         max_new_tokens=options["max_new_tokens"], seed=options.get("seed"),
         stop_token_ids=tokenizer.stop_token_ids if options["stop_at_eot"] else None,
