@@ -70,7 +70,8 @@ def pick(logits, settings: dict, top_n: int = TOP_N):
     rank = ops.arange(vocab)[None, :]
     # top-k: keep ranks below k and ties with the k-th logit (k = 0: every token)
     k = ops.cast(settings["top_k"], "int32")
-    k = ops.where(k > 0, ops.minimum(k, vocab), vocab)
+    # cast back: with a Python int in it, `where` gives floatx on JAX (bfloat16: not an index)
+    k = ops.cast(ops.where(k > 0, ops.minimum(k, vocab), vocab), "int32")
     kth = ops.take_along_axis(ordered, (k - 1)[:, None], axis=-1)  # (rows, 1)
     keep = ordered >= kth
     # top-p on what top-k kept: the smallest head whose mass reaches p, the crossing token kept;
@@ -90,8 +91,11 @@ def pick(logits, settings: dict, top_n: int = TOP_N):
     probs = ops.softmax(ops.where(keep, ordered, NEG_INF), axis=-1)
     cdf = ops.cumsum(probs, axis=-1)
     u = ops.cast(settings["u"], "float32")[:, None] * cdf[:, -1:]
-    kept = ops.sum(ops.cast(keep, "int32"), axis=-1, keepdims=True)  # (rows, 1) >= 1
-    index = ops.minimum(ops.sum(ops.cast(cdf <= u, "int32"), axis=-1, keepdims=True), kept - 1)
+    # A float64 uniform above 1 - 2**-25 is 1.0 in float32, and then every cdf entry is <= u:
+    # stop at the first token where the cdf reaches its total, the last one that adds any mass
+    # (dropped tokens add none, so it is a kept one; the least likely may have probability 0).
+    last = ops.sum(ops.cast(cdf < cdf[:, -1:], "int32"), axis=-1, keepdims=True)  # (rows, 1)
+    index = ops.minimum(ops.sum(ops.cast(cdf <= u, "int32"), axis=-1, keepdims=True), last)
     drawn = ops.take_along_axis(order, index, axis=-1)[:, 0]
     greedy = ops.argmax(logits, axis=-1)
     token = ops.cast(ops.where(temperature <= 0.0, greedy, drawn), "int32")

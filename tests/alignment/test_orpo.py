@@ -248,3 +248,9 @@ def test_recipe_refuses_bad_input_in_one_line(tmp_path, capsys):
     line = one_error_line(capsys)
     assert "orpo.beta" in line and "> 0" in line, line
     assert not (tmp_path / "run").exists()
+
+
+def test_odds_ratio_loss_default_beta_is_trl_one_tenth():
+    np.testing.assert_allclose(np.asarray(odds_ratio_loss([-0.1], [-1.0])),
+                               np.asarray(odds_ratio_loss([-0.1], [-1.0], beta=0.1)), rtol=0)
+    np.testing.assert_allclose(np.asarray(odds_ratio_loss([-0.1], [-1.0])), [0.0059], atol=1e-4)

@@ -125,3 +125,37 @@ def test_pairwise_accuracy_counts_ties_as_wrong():
     scores = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0], [-1.0, -3.0]], "float32")
     np.testing.assert_array_equal(np.asarray(losses.pairwise_accuracy(None, scores)),
                                   [1.0, 0.0, 0.0, 1.0])
+
+
+def test_register_records_whether_a_loss_is_length_normalized(monkeypatch):
+    from kzoo.losses import preference
+
+    monkeypatch.setattr(preference, "_REGISTRY", dict(preference._REGISTRY))  # undone after
+    monkeypatch.setattr(preference, "_LENGTH_NORMALIZED", set(preference._LENGTH_NORMALIZED))
+    losses.register("test_loss_values_summed")(lambda c, r, beta=0.1, label_smoothing=0.0: c)
+    losses.register("test_loss_values_per_token", length_normalized=True)(
+        lambda c, r, beta=0.1, label_smoothing=0.0: c)
+    assert not losses.length_normalized("test_loss_values_summed")  # the default
+    assert losses.length_normalized("test_loss_values_per_token")
+
+
+@pytest.mark.parametrize("name, eps, allowed", [("sigmoid", 0.6, r"\[0, 0\.5\]"),
+                                                ("robust", 0.5, r"\[0, 0\.5\)")])
+def test_label_smoothing_error_names_the_allowed_range(name, eps, allowed):
+    with pytest.raises(ValueError, match=rf"`label_smoothing` must be in {allowed}\. Received"):
+        losses.get(name)(CHOSEN, REJECTED, beta=0.5, label_smoothing=eps)
+
+
+def test_preference_losses_take_the_gap_in_float32_whatever_the_floatx():
+    # A bfloat16 floatx (mixed-precision training) must not round the log-ratios before the
+    # gap: bfloat16(1000.1) is 1000, which would make the gap 0.
+    chosen, rejected = np.array([1000.125], "float32"), np.array([1000.0], "float32")
+    old = keras.config.floatx()
+    keras.config.set_floatx("bfloat16")
+    try:
+        out = np.asarray(losses.get("sigmoid")(chosen, rejected, beta=1.0))
+        out_swapped = np.asarray(losses.get("sigmoid")(rejected, chosen, beta=1.0))
+    finally:
+        keras.config.set_floatx(old)
+    np.testing.assert_allclose(out, -np_log_sigmoid(0.125), rtol=1e-5)
+    np.testing.assert_allclose(out_swapped, -np_log_sigmoid(-0.125), rtol=1e-5)

@@ -31,3 +31,10 @@ def test_bradley_terry_json_round_trip():
     restored = keras.saving.deserialize_keras_object(config)
     assert isinstance(restored, BradleyTerryLoss)
     assert restored.margin == 0.5 and restored.name == "bt"
+
+
+def test_bradley_terry_default_name():
+    # the name keys the loss in `fit`'s logs and in saved configs
+    assert BradleyTerryLoss().name == "bradley_terry"
+    assert keras.losses.deserialize(keras.losses.serialize(BradleyTerryLoss())).name == (
+        "bradley_terry")
