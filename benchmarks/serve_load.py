@@ -54,9 +54,30 @@ def save_model(preset: str, context: int, folder: Path) -> Path:
             f"m = m if m.vocab_size >= 257 else CausalLM.from_preset({preset!r}, "
             f"max_sequence_length={context}, vocab_size=257); "
             "m.save(sys.argv[1] + '/model.keras'); "
-            "ByteTokenizer().save(sys.argv[1] + '/tokenizer')")
-    subprocess.run([sys.executable, "-c", code, str(folder)], env=ENV, cwd=ROOT, check=True)
+            "ByteTokenizer().save(sys.argv[1] + '/tokenizer') if m.vocab_size <= 257 else None; "
+            "print('VOCAB', m.vocab_size)")
+    done = subprocess.run([sys.executable, "-c", code, str(folder)], env=ENV, cwd=ROOT,
+                          check=True, capture_output=True, text=True)
+    vocab = int(done.stdout.split("VOCAB")[-1])
+    if vocab > 257:
+        # one word per id, so every id the model samples has a text (the byte tokenizer's 257
+        # would leave GPT-2's 50,257 without one)
+        word_tokenizer(vocab, str(folder / "tokenizer"))
     return folder
+
+
+def word_tokenizer(vocab_size: int, folder: str) -> None:
+    """A Hugging Face tokenizer folder with one word (`w0`, `w1`, ...) per id."""
+    import tokenizers
+    from tokenizers import models, pre_tokenizers
+
+    tok = tokenizers.Tokenizer(models.WordLevel({f"w{i}": i for i in range(vocab_size - 1)} | {
+        "<|endoftext|>": vocab_size - 1}, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    tok.save(str(Path(folder) / "tokenizer.json"))
+    (Path(folder) / "tokenizer_config.json").write_text(json.dumps(
+        {"eos_token": "<|endoftext|>", "model_max_length": 1024}))
 
 
 class Server:
@@ -89,6 +110,8 @@ def stream_one(port: int, prompt: list, new_tokens: int, seed: int) -> tuple[flo
         if not line.startswith("data: {"):
             continue
         chunk = json.loads(line[6:])
+        if "error" in chunk:
+            raise SystemExit(f"the server answered an error: {chunk['error']}")
         if first is None and chunk["choices"] and chunk["choices"][0]["text"]:
             first = time.perf_counter() - start
         if chunk.get("usage"):
