@@ -15,7 +15,8 @@ repetition_penalty, sampler, seed, max_new_tokens), /odds (the next-word odds be
 reply's first token, at the temperature it was drawn with), /help, /quit. Ctrl-C stops a
 reply; Ctrl-C or Ctrl-D at the prompt exits at once (exit code 0). --prompt-lookup K or
 --draft-model PATH (--draft-tokens K) decode speculatively: the same replies, fewer model
-steps when drafts hit (`kzoo.generation.speculative`).
+steps when drafts hit (`kzoo.generation.speculative`). --sampler contrastive --penalty-alpha A
+--top-k K replies by contrastive search (`kzoo.generation.contrastive`; /set penalty_alpha too).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from pathlib import Path
 # `kzoo generate`'s sampler knobs (kzoo.recipes.generate.SAMPLER_KNOBS) but beams: replies
 # stream, and beam search decides its tokens only at the end.
 KNOBS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "frequency_penalty",
-         "presence_penalty")
-SAMPLERS = ("greedy", "random", "top_k", "top_p", "min_p")
+         "presence_penalty", "penalty_alpha")
+SAMPLERS = ("greedy", "random", "top_k", "top_p", "min_p", "contrastive")
 SETTABLE = ("sampler", *KNOBS, "seed", "max_new_tokens")
 
 

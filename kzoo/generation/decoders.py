@@ -3,7 +3,9 @@
 A compiled program first calls `prepared = decoder.prepare()` (tensors computed once per
 call, e.g. weights in another layout), then uses `decoder.bind(prepared)`, which has
 `init_cache(batch, length)` and `call_with_cache(...)` returning `(logits (B, T or 1, V),
-cache)`; the loops read only the last position's logits.
+cache)`; the loops read only the last position's logits. With `return_hidden=True` it returns
+`(logits, cache, hidden (B, T, hidden_dim))`, the final-norm hidden states of every position
+(contrastive search compares them).
 
 - `ModelDecoder`: the model's own `call_with_cache` (the reference path).
 - `PreparedDecoder`: the model's own blocks (`TransformerBlock.call` with its `dense` hook),
@@ -44,11 +46,13 @@ class ModelDecoder:
         return self.model.init_cache(batch, length)
 
     def call_with_cache(self, token_ids, cache, cache_index, padding_mask, position_ids,
-                        last_only=True, own_kernels=False):
+                        last_only=True, own_kernels=False, return_hidden=False):
         # The model computes every position's logits anyway; callers of the last one slice it.
         del last_only, own_kernels
+        extra = {"return_hidden_states": True} if return_hidden else {}
         return self.model.call_with_cache(
-            token_ids, cache, cache_index, padding_mask=padding_mask, position_ids=position_ids
+            token_ids, cache, cache_index, padding_mask=padding_mask, position_ids=position_ids,
+            **extra,
         )
 
 
@@ -167,13 +171,16 @@ class _Bound:
         return lambda x, name: self._dense(x, f"block_{i}/{name}")
 
     def call_with_cache(self, token_ids, cache, cache_index, padding_mask, position_ids,
-                        last_only=True, own_kernels=False):
-        """`own_kernels`: a chunk of a few tokens (speculative verification) reads the blocks'
+                        last_only=True, own_kernels=False, return_hidden=False):
+        """`return_hidden`: also return every position's final-norm hidden states (B, T, H).
+
+        `own_kernels`: a chunk of a few tokens (speculative verification) reads the blocks'
         projections from the layers' own (in, out) kernels when the weights are the live ones.
         XLA on CPU multiplies a few rows by an (in, out) matrix about 2x faster than by the
         (out, in) one that suits a single row (a 2-core AMD EPYC, TF XLA, gpt_mini widths:
         5 x 384 by 384 x 1536, 60 us against 141 us; one row: 31 us (out, in), 42 us)."""
-        if self.step is not None and last_only and ops.shape(token_ids)[1] == 1:
+        if (self.step is not None and last_only and not return_hidden
+                and ops.shape(token_ids)[1] == 1):
             return self.step(self.step_entries, token_ids, tuple(cache),
                              ops.convert_to_tensor(cache_index, "int32"), padding_mask,
                              position_ids)
@@ -190,6 +197,10 @@ class _Bound:
                 else self._block_dense(i), attention_impl="einsum",
             )
             caches.append(layer_cache)
+        if return_hidden:
+            hidden = model.final_norm(x)  # (batch, T, hidden)
+            x = hidden[:, -1:, :] if last_only else hidden
+            return ops.cast(self._dense(x, "head"), "float32"), tuple(caches), hidden
         # The loops read only the last position: the head runs on it alone, (batch, 1, V).
         x = model.final_norm(x[:, -1:, :] if last_only else x)
         return ops.cast(self._dense(x, "head"), "float32"), tuple(caches)

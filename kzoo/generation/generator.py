@@ -8,7 +8,7 @@ from keras import ops
 
 from kzoo import backend
 from kzoo import samplers as samplers_lib
-from kzoo.generation import drafts, loops, quantization, speculative
+from kzoo.generation import contrastive, drafts, loops, quantization, speculative
 from kzoo.generation import inputs as inputs_lib
 from kzoo.generation.decoders import ModelDecoder, PreparedDecoder, supports_prepared
 from kzoo.samplers.sampler import seed_variables
@@ -67,7 +67,9 @@ class Generator:
         model: kzoo `CausalLM`. the language model.
         sampler: str, dict or sampler. a name from `kzoo.samplers.list_samplers()` (default
             "greedy"), a config, a kzoo sampler or a keras_hub sampler. A beam sampler
-            (anything with `num_beams`) runs beam search.
+            (anything with `num_beams`) runs beam search; "contrastive" (a
+            `ContrastiveSampler(penalty_alpha, top_k)`, or keras-hub's `ContrastiveSampler(k,
+            alpha)`) contrastive search (`kzoo.generation.contrastive`).
         tokenizer: kzoo tokenizer or None. enables text prompts, text stop sequences and
             decoded texts.
         jit_compile: bool. compile with XLA (True) or plain `tf.function` graphs / eager JAX
@@ -108,7 +110,8 @@ class Generator:
         self.model = model
         self.jit_compile = bool(jit_compile)
         self.decoder = _decoder(model, weights, self.jit_compile)
-        self.sampler = samplers_lib.get(sampler)
+        self.sampler = contrastive.as_kzoo(samplers_lib.get(sampler))
+        self.is_contrastive = contrastive.check(model, self.sampler, draft)
         self.draft, self.num_draft_tokens, self.max_ngram = draft, num_draft_tokens, max_ngram
         self.draft_decoder = None
         if draft is not None:
@@ -199,6 +202,8 @@ class Generator:
         kind = "beam" if self.is_beam else "sample"
         if self.draft is not None:
             kind, program = "speculative", speculative.program(self, batch)
+        elif self.is_contrastive:
+            kind, program = "contrastive", contrastive.program(self, batch)
         fn = self._compiled(kind, key, program)
         outputs = fn(
             _tensor(batch.token_ids), _tensor(batch.lengths),
@@ -253,8 +258,12 @@ class Generator:
         stops = [row[row != inputs_lib.NO_TOKEN].tolist() for row in table]
         stops = [s for s in stops if s]
         _reset_seed(self.sampler, seed)
-        tokens = (speculative.stream_tokens(self, batch, max_new_tokens)
-                  if self.draft is not None else self._plain_tokens(batch, max_new_tokens))
+        if self.draft is not None:
+            tokens = speculative.stream_tokens(self, batch, max_new_tokens)
+        elif self.is_contrastive:
+            tokens = contrastive.stream_tokens(self, batch, max_new_tokens)
+        else:
+            tokens = self._plain_tokens(batch, max_new_tokens)
         generated, emitted, shown = [], 0, ""
         for token in tokens:
             generated.append(token)

@@ -325,7 +325,7 @@ class CausalLM(LoRAMixin, InteropMixin, GenerationMixin, keras.Model):
         )
 
     def call_with_cache(self, token_ids, cache, cache_index, padding_mask=None,
-                        position_ids=None, training=False):
+                        position_ids=None, training=False, return_hidden_states=False):
         """Run `token_ids` (batch, T) against a key/value cache: prefill, then one at a time.
 
         Keys and values of `token_ids` are written to cache slots `[cache_index, cache_index +
@@ -341,8 +341,11 @@ class CausalLM(LoRAMixin, InteropMixin, GenerationMixin, keras.Model):
             padding_mask: optional tensor. (batch, max_length) over cache slots, 1 = real token.
             position_ids: optional int tensor. (batch, T); default `cache_index + arange(T)`.
             training: bool. enables dropout.
+            return_hidden_states: bool. also return the final-norm hidden states (batch, T,
+                hidden_dim) the logits are read from (contrastive search compares them).
 
-        Returns `(logits, cache)`: float32 logits (batch, T, vocab_size) and the updated cache.
+        Returns `(logits, cache)`: float32 logits (batch, T, vocab_size) and the updated cache;
+        `(logits, cache, hidden_states)` with `return_hidden_states=True`.
 
         Example:
         ```python
@@ -368,7 +371,10 @@ class CausalLM(LoRAMixin, InteropMixin, GenerationMixin, keras.Model):
                 cache=tuple(layer_cache), cache_index=cache_index, training=training,
             )
             caches.append(layer_cache)
-        return self.logits(self.final_norm(x)), tuple(caches)
+        hidden = self.final_norm(x)
+        if return_hidden_states:
+            return self.logits(hidden), tuple(caches), hidden
+        return self.logits(hidden), tuple(caches)
 
     # ----------------------------------------------------------------------------- generating
     # ----------------------------------------------------------------------------- training

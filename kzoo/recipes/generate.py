@@ -8,12 +8,14 @@
         --temperatures 0.5 1 2 --png next_word.png
     python recipes/generate.py runs/gpt_mini --prompt "..." --sampler greedy --prompt-lookup 4
     python recipes/generate.py runs/gpt_mini --sampler greedy --draft-model runs/gpt_baby
+    python recipes/generate.py runs/gpt_mini --sampler contrastive --penalty-alpha 0.6 --top-k 4
 
 --prompt-lookup K drafts K tokens at a time from n-grams of the prompt and the text so far;
 --draft-model PATH drafts --draft-tokens K (4) with a smaller model sharing the vocabulary.
 Both are speculative decoding (`kzoo.generation.speculative`): greedy gives the same text as
 without them, sampling the same distribution; one or the other, not with --sampler beam or
-the penalties.
+the penalties. --sampler contrastive (--penalty-alpha A in [0, 1], --top-k K) is contrastive
+search (`kzoo.generation.contrastive`): deterministic, not with drafts, beams or the other knobs.
 
 RUN_DIR is a kzoo run folder (model.keras, or --model-file, and tokenizer/), a Hugging Face
 folder (config.json, model.safetensors, tokenizer.json) or a keras-hub preset folder
@@ -57,6 +59,7 @@ class GenerateOptions:
     frequency_penalty: float | None = checked(None, "finite")
     presence_penalty: float | None = checked(None, "finite")
     num_beams: int | None = None
+    penalty_alpha: float | None = None  # contrastive search; checked by the sampler
     next_word: bool = False
     k: int = checked(10, "positive")
     temperatures: list[float] = checked(check="positive", default_factory=lambda: [1.0])
@@ -70,7 +73,7 @@ class GenerateOptions:
 # YAML keys accepted by --config, with the command-line flag each one fills.
 CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(GenerateOptions))
 SAMPLER_KNOBS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty",
-                 "frequency_penalty", "presence_penalty", "num_beams")
+                 "frequency_penalty", "presence_penalty", "num_beams", "penalty_alpha")
 
 
 def parse_args(argv=None):
@@ -86,7 +89,8 @@ def parse_args(argv=None):
     parser.add_argument("--stop", action="append", help="stop text (repeatable)")
     parser.add_argument("--no-stop-at-eot", dest="stop_at_eot", action="store_false",
                         default=None, help="keep going past the end-of-text token")
-    parser.add_argument("--sampler", help="greedy, random, top_k, top_p, min_p, beam")
+    parser.add_argument("--sampler", help="greedy, random, top_k, top_p, min_p, beam, "
+                        "contrastive")
     for knob in SAMPLER_KNOBS:
         kind = int if knob in ("top_k", "num_beams") else float
         parser.add_argument("--" + knob.replace("_", "-"), dest=knob, type=kind)
@@ -164,7 +168,15 @@ def build_sampler(options: dict):
     name = options["sampler"]
     knobs = {k: options[k] for k in SAMPLER_KNOBS if options.get(k) is not None}
     if "num_beams" in knobs and name != "beam":
+        if name == "contrastive":
+            from kzoo.samplers.contrastive import COMBINES
+
+            raise ValueError(f"--num-beams does not combine with --sampler contrastive: "
+                             f"{COMBINES}")
         raise ValueError(f"--num-beams applies to --sampler beam, not {name!r}")
+    if "penalty_alpha" in knobs and name != "contrastive":
+        raise ValueError(f"--penalty-alpha is contrastive search's: use --sampler contrastive "
+                         f"(with --top-k K), not {name!r}")
     return samplers.get(name, **knobs)
 
 

@@ -15,6 +15,7 @@ import keras
 
 from kzoo.samplers import functional
 from kzoo.samplers.beam import BeamSampler
+from kzoo.samplers.contrastive import ContrastiveSampler
 from kzoo.samplers.sampler import Sampler
 from kzoo.samplers.variants import (
     GreedySampler,
@@ -31,6 +32,7 @@ _REGISTRY = {
     "top_p": TopPSampler,
     "min_p": MinPSampler,
     "beam": BeamSampler,
+    "contrastive": ContrastiveSampler,
     "sampler": Sampler,
 }
 
@@ -89,6 +91,7 @@ def deserialize(config: dict):
 
 __all__ = [
     "BeamSampler",
+    "ContrastiveSampler",
     "GreedySampler",
     "MinPSampler",
     "RandomSampler",

@@ -153,7 +153,7 @@ def test_get_by_name_config_and_instance():
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda: samplers.get("nucleus"), "Valid names: beam, greedy, min_p"),
+        (lambda: samplers.get("nucleus"), "Valid names: beam, contrastive, greedy, min_p"),
         (lambda: samplers.TopKSampler(k=0), "k > 0"),
         (lambda: samplers.TopKSampler(k=-3), "k > 0"),
         (lambda: samplers.TopKSampler(k=2.5), "k > 0"),
