@@ -5,6 +5,9 @@
 # tokens/s, MFU and generation tokens/s for gpt2_124m in bfloat16 on each backend it finds.
 # Everything it cannot do (no wheel, no backend, no accelerator, a failing run) is one line
 # saying so; it never stops at the first problem. Results: benchmarks/results/accelerator.json.
+# On JAX it then runs gpt2_124m training steps under fsdp over every visible device
+# (benchmarks/fsdp_step.py, issue 24 item 7; one line and skipped with one device):
+# benchmarks/results/accelerator_fsdp.json.
 #
 #   bash benchmarks/accelerator.sh            # on the device machine, from the repository root
 #   ACCEL_STEPS=20 bash benchmarks/accelerator.sh
@@ -51,4 +54,14 @@ for backend in jax torch; do
     [ $rc -eq 124 ] && say "$backend: stopped after ${TIMEOUT}s (ACCEL_TIMEOUT)"
     [ $rc -ne 0 ] && { say "$backend: failed (exit $rc)"; status=1; }
 done
+# Sharded training over every device JAX sees (a {batch: 1, model: N} fsdp mesh).
+if "$RUN_PY" -c "import jax" 2>/dev/null; then
+    KERAS_BACKEND=jax timeout "$TIMEOUT" "$RUN_PY" benchmarks/fsdp_step.py \
+        --out benchmarks/results/accelerator_fsdp.json
+    rc=$?
+    [ $rc -eq 124 ] && say "fsdp: stopped after ${TIMEOUT}s (ACCEL_TIMEOUT)"
+    [ $rc -ne 0 ] && { say "fsdp: failed (exit $rc)"; status=1; }
+else
+    say "fsdp: jax is not installed: skipped"
+fi
 exit $status

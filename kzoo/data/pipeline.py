@@ -233,14 +233,17 @@ def eval_dataset(
 
 
 def eval_windows(tokens: np.ndarray, block_size: int, batch_size: int, num_batches: int,
-                 seed: int) -> tf.data.Dataset:
+                 seed: int, input_context=None) -> tf.data.Dataset:
     """`eval_dataset`'s windows held as two in-memory tensors: a finite data set whose
     iterator costs nothing to make or drop, for a validation run at every interval.
 
-    Arguments as in `eval_dataset`; one device only (no input context).
+    Arguments as in `eval_dataset`: with an `input_context`, this pipeline's slice of every
+    batch (one process of several feeding one Keras distribution), not a tf.distribute one.
     """
     tf = _tf()
-    batches = list(eval_dataset(tokens, block_size, batch_size, num_batches, seed))
-    inputs = tf.concat([x for x, _ in batches], axis=0)  # (num_batches * batch, block)
+    batches = list(eval_dataset(tokens, block_size, batch_size, num_batches, seed,
+                                input_context=input_context))
+    rows = _layout(batch_size, input_context)[2]
+    inputs = tf.concat([x for x, _ in batches], axis=0)  # (num_batches * rows, block)
     targets = tf.concat([y for _, y in batches], axis=0)
-    return tf.data.Dataset.from_tensor_slices((inputs, targets)).batch(batch_size)
+    return tf.data.Dataset.from_tensor_slices((inputs, targets)).batch(rows)

@@ -41,16 +41,19 @@ from kzoo.training.config import between, checked, rerun_header, save_config
 from kzoo.training.distribute import (
     KerasStrategy,
     get_strategy,
+    host_callbacks,
     is_chief,
     is_tf_distributed,
     lay_out,
+    on_host,
+    process_slice,
     run_scope,
 )
 from kzoo.training.evaluation import EvalConfig, RecipeEval, compare
 from kzoo.training.layouts import LAYOUTS, family_of
 from kzoo.training.optimizers import build_adamw
 from kzoo.training.recipe import backend_jit_compile
-from kzoo.training.resume import check_plan, interval_plan, resume_point
+from kzoo.training.resume import check_plan, interval_plan, note_sharding, resume_point
 from kzoo.training.run_folder import RunDir, RunFolderError, open_run
 from kzoo.training.schedules import WarmupSchedule
 
@@ -295,6 +298,7 @@ def _pretrain_in(run: RunDir, config: PretrainConfig, strategy, chief: bool) -> 
         _compile(model, config)
         model.optimizer.build(model.trainable_variables)  # slots created under the strategy
         state = (restore_checkpoint(model, run.backup) if resume else None) or {}
+    note_sharding(state, strategy, changed if resume else None)  # resharded: in resumes.jsonl
     start = cb.global_step(model)
     if resume and start != state.get("step"):
         raise RunFolderError(f"{run.backup}: the checkpoint of step {state.get('step')} "
@@ -303,7 +307,8 @@ def _pretrain_in(run: RunDir, config: PretrainConfig, strategy, chief: bool) -> 
         raise ValueError(f"{run.root} is at step {start}, past train.steps={t.steps}; "
                          "raise train.steps (with --set resume=override) to continue")
     if evaluation.enabled and "eval_before" not in state and start == 0:
-        state["eval_before"] = evaluation.score(model, tokenizer)  # kept in every backup
+        with on_host(model):  # several processes: the chief scores whole weights alone
+            state["eval_before"] = evaluation.score(model, tokenizer)  # kept in every backup
     plan = interval_plan(start, t.steps, t.eval_interval)
     check_plan(plan, start, t.steps_per_execution)
     if chief and not resume:
@@ -316,10 +321,11 @@ def _pretrain_in(run: RunDir, config: PretrainConfig, strategy, chief: bool) -> 
             save_config(config, run.config, header=rerun_header("pretrain", run.config))
     if not plan:
         print(f"{run.root} is already complete at step {start}; nothing to train", flush=True)
-        return _finish(run, config, model, tokenizer, state.get("logs", {}), chief,
-                       resumed_from=start, wall=0.0, tokens_per_s=None,
-                       write=chief and not run.model.is_file(),
-                       evaluation=(evaluation, state.get("eval_before")))
+        with on_host(model):
+            return _finish(run, config, model, tokenizer, state.get("logs", {}), chief,
+                           resumed_from=start, wall=0.0, tokens_per_s=None,
+                           write=chief and not run.model.is_file(),
+                           evaluation=(evaluation, state.get("eval_before")))
 
     val_ds = _validation(strategy, config, val_tokens)
     if _distributed(strategy, config):
@@ -334,14 +340,15 @@ def _pretrain_in(run: RunDir, config: PretrainConfig, strategy, chief: bool) -> 
         callbacks.append(cb.MetricsLog(run.metrics, resume_step=start if resume else None))
         if t.tensorboard and _has_tensorboard():
             callbacks.append(keras.callbacks.TensorBoard(str(run.tensorboard), write_graph=False))
-    callbacks += [
+    writers = [  # several processes: all gather the weights to host, the chief writes
         cb.SaveBest(run.best_model, state, guard=guard, enabled=chief),
         cb.Backup(run.backup, state, guard=guard, keep=t.keep_backups, enabled=chief),
     ]
     if chief and config.sample.every_interval:
         s = config.sample
-        callbacks.append(cb.PrintSample(tokenizer, s.prompt, s.max_new_tokens, s.temperature,
-                                        s.top_k, guard=guard))
+        writers.append(cb.PrintSample(tokenizer, s.prompt, s.max_new_tokens, s.temperature,
+                                      s.top_k, guard=guard))
+    callbacks += host_callbacks(writers)
     if start:
         print(f"Resuming {run.root} from step {start}", flush=True)
     began = time.perf_counter()
@@ -363,9 +370,10 @@ def _pretrain_in(run: RunDir, config: PretrainConfig, strategy, chief: bool) -> 
                "(lower train.learning_rate first, with --set resume=override)."
                if checkpoint else "No checkpoint was saved yet.")
         )
-    return _finish(run, config, model, tokenizer, logs, chief, resumed_from=start, wall=wall,
-                   tokens_per_s=metrics.tokens_per_second(), write=chief,
-                   evaluation=(evaluation, state.get("eval_before")))
+    with on_host(model):
+        return _finish(run, config, model, tokenizer, logs, chief, resumed_from=start,
+                       wall=wall, tokens_per_s=metrics.tokens_per_second(), write=chief,
+                       evaluation=(evaluation, state.get("eval_before")))
 
 
 def _latest_name(run: RunDir):
@@ -416,10 +424,12 @@ def _validation(strategy, config: PretrainConfig, val_tokens):
 
     if _distributed(strategy, config):
         return strategy.distribute_datasets_from_function(val_fn)
-    # One device: Keras makes a new iterator for every validation; over in-memory windows
-    # that costs nothing, where the cached pipeline above took about a second to tear down
-    # each time (baby config, 200 batches).
-    return eval_windows(val_tokens, t.block_size, t.batch_size, t.val_batches, config.seed + 1)
+    # One device (or this process's slice of each batch, under several processes): Keras
+    # makes a new iterator for every validation; over in-memory windows that costs nothing,
+    # where the cached pipeline above took about a second to tear down each time (baby
+    # config, 200 batches).
+    return eval_windows(val_tokens, t.block_size, t.batch_size, t.val_batches, config.seed + 1,
+                        input_context=process_slice(strategy))
 
 
 def _training(strategy, config: PretrainConfig, train_tokens, start_step: int, doc_starts):
@@ -431,7 +441,7 @@ def _training(strategy, config: PretrainConfig, train_tokens, start_step: int, d
                                   packing=config.data.packing, doc_starts=doc_starts)
 
     if not _distributed(strategy, config):
-        return train_fn()
+        return train_fn(process_slice(strategy))  # None on one process: every row
     return strategy.distribute_datasets_from_function(train_fn)
 
 

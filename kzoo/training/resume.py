@@ -7,6 +7,13 @@ written (`FREE`) may; any other change (learning rate, steps, schedule, batch si
 refused and named unless the config says `resume: override`, and every resume is recorded in
 the folder's `resumes.jsonl`.
 
+The devices may change too: a checkpoint holds whole arrays (gathered to the host when it was
+written), and loading it under another mesh or distribution lays each array out as the new
+run's layouts say (resharding). Each checkpoint's state records the sharding it was trained
+under (`sharding_of`); a resume under another one adds `"sharding": [saved, now]` to the
+record's changes, also when only the device count changed and the config did not (a mesh of
+`null` puts every device on the model axis, however many there are).
+
 >>> interval_plan(0, 10, 5)
 [(2, 5)]
 """
@@ -25,10 +32,51 @@ FREE = ("run_dir", "resume", "sample", "train.eval_interval", "train.val_batches
         "train.keep_backups", "train.max_loss_factor", "eval")
 
 
+def sharding_of(strategy) -> dict:
+    """How a run's state is laid out under `strategy`: the sharded layout and its mesh, or the
+    number of replicas holding whole copies.
+
+    >>> from kzoo.backend import KerasStrategy
+    >>> sharding_of(KerasStrategy())
+    {'layout': None, 'replicas': 1}
+    """
+    mesh = getattr(getattr(strategy, "layout_map", None), "device_mesh", None)
+    if mesh is not None:
+        return {"layout": strategy.layout,
+                "mesh": {axis: int(n) for axis, n in zip(mesh.axis_names, mesh.shape)}}
+    return {"layout": None, "replicas": int(strategy.num_replicas_in_sync)}
+
+
+def note_sharding(state: dict, strategy, changed: dict | None) -> None:
+    """Record in `state` (what the next checkpoints store) the sharding of `strategy`; when
+    resuming from a checkpoint saved under another one, add `"sharding": [saved, now]` to
+    `changed` (the resume record's changes). Checkpoints older than this record say nothing,
+    and nothing is added for them.
+
+    Args:
+        state: dict. the restored checkpoint's state ({} for a new run); updated in place.
+        strategy: what `kzoo.training.distribute.get_strategy` returned for this run.
+        changed: dict | None. the resume's changes (`resume_point`), updated in place; None
+            when the run does not resume.
+
+    >>> from kzoo.backend import KerasStrategy
+    >>> state, changed = {"sharding": {"layout": None, "replicas": 2}}, {}
+    >>> note_sharding(state, KerasStrategy(), changed)
+    >>> changed["sharding"]
+    [{'layout': None, 'replicas': 2}, {'layout': None, 'replicas': 1}]
+    """
+    now = sharding_of(strategy)
+    saved = state.get("sharding")
+    if changed is not None and saved is not None and saved != now:
+        changed["sharding"] = [saved, now]
+    state["sharding"] = now
+
+
 def _flatten(tree: dict, prefix: str = "") -> dict:
     out = {}
     for key, value in tree.items():
-        if isinstance(value, dict) and value and prefix + key != "model.args":
+        # model.args and train.mesh are one setting each: their changes are named whole
+        if isinstance(value, dict) and value and prefix + key not in ("model.args", "train.mesh"):
             out.update(_flatten(value, prefix + key + "."))
         else:
             out[prefix + key] = value
