@@ -68,7 +68,7 @@ def recipe_config(family):
 def kzoo_model(family, vocab, dtype=None):
     config = recipe_config(family)
     if dtype:
-        config.train.dtype = dtype
+        config.train.precision = dtype
     return build_model(config, vocab)
 
 

@@ -115,6 +115,9 @@ def main():
                              "optimizer) to --out-dir when val improves; 0: no evaluation")
     parser.add_argument("--eval-iters", type=int, default=200)
     parser.add_argument("--out-dir", default=None)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="bfloat16: the forward pass under torch.autocast (nanoGPT's "
+                             "dtype='bfloat16'); weights and optimizer stay float32")
     args = parser.parse_args()
 
     block, batch, lr, min_lr, warmup = 64, 12, 1e-3, 1e-4, 100
@@ -132,6 +135,7 @@ def main():
         lr=lr, betas=(0.9, 0.99),
     )
     gen = torch.Generator().manual_seed(args.seed)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
     model.train()
     times, best_val, evals = [], float("inf"), []
     for it in range(args.steps):
@@ -148,7 +152,8 @@ def main():
         for group in optimizer.param_groups:
             group["lr"] = get_lr(it, lr, min_lr, warmup, args.steps)
         x, y = get_batch(train, block, batch, gen)
-        loss = model(x, y)
+        with autocast:
+            loss = model(x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -156,7 +161,7 @@ def main():
         times.append(time.perf_counter() - start)
     model.eval()
     val_gen = torch.Generator().manual_seed(args.seed + 1)
-    with torch.no_grad():
+    with torch.no_grad(), autocast:
         losses = [model(*get_batch(val, block, batch, val_gen)).item()
                   for _ in range(args.val_batches)]
     steady = times[10:]  # skip the first steps (allocator warm-up), as kzoo's meter does
@@ -164,6 +169,7 @@ def main():
         "model": "nanoGPT-style PyTorch" + (" (no embedding decay)" if embeddings else ""),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "dtype": args.dtype,
         "steps": args.steps,
         "params": sum(p.numel() for p in params),
         "tokens_per_s": len(steady) * block * batch / sum(steady),

@@ -24,6 +24,7 @@ import dataclasses
 import json
 import math
 import shutil
+import sys
 import time
 from typing import Any, Literal
 
@@ -52,6 +53,7 @@ from kzoo.training.distribute import (
 from kzoo.training.evaluation import EvalConfig, RecipeEval, compare
 from kzoo.training.layouts import LAYOUTS, family_of
 from kzoo.training.optimizers import build_adamw
+from kzoo.training.precision import PRECISIONS, warn_if_slower
 from kzoo.training.recipe import backend_jit_compile
 from kzoo.training.resume import check_plan, interval_plan, note_sharding, resume_point
 from kzoo.training.run_folder import RunDir, RunFolderError, open_run
@@ -104,7 +106,9 @@ class TrainConfig:
     beta_2: float = checked(0.99, between(0, 1, high_open=True))
     epsilon: float = checked(1e-8, "positive")
     clip_norm: float | None = checked(1.0, "positive")
-    dtype: Literal["float32", "mixed_bfloat16"] = "float32"
+    # float32, or mixed_bfloat16 (float32 variables, bfloat16 compute): kzoo.training.precision
+    precision: Literal["float32", "mixed_bfloat16"] = "float32"
+    dtype: Literal["float32", "mixed_bfloat16"] | None = None  # deprecated name of precision
     jit_compile: bool = True  # XLA on TensorFlow and JAX; PyTorch: see recipe.backend_jit_compile
     steps_per_execution: int = checked(1, "positive")
     # "none", "data_parallel" (= "mirrored": one replica per local device, on TensorFlow and
@@ -119,6 +123,15 @@ class TrainConfig:
     keep_backups: int = checked(2, "positive")  # intact checkpoints kept in backup/
     # stop, like a NaN, when a batch loss exceeds this multiple of the run's first loss
     max_loss_factor: float | None = 4.0
+
+    def __post_init__(self):
+        # Folders saved before the rename hold `dtype: float32` (the default, nothing to say);
+        # a `dtype: mixed_bfloat16` is the old spelling of `precision: mixed_bfloat16`.
+        if self.dtype == "mixed_bfloat16":
+            print("warning: train.dtype is deprecated; it is now train.precision "
+                  "(train.precision: mixed_bfloat16)", file=sys.stderr)
+            self.precision = self.dtype
+        self.dtype = None
 
 
 @dataclasses.dataclass
@@ -210,8 +223,9 @@ def build_model(config: PretrainConfig, vocab_size: int):
     else:
         args = dict(m.args)
         args.setdefault("vocab_size", vocab_size)
-        if config.train.dtype != "float32":
-            args["dtype"] = config.train.dtype
+        policy = PRECISIONS[config.train.precision]
+        if policy is not None:
+            args["dtype"] = policy
         model = CausalLM.from_preset(m.preset, **args)
         check_vocab_size, where = model.vocab_size, "model.args.vocab_size"
     if check_vocab_size != vocab_size:
@@ -297,6 +311,9 @@ def _pretrain_in(run: RunDir, config: PretrainConfig, strategy, chief: bool) -> 
         check_vocab(tokenizer, model.vocab_size)
         _compile(model, config)
         model.optimizer.build(model.trainable_variables)  # slots created under the strategy
+    if chief and not m.init_from:  # one line when bfloat16 is measured slower here
+        warn_if_slower(config.train.precision, config.train.batch_size * config.train.block_size,
+                       model.hidden_dim)
         state = (restore_checkpoint(model, run.backup) if resume else None) or {}
     note_sharding(state, strategy, changed if resume else None)  # resharded: in resumes.jsonl
     start = cb.global_step(model)

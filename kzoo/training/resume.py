@@ -24,7 +24,7 @@ from kzoo.training.config import config_to_dict, load_config
 from kzoo.training.run_folder import RunDir, RunFolderError
 
 # What a checkpoint means: a resume never changes these.
-IDENTITY = ("data", "tokenizer", "model", "train.block_size", "train.dtype")
+IDENTITY = ("data", "tokenizer", "model", "train.block_size", "train.precision")
 # How a run is watched and written, not what it computes: free to change on a resume.
 FREE = ("run_dir", "resume", "sample", "train.eval_interval", "train.val_batches",
         "train.steps_per_execution", "train.verbose", "train.tensorboard",
