@@ -32,10 +32,16 @@ from __future__ import annotations
 
 import re
 
-from kzoo.training.plan import Variable, model_arguments, shard_fraction, variables
+from kzoo.training.plan import (
+    MESH_AXES,
+    Variable,
+    check_mesh,
+    model_arguments,
+    shard_fraction,
+    variables,
+)
 
 LAYOUTS = ("fsdp", "tensor_parallel")  # the sharded ones; data_parallel replicates
-MESH_AXES = ("batch", "model")
 
 
 def fsdp_axes(variable: Variable, model: int) -> tuple:
@@ -73,16 +79,6 @@ def check_layout(layout: str) -> None:
     """One-line ValueError unless `layout` is one of `LAYOUTS`."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; layouts: {', '.join(LAYOUTS)}")
-
-
-def check_mesh(mesh, where: str = "mesh") -> dict:
-    """`mesh` as `{"batch": N, "model": M}` of positive ints, or a one-line ValueError naming
-    `where` and the value."""
-    if not isinstance(mesh, dict) or set(mesh) != set(MESH_AXES) or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in mesh.values()):
-        raise ValueError(f"{where} must be {{batch: N, model: M}} with positive integers; "
-                         f"got {mesh!r}")
-    return {"batch": mesh["batch"], "model": mesh["model"]}
 
 
 def family_of(source):

@@ -37,6 +37,7 @@ import math
 from dataclasses import dataclass, field
 
 LAYOUTS = ("data_parallel", "fsdp", "tensor_parallel")
+MESH_AXES = ("batch", "model")  # a 2-D device mesh: data rows x model shards
 PRECISIONS = {"float32": (4, 4), "mixed_bfloat16": (4, 2), "bfloat16": (2, 2)}  # (vars, compute)
 SECONDS_PER_YEAR = 365.25 * 24 * 3600
 
@@ -254,6 +255,16 @@ class Plan:
         return "\n".join(lines)
 
 
+def check_mesh(mesh, where: str = "mesh") -> dict:
+    """`mesh` as `{"batch": N, "model": M}` of positive ints, or a one-line ValueError naming
+    `where` and the value."""
+    if not isinstance(mesh, dict) or set(mesh) != set(MESH_AXES) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in mesh.values()):
+        raise ValueError(f"{where} must be {{batch: N, model: M}} with positive integers; "
+                         f"got {mesh!r}")
+    return {"batch": mesh["batch"], "model": mesh["model"]}
+
+
 def plan(source, mesh: dict | None = None, layout: str = "data_parallel", batch_size: int = 8,
          sequence_length: int | None = None, precision: str = "float32", remat: bool = False,
          device_memory_gib: float | None = None, tokens: int | None = None,
@@ -282,10 +293,7 @@ def plan(source, mesh: dict | None = None, layout: str = "data_parallel", batch_
         raise ValueError(f"unknown layout {layout!r}; layouts: {', '.join(LAYOUTS)}")
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; precisions: {', '.join(PRECISIONS)}")
-    mesh = dict(mesh or {"batch": 1, "model": 1})
-    if set(mesh) != {"batch", "model"} or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in mesh.values()):
-        raise ValueError(f"mesh must be {{batch: N, model: M}} with positive integers; got {mesh}")
+    mesh = check_mesh({"batch": 1, "model": 1} if mesh is None else mesh)
     batch_axis, model = mesh["batch"], mesh["model"]
     if layout == "data_parallel":
         batch_axis, model = batch_axis * model, 1  # every device is a data replica
