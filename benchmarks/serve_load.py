@@ -8,9 +8,12 @@ tokens (token-id prompts of `--prompt-tokens`, temperature 0.8, a seed per reque
 the time to first token (p50 / p99), tokens/s per client and in all, and writes
 benchmarks/results/serve_load.json. Not run in CI.
 
-    cd benchmarks && ../.venv/bin/python serve_load.py                       # the issue's size
+    cd benchmarks && KERAS_BACKEND=jax ../.venv/bin/python serve_load.py   # the issue's size
     cd benchmarks && ../.venv/bin/python serve_load.py --preset gpt_nano --clients 4 \
-        --new-tokens 16 --requests 2                                          # a smoke run
+        --new-tokens 16 --requests 2 --name serve_load_smoke                  # a smoke run
+    cd benchmarks && KERAS_BACKEND=jax ../.venv/bin/python serve_load.py --num-layers 2 \
+        --clients 1,16 --requests 1 --new-tokens 32 --name serve_load_small   # GPT-2's widths
+                                                                              # and vocabulary
 """
 
 from __future__ import annotations
@@ -43,16 +46,21 @@ def parse_args(argv=None):
     parser.add_argument("--requests", type=int, default=3, help="per client")
     parser.add_argument("--new-tokens", dest="new_tokens", type=int, default=64)
     parser.add_argument("--prompt-tokens", dest="prompt_tokens", type=int, default=32)
+    parser.add_argument("--num-layers", dest="num_layers", type=int,
+                        help="fewer blocks than the preset's (a quick run at its widths)")
+    parser.add_argument("--name", default="serve_load",
+                        help="results file benchmarks/results/NAME.json (serve_load)")
     return parser.parse_args(argv)
 
 
-def save_model(preset: str, context: int, folder: Path) -> Path:
+def save_model(preset: str, context: int, folder: Path, num_layers=None) -> Path:
+    extra = f", num_layers={num_layers}" if num_layers else ""
     code = ("import sys, keras; from kzoo.models import CausalLM; "
             "from kzoo.tokenizers import ByteTokenizer; keras.utils.set_random_seed(0); "
-            f"m = CausalLM.from_preset({preset!r}, max_sequence_length={context}); "
+            f"m = CausalLM.from_preset({preset!r}, max_sequence_length={context}{extra}); "
             # the byte tokenizer's 257 ids must fit (gpt_nano has 256 rows by default)
             f"m = m if m.vocab_size >= 257 else CausalLM.from_preset({preset!r}, "
-            f"max_sequence_length={context}, vocab_size=257); "
+            f"max_sequence_length={context}, vocab_size=257{extra}); "
             "m.save(sys.argv[1] + '/model.keras'); "
             "ByteTokenizer().save(sys.argv[1] + '/tokenizer') if m.vocab_size <= 257 else None; "
             "print('VOCAB', m.vocab_size)")
@@ -136,7 +144,8 @@ def load(port: int, clients: int, args) -> dict:
         per_client.append(tokens / busy)
         done_tokens.append(tokens)
 
-    stream_one(port, [1, 2, 3], 4, 0)  # the programs compile before the clock starts
+    # the programs compile before the clock starts: the prefill of this prompt length too
+    stream_one(port, list(range(args.prompt_tokens)), 4, 0)
     start = time.perf_counter()
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
     for thread in threads:
@@ -156,7 +165,7 @@ def main(argv=None):
     counts = [int(c) for c in args.clients.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        run = save_model(args.preset, args.context, Path(tmp))
+        run = save_model(args.preset, args.context, Path(tmp), args.num_layers)
         for slots in (args.slots, 1):
             server = Server(run, slots)
             try:
@@ -167,7 +176,7 @@ def main(argv=None):
                     print(row, flush=True)
             finally:
                 server.stop()
-    report("serve_load", rows, vars(args))
+    report(args.name, rows, {**vars(args), "backend": ENV["KERAS_BACKEND"]})
 
 
 if __name__ == "__main__":

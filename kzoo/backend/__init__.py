@@ -50,7 +50,7 @@ def _module(feature: str, default=None):
     return getattr(module, feature)
 
 
-def compile_function(fn, variables=list, jit_compile=True, on_trace=None):
+def compile_function(fn, variables=list, jit_compile=True, on_trace=None, donate=()):
     """`fn` compiled for the backend: one program per input signature, reused across calls.
 
     TensorFlow: `tf.function` (XLA when `jit_compile`); JAX: `jax.jit` with the values of
@@ -66,6 +66,9 @@ def compile_function(fn, variables=list, jit_compile=True, on_trace=None):
         on_trace: callable or None. called each time a new program is traced (TensorFlow,
             JAX), or once at the first call on PyTorch, which traces nothing: a counter of
             it shows whether calls of one shape reuse their program.
+        donate: tuple of int. positions of arguments whose buffers the program may reuse for
+            its outputs (JAX `donate_argnums`: a KV cache updated in place instead of copied
+            each call; the caller must not read those arguments afterwards). Ignored elsewhere.
 
     Example:
     ```python
@@ -77,7 +80,8 @@ def compile_function(fn, variables=list, jit_compile=True, on_trace=None):
     logits(ops.convert_to_tensor([[1, 2, 3]]))  # (1, 3, 256)
     ```
     """
-    return _module("compile_function")(fn, variables, jit_compile, on_trace or _nothing)
+    extra = {"donate": tuple(donate)} if donate and name() == "jax" else {}
+    return _module("compile_function")(fn, variables, jit_compile, on_trace or _nothing, **extra)
 
 
 def _nothing():

@@ -15,21 +15,27 @@ import keras
 from keras.src.backend.common.stateless_scope import get_stateless_scope
 
 
-def compile_function(fn, variables, jit_compile, on_trace):
+def compile_function(fn, variables, jit_compile, on_trace, donate=()):
     held = []
 
-    def pure(values, args):
+    def pure(values, donated, kept):
         on_trace()  # a Python side effect: runs while jax.jit traces
+        args = list(kept)
+        for i, value in zip(donate, donated):  # back in their places (`donate` is ascending)
+            args.insert(i, value)
         with keras.StatelessScope(state_mapping=list(zip(held, values))):
             return fn(*args)
 
-    program = jax.jit(pure) if jit_compile else pure
+    donate = tuple(sorted(donate))
+    program = jax.jit(pure, donate_argnums=(1,) if donate else ()) if jit_compile else pure
 
     @functools.wraps(fn)
     def call(*args):
         if not held:  # the model is built by the first call
             held.extend(variables())
-        return program([v.value for v in held], args)
+        donated = tuple(args[i] for i in donate)
+        kept = tuple(a for i, a in enumerate(args) if i not in donate)
+        return program([v.value for v in held], donated, kept)
 
     return call
 

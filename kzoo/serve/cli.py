@@ -3,6 +3,7 @@
     kzoo serve runs/gpt_baby_instruction_sft
     kzoo serve SmolLM2-135M-Instruct --weights int8 --slots 16 --port 8001
     kzoo serve runs/x --host 0.0.0.0 --api-key "$KEY"      # a key is required off loopback
+    kzoo serve runs/base --lora runs/dpo/adapters.safetensors  # LoRA adapters (`save_lora`)
 
 MODEL is anything `kzoo chat` reads: a kzoo run folder, a `.keras` file, a Hugging Face folder
 or a keras-hub preset folder (nothing in it is executed). Listens on 127.0.0.1 unless --host is
@@ -43,6 +44,9 @@ def parse_args(argv=None):
     parser.add_argument("--weights", help="generation weights: " + ", ".join(WEIGHTS)
                         + " (default: the model's own, read live)")
     parser.add_argument("--dtype", help="dtype of a Hugging Face or keras-hub model")
+    parser.add_argument("--lora", metavar="PATH",
+                        help="LoRA adapters to serve on the model (a kzoo `save_lora` "
+                        ".safetensors file), merged into its kernels at start")
     parser.add_argument("--slots", type=int, default=8, help="requests decoded together (8)")
     parser.add_argument("--max-queue", dest="max_queue", type=int, default=64,
                         help="sequences waiting for a slot before 429 (64)")
@@ -63,6 +67,8 @@ def check_args(args) -> str | None:
     """Why `args` cannot be served (one line), or None; checked before anything loads."""
     if not Path(args.model).exists():
         return f"MODEL {args.model} does not exist"
+    if args.lora is not None and not Path(args.lora).is_file():
+        return f"--lora {args.lora}: no such file"
     if not 0 <= args.port <= 65535:
         return f"--port {args.port}: must be in 0..65535"
     if not is_loopback(args.host) and not args.api_key:
@@ -108,8 +114,37 @@ def load(args):
     tokenizer = resolve_tokenizer(args.tokenizer, source, where="--tokenizer")
     probe_devices_quietly()  # no "failed call to cuInit" line on a machine without a GPU
     model = source.load_model(dtype=args.dtype)
+    if args.lora:
+        # merged: the compiled decoder then reads plain kernels (and int8 / bf16 snapshots of
+        # them), at the speed of the base model
+        try:
+            model.load_lora(args.lora)
+            model.merge_lora()
+        except ValueError as error:
+            raise ValueError(f"--lora {args.lora}: {error}") from None
     check_vocab(tokenizer, model.vocab_size, where=str(source.model_path))
+    check_texts(tokenizer, model.vocab_size, where=str(source.model_path))
     return model, tokenizer
+
+
+def check_texts(tokenizer, vocab_size: int, where: str) -> None:
+    """A one-line ValueError when the model can sample ids its tokenizer has no text for.
+
+    A model with more ids than its tokenizer samples them now and then (always, with random
+    weights); a request that draws one would end in an error. Padded rows past a tokenizer
+    that decodes unknown ids as no text (Hugging Face tokenizers; Qwen2 pads its embeddings)
+    are fine; the byte and char tokenizers refuse such ids.
+    """
+    if tokenizer.vocab_size >= vocab_size:
+        return
+    try:
+        tokenizer.decode([vocab_size - 1])
+    except Exception:  # noqa: BLE001  any refusal to decode is the same problem
+        raise ValueError(
+            f"{where} has {vocab_size} ids (vocab_size) but its tokenizer "
+            f"({tokenizer.kind}) has {tokenizer.vocab_size} and no text for ids "
+            f"{tokenizer.vocab_size}..{vocab_size - 1}, which the model can sample; give "
+            "--tokenizer the tokenizer the model was trained with") from None
 
 
 def make_server(engine, tokenizer, args):

@@ -3,17 +3,21 @@
 The cache has `slots` rows of `L` (the model's context) cache slots, in the compiled shapes of
 the model's own `init_cache`. All rows write their next token at one shared slot `t`; a row's
 tokens are the contiguous slots `[t - count, t)` (its own padding mask), and every token carries
-its own position, so where a row sits in the cache does not change what it computes. Three
-compiled programs (`kzoo.backend.compile_function`, the decoder of `kzoo.generation`; no second
+its own position, so where a row sits in the cache does not change what it computes. The
+compiled programs are in `kzoo.serve.programs` (the decoder of `kzoo.generation`; no second
 implementation of the model):
 
-- prefill (one per power-of-two prompt length P): `kzoo.generation.loops.prefill` of one prompt
-  into a fresh one-row cache, its slots moved to end at `t`, the row written into the batch's
-  cache, and the first token picked;
-- step: one token for every row (`decoder.call_with_cache` at slot `t`), each row sampled with
-  its own settings (`kzoo.serve.sampling.pick`);
+- prefill (one per power-of-two prompt length P): one prompt into a fresh P-slot cache, written
+  into its row of the batch's cache to end at `t`, and the first token picked;
+- step: one token for every row at slot `t`, each row sampled with its own settings
+  (`kzoo.serve.sampling.pick`, in the variant `sampling.plan` chooses for the rows: the
+  vocabulary is sorted only when a row uses top-p);
 - shift: every row's slots moved by the same amount, when `t` reaches `L` (left, by the free
-  room) or a new prompt is longer than `t` (right); rare, so the cache is not copied per token.
+  room) or a new prompt's P slots do not fit before `t` (right); rare.
+
+Every step runs all `slots` rows, busy or not: a program over fewer rows would multiply by
+matrices of another height, which XLA on CPU (JAX) rounds differently in the last bits, and
+a request's tokens would then depend on how many others are running.
 
 A request waiting in the queue is admitted at the next step boundary when a slot is free; a
 finished, stopped or cancelled sequence frees its slot at that boundary. The ASGI handlers talk
@@ -38,12 +42,12 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from keras import ops, tree
+from keras import ops
 
-from kzoo import backend
-from kzoo.generation import Generator, loops
+from kzoo.generation import Generator
 from kzoo.generation.inputs import bucket, fine_bucket
 from kzoo.serve import sampling
+from kzoo.serve.programs import Programs
 
 
 @dataclass
@@ -111,8 +115,8 @@ class Engine:
         self.max_queue = int(max_queue)
         self.decoder = Generator(model, weights=weights, jit_compile=jit_compile).decoder
         self.jit_compile = jit_compile
-        self.steps, self.prefills, self.trace_count = 0, 0, 0
-        self._programs: dict = {}
+        self.programs = Programs(model, self.decoder, jit_compile)
+        self.steps, self.prefills = 0, 0
         self._rows: list[Sequence | None] = [None] * self.slots
         self._counts = np.zeros(self.slots, np.int64)  # tokens of each row in the cache
         self._tokens = np.zeros(self.slots, np.int32)  # each row's token to feed next
@@ -129,12 +133,17 @@ class Engine:
         return sum(r is not None for r in self._rows)
 
     @property
+    def trace_count(self) -> int:
+        """Programs traced so far."""
+        return self.programs.trace_count
+
+    @property
     def queued(self) -> int:
         return len(self._pending)
 
     def start(self) -> None:
         """Compile the step program and start the model thread."""
-        self._prepared = self._compiled("prepare", (), self.decoder.prepare)()
+        self._prepared = self.programs.prepare()()
         self._cache = self.model.init_cache(self.slots, self.length)
         self._thread = threading.Thread(target=self._run, name="kzoo-serve-engine", daemon=True)
         self._thread.start()
@@ -156,48 +165,6 @@ class Engine:
             self._wake.notify()
         if self._thread is not None:
             self._thread.join(timeout)
-
-    # ------------------------------------------------------------------ programs
-    def _compiled(self, kind: str, key: tuple, fn):
-        if (kind, *key) not in self._programs:
-            self._programs[(kind, *key)] = backend.compile_function(
-                fn, self.decoder.variables, self.jit_compile, on_trace=self._count_trace)
-        return self._programs[(kind, *key)]
-
-    def _count_trace(self):
-        self.trace_count += 1
-
-    def _shifted(self, cache, shift):
-        """Every row's cache slots moved by `shift` (slot j gets old slot j - shift)."""
-        index = ops.mod(ops.arange(self.length) - shift, self.length)
-        return tree.map_structure(lambda c: ops.take(c, index, axis=2), cache)  # (B, kv, L, h)
-
-    def _prefill_program(self, prompt_slots: int):
-        def program(prepared, cache, token_ids, lengths, row, t, settings):
-            decoder = self.decoder.bind(prepared)
-            # the prompt's real tokens land in slots [P - n, P) of a fresh (1, L) cache
-            logits, own, _ = loops.prefill(decoder, token_ids, lengths, self.length - prompt_slots)
-            own = self._shifted(own, t - prompt_slots)  # ... now in [t - n, t)
-            cache = tree.map_structure(
-                lambda big, one: backend.update_slice(big, [row, 0, 0, 0], one), cache, own)
-            return (cache, *sampling.pick(logits, settings))
-        return self._compiled("prefill", (prompt_slots,), program)
-
-    def _step_program(self):
-        def program(prepared, cache, tokens, positions, mask, t, settings):
-            decoder = self.decoder.bind(prepared)
-            logits, cache = decoder.call_with_cache(tokens[:, None], cache, t, mask,
-                                                    positions[:, None])  # (B, 1, V)
-            return (cache, *sampling.pick(logits[:, -1, :], settings))
-        return self._compiled("step", (), program)
-
-    def _score_program(self, width: int):
-        def program(token_ids, targets):
-            logp = ops.log_softmax(ops.cast(self.model(token_ids), "float32"), axis=-1)
-            picked = ops.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]  # (1, W)
-            top_logps, top_ids = ops.top_k(logp, k=min(sampling.TOP_N, self.model.vocab_size))
-            return picked, ops.cast(top_ids, "int32"), top_logps
-        return self._compiled("score", (width,), program)
 
     # ------------------------------------------------------------------ the thread
     def _run(self) -> None:
@@ -224,6 +191,8 @@ class Engine:
             seq.sink({"type": "error", "message": message})
             self._ended()
         self._rows = [None] * self.slots
+        if not self._stopping:  # a failed program may have consumed the donated cache
+            self._cache, self._t = self.model.init_cache(self.slots, self.length), 0
 
     def _free_cancelled(self) -> None:
         for row, seq in enumerate(self._rows):
@@ -267,7 +236,7 @@ class Engine:
         token_ids[0, :len(ids)] = ids
         targets = np.zeros((1, width), np.int32)
         targets[0, :len(ids) - 1] = ids[1:]
-        picked, top_ids, top_logps = self._score_program(width)(
+        picked, top_ids, top_logps = self.programs.score(width)(
             _tensor(token_ids), _tensor(targets))
         picked, top_ids, top_logps = (ops.convert_to_numpy(x)[0] for x in (picked, top_ids,
                                                                            top_logps))
@@ -275,28 +244,32 @@ class Engine:
         seq.prompt_tops = [None] + [list(zip(top_ids[i].tolist(), top_logps[i].tolist()))
                                     for i in range(len(ids) - 1)]
 
-    def _settings(self, seqs: list[Sequence | None]) -> dict:
+    def _settings(self, seqs: list[Sequence | None]) -> tuple[dict, tuple]:
+        """The rows' setting tensors and the `pick` variant they need (`sampling.plan`)."""
         rows = [None if s is None else {
             "temperature": s.params.temperature, "top_k": s.params.top_k,
             "top_p": s.params.top_p, "min_p": s.params.min_p,
             "u": sampling.uniform(s.seed, s.choice, len(s.ids))} for s in seqs]
-        return {k: _tensor(v) for k, v in sampling.settings_arrays(rows).items()}
+        arrays = sampling.settings_arrays(rows)
+        return ({k: _tensor(v) for k, v in arrays.items()},
+                sampling.plan(rows, self.model.vocab_size))
 
     def _shift(self, shift: int) -> None:
-        program = self._compiled("shift", (), self._shifted)
-        self._cache = program(self._cache, _tensor(np.int32(shift)))
+        self._cache = self.programs.shift()(self._cache, _tensor(np.int32(shift)))
         self._t += shift
 
     def _prefill(self, seq: Sequence, row: int) -> None:
         n = len(seq.prompt_ids)
-        if self._t < n:  # the prompt must end at slot t: move every row right to make room
-            self._shift(n - self._t)
         slots = min(bucket(n), self.length)
+        if self._t < slots:  # the prompt's slots end at slot t: move every row right for room
+            self._shift(slots - self._t)
         token_ids = np.zeros((1, slots), np.int32)
         token_ids[0, slots - n:] = seq.prompt_ids
-        self._cache, token, logp, top_ids, top_logps = self._prefill_program(slots)(
+        # one prefill variant (it sorts one row: cheap) rather than a program per `plan`
+        settings, _ = self._settings([seq])
+        self._cache, token, logp, top_ids, top_logps = self.programs.prefill(slots)(
             self._prepared, self._cache, _tensor(token_ids), _tensor(np.array([n], np.int32)),
-            _tensor(np.int32(row)), _tensor(np.int32(self._t)), self._settings([seq]))
+            _tensor(np.int32(row)), _tensor(np.int32(self._t)), settings)
         self.prefills += 1
         self._rows[row], self._counts[row] = seq, n
         self._take(row, *(ops.convert_to_numpy(x)[0] for x in (token, logp, top_ids, top_logps)))
@@ -309,9 +282,10 @@ class Engine:
         counts = np.where([s is not None for s in self._rows], self._counts, 0)
         # a row sees its own slots and the one written now (an empty row: that one only)
         mask = (slots[None, :] >= self._t - counts[:, None]) & (slots[None, :] <= self._t)
-        self._cache, tokens, logps, top_ids, top_logps = self._step_program()(
+        settings, variant = self._settings(self._rows)
+        self._cache, tokens, logps, top_ids, top_logps = self.programs.step(*variant)(
             self._prepared, self._cache, _tensor(self._tokens), _tensor(counts.astype(np.int32)),
-            _tensor(mask), _tensor(np.int32(self._t)), self._settings(self._rows))
+            _tensor(mask), _tensor(np.int32(self._t)), settings)
         self.steps += 1
         self._t += 1
         tokens, logps, top_ids, top_logps = (ops.convert_to_numpy(x)
@@ -322,8 +296,19 @@ class Engine:
                 self._take(row, tokens[row], logps[row], top_ids[row], top_logps[row])
 
     # ------------------------------------------------------------------ per token
-    def _take(self, row: int, token, logp, top_ids, top_logps) -> None:
-        """Row `row` drew `token`: record it, tell its client, free the row when it ends."""
+    def _take(self, row: int, *drawn) -> None:
+        """Row `row` drew a token: record it, tell its client, free the row when it ends; a
+        failure here (its text, its stop strings) ends that request alone."""
+        try:
+            self._record(row, *drawn)
+        except Exception as error:  # noqa: BLE001  the other rows go on
+            seq, self._rows[row] = self._rows[row], None
+            if seq is not None:
+                seq.sink({"type": "error", "message": f"internal error in the model thread "
+                          f"({type(error).__name__}: {error})"})
+                self._ended()
+
+    def _record(self, row: int, token, logp, top_ids, top_logps) -> None:
         seq = self._rows[row]
         token = int(token)
         params = seq.params

@@ -122,3 +122,65 @@ def test_int8_generation_weights_decode_as_the_generator_does(nano):
     want = Generator(model, weights="int8").generate([[5, 6, 7]], max_new_tokens=8)
     done = [e for e in events if e["type"] == "done"]
     assert [d["token_ids"] for d in done] == want.token_ids
+
+
+def test_a_token_without_text_ends_its_own_request_only(nano):
+    # `kzoo serve` refuses such a tokenizer at start (test_command); should one still fail to
+    # decode a drawn id, that request gets an error and the one beside it goes on.
+    from kzoo.serve.engine import Engine, SamplingParams, Sequence
+
+    model, tokenizer, _ = nano
+
+    def run(tok):
+        engine = Engine(model, tok, slots=2)
+        engine.start()
+        events = {0: [], 1: []}
+        try:
+            engine.submit([Sequence([5, 6, 7], SamplingParams(max_tokens=8, temperature=0),
+                                    events[0].append),
+                           Sequence([9, 9, 1, 2], SamplingParams(max_tokens=8, temperature=0),
+                                    events[1].append)])
+            assert engine.wait_idle(60) and engine.active == 0
+        finally:
+            engine.stop()
+        return [e[-1] for e in events.values()]
+
+    first, second = run(tokenizer)
+    poison = next(t for t in first["token_ids"] if t not in second["token_ids"])
+
+    class Refusing:
+        def __getattr__(self, name):
+            return getattr(tokenizer, name)
+
+        def decode(self, ids):
+            if poison in list(ids):
+                raise ValueError(f"no text for id {poison}")
+            return tokenizer.decode(ids)
+
+    failed, done = run(Refusing())
+    assert failed["type"] == "error" and f"no text for id {poison}" in failed["message"]
+    assert done["type"] == "done" and done["token_ids"] == second["token_ids"]
+
+
+def test_same_seed_same_tokens_whichever_sampler_variant_the_batch_needs(engine):
+    # A top-p row elsewhere makes the step sort the vocabulary, a top-k row computes top-k
+    # candidates; the rows without top-p draw the same tokens in each variant.
+    from kzoo.serve.engine import SamplingParams, Sequence
+
+    def tokens(*params):
+        events = [[] for _ in params]
+        engine.wait_idle()
+        engine.submit([Sequence([3 + p.seed, 40, 41], p, events[i].append)
+                       for i, p in enumerate(params)])
+        assert engine.wait_idle(60)
+        return [e[-1]["token_ids"] for e in events]
+
+    plain = SamplingParams(max_tokens=24, temperature=1.2, seed=5)
+    top_k = SamplingParams(max_tokens=24, temperature=0.9, top_k=7, min_p=0.02, seed=6)
+    alone = tokens(plain)[0], tokens(top_k)[0]
+    with_top_p = tokens(plain, top_k, SamplingParams(max_tokens=30, top_p=0.8, seed=1))
+    with_wide_k = tokens(plain, top_k, SamplingParams(max_tokens=30, top_k=200, seed=2))
+    assert tuple(with_top_p[:2]) == alone and tuple(with_wide_k[:2]) == alone
+    assert len(set(alone[0])) > 5  # sampled, not one repeated token
+    variants = {key[1:] for key in engine.programs._programs if key[0] == "step"}
+    assert {(True, False, 0), (False, False, 16), (False, False, 256)} <= variants

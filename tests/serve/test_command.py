@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.request
 
+import numpy as np
 import pytest
 
 from kzoo.cli.main import main
@@ -66,3 +67,85 @@ def test_the_command_serves_and_sigterm_exits_0(nano):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def _run_folder(folder, vocab_size, tokenizer):
+    import keras
+
+    from kzoo.models import CausalLM
+
+    keras.utils.set_random_seed(0)
+    folder.mkdir(exist_ok=True)
+    CausalLM.from_preset("gpt_nano", vocab_size=vocab_size, max_sequence_length=32).save(
+        folder / "model.keras")
+    tokenizer.save(folder / "tokenizer")
+    return folder
+
+
+def test_a_model_that_can_sample_ids_its_tokenizer_has_no_text_for_is_refused(tmp_path, capsys):
+    # 300 ids against the byte tokenizer's 257: each request that drew one of ids 257..299
+    # used to end in a 503 ("internal error in the model thread"), its neighbours' too
+    from kzoo.serve import cli
+    from kzoo.tokenizers import ByteTokenizer
+
+    run = _run_folder(tmp_path, 300, ByteTokenizer())
+    with pytest.raises(ValueError, match="300 ids") as caught:
+        cli.load(cli.parse_args([str(run)]))
+    assert "257" in str(caught.value) and "\n" not in str(caught.value)
+    assert main(["serve", str(run)]) == 2
+    line = one_error_line(capsys)
+    assert "300" in line and "257" in line and "--tokenizer" in line
+
+
+def test_padded_rows_past_a_tokenizer_that_decodes_them_are_served(tmp_path):
+    # Real checkpoints (Qwen2) pad their embeddings past the tokenizer; a Hugging Face
+    # tokenizer decodes those ids as no text, so the model is served.
+    import tokenizers
+    from tokenizers import models, pre_tokenizers
+
+    from kzoo.serve import cli
+    from kzoo.tokenizers import load_tokenizer
+
+    tok = tokenizers.Tokenizer(models.WordLevel({f"w{i}": i for i in range(200)},
+                                                unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    (tmp_path / "hf").mkdir()
+    tok.save(str(tmp_path / "hf" / "tokenizer.json"))
+    tokenizer = load_tokenizer(tmp_path / "hf")
+    assert tokenizer.vocab_size == 200 and tokenizer.decode([255]) == ""
+    run = _run_folder(tmp_path / "run", 256, tokenizer)
+    model, loaded = cli.load(cli.parse_args([str(run)]))
+    assert model.vocab_size == 256 and loaded.vocab_size == 200
+
+
+def test_lora_adapters_are_served_merged_into_the_model(nano, tmp_path, capsys):
+    import keras
+    from keras import ops
+
+    from kzoo.models import CausalLM
+    from kzoo.models.lora import adapter_weights
+    from kzoo.serve import cli
+
+    model, _, run = nano
+    tuned = keras.models.clone_model(model)
+    tuned.set_weights(model.get_weights())
+    tuned.enable_lora(rank=4, targets="all")
+    rng = np.random.default_rng(0)
+    for var in adapter_weights(tuned).values():  # B is zero when fresh: make them matter
+        var.assign(rng.normal(scale=0.2, size=var.shape).astype("float32"))
+    path = tuned.save_lora(tmp_path / "adapters.safetensors")
+    ids = np.array([[5, 6, 7, 8]])
+    want = ops.convert_to_numpy(tuned(ids))
+    served, _ = cli.load(cli.parse_args([str(run), "--lora", str(path)]))
+    assert served.lora_spec is None  # merged: the decoder reads plain kernels
+    np.testing.assert_allclose(ops.convert_to_numpy(served(ids)), want, atol=1e-4)
+    assert np.abs(ops.convert_to_numpy(model(ids)) - want).max() > 1e-2  # the adapters matter
+
+    assert main(["serve", str(run), "--lora", str(tmp_path / "none.safetensors")]) == 2
+    assert "--lora" in (line := one_error_line(capsys)) and "no such file" in line
+    other = CausalLM.from_preset("gpt_baby", vocab_size=257)  # other widths: other shapes
+    other.enable_lora(rank=4, targets="all")
+    wrong = other.save_lora(tmp_path / "baby.safetensors")
+    assert main(["serve", str(run), "--lora", str(wrong)]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith("error: --lora") and "shape" in line

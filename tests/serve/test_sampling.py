@@ -8,7 +8,7 @@ import pytest
 from keras import ops
 
 from kzoo.samplers import functional as F
-from kzoo.serve.sampling import pick, settings_arrays, uniform
+from kzoo.serve.sampling import HEAD, HEAD_K, pick, plan, settings_arrays, uniform
 
 VOCAB, GRID = 12, 4000
 ROWS = [  # temperature, top_k, top_p, min_p
@@ -29,7 +29,8 @@ def _reference(logits, temperature, top_k, top_p, min_p):
 
 
 @pytest.mark.parametrize("row", range(len(ROWS)))
-def test_pick_draws_the_filtered_distribution(row):
+@pytest.mark.parametrize("variant", ["sorted", "planned"])
+def test_pick_draws_the_filtered_distribution(row, variant):
     rng = np.random.default_rng(row)
     logits = rng.normal(scale=2.0, size=VOCAB).astype("float32")
     temperature, top_k, top_p, min_p = ROWS[row]
@@ -39,7 +40,11 @@ def test_pick_draws_the_filtered_distribution(row):
                 "top_k": np.full(GRID, top_k, "int32"), "top_p": np.full(GRID, top_p, "float32"),
                 "min_p": np.full(GRID, min_p, "float32"),
                 "u": ((np.arange(GRID) + 0.5) / GRID).astype("float32")}
-    token, logp, top_ids, top_logps = pick(np.tile(logits, (GRID, 1)), settings, top_n=3)
+    # "planned": the variant `plan` picks for this row (a sort only for top-p without top-k)
+    sort, head, width = (True, True, 0) if variant == "sorted" else plan([{
+        "temperature": temperature, "top_k": top_k, "top_p": top_p}], VOCAB)
+    token, logp, top_ids, top_logps = pick(np.tile(logits, (GRID, 1)), settings, 3, sort, head,
+                                           width)
     shares = np.bincount(ops.convert_to_numpy(token), minlength=VOCAB) / GRID
     np.testing.assert_allclose(shares, expected, atol=1.5 / GRID + 1e-6)
     assert set(np.flatnonzero(shares)) == set(np.flatnonzero(expected > 1e-7))
@@ -60,9 +65,11 @@ def test_rows_do_not_share_settings_and_zero_temperature_is_greedy():
                 "min_p": np.array([*columns[3], 0.0], "float32"),
                 "u": np.full(len(ROWS) + 1, 0.999, "float32")}
     token = ops.convert_to_numpy(pick(logits, settings, top_n=2)[0])
-    for i, row in enumerate(ROWS):  # u near 1: each row's least likely kept token
+    # u near 1: the last kept token in the row's draw order, which is by probability for a row
+    # with top-p (sorted) and by id for the others (no sort)
+    for i, row in enumerate(ROWS):
         kept = np.flatnonzero(_reference(logits[i], *row) > 1e-7)
-        assert token[i] == kept[np.argmin(logits[i][kept])]
+        assert token[i] == (kept[np.argmin(logits[i][kept])] if row[2] < 1.0 else kept[-1])
     assert token[-1] == np.argmax(logits[-1])
 
 
@@ -129,7 +136,8 @@ def test_u_rounded_up_to_one_still_draws_a_kept_token():
     u = np.float32(1.0 - 1e-9)
     assert u == 1.0
     token = pick(logits, _settings(2, top_k=2, u=u), top_n=1)[0]
-    np.testing.assert_array_equal(ops.convert_to_numpy(token), [1, 3])  # the second best
+    # the last kept one in id order (no top-p: no sort): the second best, then the best
+    np.testing.assert_array_equal(ops.convert_to_numpy(token), [1, 4])
 
 
 def test_min_p_keeps_a_token_exactly_at_the_threshold():
@@ -144,7 +152,7 @@ def test_min_p_keeps_a_token_exactly_at_the_threshold():
 @pytest.mark.parametrize("probs, setting, u, expected", [
     ([0.80665, 0.19335], {"temperature": 0.7}, 0.8067, 1),  # bfloat16(0.7) = 0.69921875
     ([0.6, 0.2004, 0.1996], {"top_p": 0.8}, 0.99, 1),      # bfloat16(0.8) = 0.80078125
-    ([0.5, 0.1502, 0.3498], {"min_p": 0.3}, 0.99, 1),      # bfloat16(0.3) = 0.30078125
+    ([0.5, 0.3498, 0.1502], {"min_p": 0.3}, 0.99, 2),      # bfloat16(0.3) = 0.30078125
     ([0.5, 0.5], {}, 0.4995, 0),                           # bfloat16(0.4995) = 0.5
 ])
 def test_settings_are_applied_in_float32_whatever_the_floatx(probs, setting, u, expected):
@@ -180,3 +188,75 @@ def test_u_rounded_up_to_one_stops_at_each_row_own_last_token():
     settings["top_k"] = np.array([1, 3, 2], "int32")
     token = pick(logits, settings, top_n=1)[0]
     np.testing.assert_array_equal(ops.convert_to_numpy(token), [0, 2, 1])
+
+
+def test_plan_sorts_only_for_top_p_without_a_small_top_k_and_buckets_top_k():
+    row = lambda t=1.0, k=0, p=1.0: {"temperature": t, "top_k": k, "top_p": p}  # noqa: E731
+    assert plan([row(), None], 50257) == (False, False, 0)
+    assert plan([row(k=40), row(k=5), None], 50257) == (False, False, 64)
+    assert plan([row(k=16)], 50257) == (False, False, 16)
+    assert plan([row(k=17)], 50257) == (False, False, 64)
+    assert plan([row(k=3000)], 1000) == (False, False, 1000)  # never wider than the vocabulary
+    assert plan([row(k=40), row(p=0.9)], 50257) == (True, False, 0)  # the sort gives top-k
+    assert plan([row(k=40), row(p=0.9, k=50)], 50257) == (False, True, 64)
+    assert plan([row(p=0.9, k=HEAD_K + 1)], 50257) == (True, False, 0)
+    assert plan([row(p=0.9, k=9), row(p=0.5)], 50257) == (True, True, 0)
+    assert plan([row(t=0.0, p=0.9, k=99)], 50257) == (False, False, 0)  # greedy: nothing
+
+
+def test_a_row_draws_the_same_token_in_every_compiled_variant():
+    # The step program's variant depends on the batch (a top-p row elsewhere sorts them all);
+    # a row without top-p must draw the same token, bit for bit, in each.
+    from kzoo import backend
+
+    rng = np.random.default_rng(5)
+    rows, vocab = 64, 5000
+    logits = (rng.normal(size=(rows, vocab)) * rng.uniform(0.5, 4.0, (rows, 1))).astype("float32")
+    settings = {"temperature": rng.uniform(0.3, 1.5, rows).astype("float32"),
+                "top_k": rng.choice([0, 0, 1, 7, 16, 50], rows).astype("int32"),
+                "top_p": np.ones(rows, "float32"),
+                "min_p": rng.choice([0.0, 0.0, 0.01, 0.2], rows).astype("float32"),
+                "u": rng.uniform(size=rows).astype("float32")}
+    settings["top_p"][::7] = 0.9  # with top-k 0: rows that need the whole vocabulary sorted
+    settings["top_p"][3::7] = 0.8  # with top-k 0 or at most HEAD_K: its head
+    settings["top_k"][3::7] = rng.choice([0, 5, 40, HEAD_K], len(settings["top_k"][3::7]))
+    free = settings["top_p"] >= 1.0
+    in_head = ~free & (settings["top_k"] > 0)
+    assert free.sum() > 30 and in_head.sum() > 3
+    outputs = {}
+    for variant in [(True, True, 0), (True, False, 0), (False, True, 64), (False, True, 256),
+                    (False, False, 64), (False, False, vocab)]:
+        program = backend.compile_function(
+            lambda x, s, v=variant: pick(x, s, 2, *v))
+        token, logp, _, _ = program(ops.convert_to_tensor(logits),
+                                    {k: ops.convert_to_tensor(v) for k, v in settings.items()})
+        outputs[variant] = ops.convert_to_numpy(token), ops.convert_to_numpy(logp)
+    base_token, base_logp = outputs[(True, True, 0)]
+    for (sort, head, _), (token, logp) in outputs.items():
+        rows_in = free | (in_head if head else False) | (~free & ~in_head if sort else False)
+        np.testing.assert_array_equal(token[rows_in], base_token[rows_in])
+        np.testing.assert_array_equal(logp[rows_in], base_logp[rows_in])
+    assert len(set(base_token[free].tolist())) > free.sum() // 2  # real draws
+
+
+def test_top_p_over_the_head_keeps_what_the_whole_sorted_vocabulary_keeps():
+    # A row with top-p and a small top-k is drawn over its HEAD most likely tokens; with the
+    # same uniform numbers it draws what the sort of the whole vocabulary would.
+    rng = np.random.default_rng(11)
+    rows, vocab = 48, 3 * HEAD
+    logits = (rng.normal(size=(rows, vocab)) * 3).astype("float32")
+    settings = {"temperature": rng.uniform(0.5, 1.5, rows).astype("float32"),
+                "top_k": rng.choice([3, 40, HEAD_K], rows).astype("int32"),
+                "top_p": rng.uniform(0.3, 0.99, rows).astype("float32"),
+                "min_p": rng.choice([0.0, 0.05], rows).astype("float32"),
+                "u": rng.uniform(size=rows).astype("float32")}
+    token = ops.convert_to_numpy(pick(logits, settings, 1, sort=False, head=True)[0])
+    for i in range(rows):
+        kept = _reference(logits[i], *(settings[k][i] for k in ("temperature", "top_k",
+                                                                 "top_p", "min_p"))) > 1e-7
+        order = np.argsort(-logits[i], kind="stable")
+        cdf = np.cumsum(np.where(kept[order], np.exp(logits[i][order] / settings[
+            "temperature"][i]), 0.0))
+        want = order[min(np.searchsorted(cdf / cdf[-1], settings["u"][i], side="right"),
+                         kept.sum() - 1)]
+        assert token[i] == want, i
