@@ -60,6 +60,15 @@ def cpu_name() -> str:
     return "unknown"
 
 
+def _command_line() -> str:
+    import sys
+
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    prefix = "" if backend == "tensorflow" else f"KERAS_BACKEND={backend} "
+    return (f"cd benchmarks && {prefix}../.venv/bin/python {Path(sys.argv[0]).name} "
+            + " ".join(sys.argv[1:])).strip()
+
+
 def report(name: str, rows: list[dict], settings: dict) -> None:
     """Print the table and write `benchmarks/results/<name>.json`."""
     from importlib.metadata import PackageNotFoundError, version
@@ -79,6 +88,8 @@ def report(name: str, rows: list[dict], settings: dict) -> None:
                     **{p: installed(p) for p in ("keras", "tensorflow", "jax", "torch")}},
         "settings": settings,
         "rows": rows,
+        # how to make this file again, options and backend included (docs/hooks/tables.py)
+        "command": _command_line(),
     }
     (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"\nwritten: {RESULTS / (name + '.json')}")

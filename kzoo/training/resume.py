@@ -62,8 +62,9 @@ def note_sharding(state: dict, strategy, changed: dict | None) -> None:
     >>> from kzoo.backend import KerasStrategy
     >>> state, changed = {"sharding": {"layout": None, "replicas": 2}}, {}
     >>> note_sharding(state, KerasStrategy(), changed)
-    >>> changed["sharding"]
-    [{'layout': None, 'replicas': 2}, {'layout': None, 'replicas': 1}]
+    >>> saved, now = changed["sharding"]
+    >>> saved["replicas"], now["replicas"]
+    (2, 1)
     """
     now = sharding_of(strategy)
     saved = state.get("sharding")
