@@ -311,10 +311,10 @@ def _pretrain_in(run: RunDir, config: PretrainConfig, strategy, chief: bool) -> 
         check_vocab(tokenizer, model.vocab_size)
         _compile(model, config)
         model.optimizer.build(model.trainable_variables)  # slots created under the strategy
+        state = (restore_checkpoint(model, run.backup) if resume else None) or {}
     if chief and not m.init_from:  # one line when bfloat16 is measured slower here
         warn_if_slower(config.train.precision, config.train.batch_size * config.train.block_size,
                        model.hidden_dim)
-        state = (restore_checkpoint(model, run.backup) if resume else None) or {}
     note_sharding(state, strategy, changed if resume else None)  # resharded: in resumes.jsonl
     start = cb.global_step(model)
     if resume and start != state.get("step"):
