@@ -9,7 +9,9 @@ The pieces, each importable alone (this package imports nothing at import time, 
 
 - `kzoo.serve.http`: the Starlette / uvicorn pieces shared with `kzoo rate` (limits, errors).
 - `kzoo.serve.sampling`: per-row sampling settings in one compiled step.
+- `kzoo.serve.sequence`: `SamplingParams`, `Sequence` and the per-token bookkeeping.
 - `kzoo.serve.engine`: `Engine`, the slots, the KV cache and the model thread.
+- `kzoo.serve.modes`: the exclusive lane (contrastive search, speculative decoding).
 - `kzoo.serve.protocol`: OpenAI request parsing and answer building.
 - `kzoo.serve.app`: the Starlette app (endpoints, SSE streaming, keys, limits).
 - `kzoo.serve.cli`: the `kzoo serve` command.

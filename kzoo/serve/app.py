@@ -35,7 +35,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from kzoo.serve import http, protocol
-from kzoo.serve.engine import Sequence
+from kzoo.serve.sequence import Sequence
 
 HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store",
            "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"}
@@ -101,7 +101,8 @@ def build_app(engine, tokenizer, render, settings: Settings) -> Starlette:
         render: callable. chat messages -> prompt ids (the model's chat template).
         settings: Settings.
     """
-    limits = settings.limits or protocol.Limits(context=engine.length)
+    limits = settings.limits or protocol.Limits(context=engine.length,
+                                                 vocab=engine.model.vocab_size)
     hosts = {f"{h}:{settings.port}" for h in ("127.0.0.1", "localhost", "[::1]")}
     state = {"under_way": 0}
     name = settings.model_name

@@ -4,6 +4,8 @@
     kzoo serve SmolLM2-135M-Instruct --weights int8 --slots 16 --port 8001
     kzoo serve runs/x --host 0.0.0.0 --api-key "$KEY"      # a key is required off loopback
     kzoo serve runs/base --lora runs/dpo/adapters.safetensors  # LoRA adapters (`save_lora`)
+    kzoo serve runs/x --prompt-lookup 4                       # speculative decoding
+    kzoo serve runs/big --draft-model runs/small --draft-tokens 4
 
 MODEL is anything `kzoo chat` reads: a kzoo run folder, a `.keras` file, a Hugging Face folder
 or a keras-hub preset folder (nothing in it is executed). Listens on 127.0.0.1 unless --host is
@@ -11,6 +13,11 @@ given. Chat messages are rendered with the tokenizer's chat template (kzoo's own
 "### Instruction" layout when it has none). SIGTERM or Ctrl-C stops accepting, lets the requests
 under way finish (--shutdown-timeout at most, then they are cancelled) and exits 0. Bad
 arguments: one `error:` line, exit code 2.
+
+--prompt-lookup K or --draft-model PATH (--draft-tokens K) decode every request they can serve
+speculatively, one request at a time in an exclusive lane beside the batch (the same greedy
+tokens; `logprobs` and `echo` requests stay in the batch). A request's `penalty_alpha` (0..1)
+with `top_k` asks for contrastive search, in that lane too (`kzoo.serve.modes`).
 """
 
 from __future__ import annotations
@@ -27,7 +34,13 @@ WEIGHTS = ("float32", "bfloat16", "int8")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="kzoo serve", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="kzoo serve", description=__doc__.splitlines()[0],
+        epilog="Decoding modes: --prompt-lookup K or --draft-model PATH decode the requests they "
+        "can serve speculatively, one at a time beside the batch (greedy gives the same tokens; "
+        "logprobs and echo requests stay in the batch). A request's penalty_alpha (0..1) with "
+        "top_k (default 4) asks for contrastive search; with the openai client, pass them in "
+        "extra_body. See docs/serve.md, 'Decoding modes'.")
     parser.add_argument("model", metavar="MODEL",
                         help="run folder, .keras file, Hugging Face or keras-hub folder")
     parser.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
@@ -48,6 +61,14 @@ def parse_args(argv=None):
                         help="LoRA adapters to serve on the model (a kzoo `save_lora` "
                         ".safetensors file), merged into its kernels at start")
     parser.add_argument("--slots", type=int, default=8, help="requests decoded together (8)")
+    parser.add_argument("--prompt-lookup", dest="prompt_lookup", type=int, metavar="K",
+                        help="speculative decoding with K draft tokens from n-grams of the "
+                        "prompt and text (vLLM's 'ngram' method); one request at a time")
+    parser.add_argument("--draft-model", dest="draft_model", metavar="PATH",
+                        help="speculative decoding with this smaller model's drafts (the same "
+                        "vocabulary); one request at a time")
+    parser.add_argument("--draft-tokens", dest="draft_tokens", type=int, metavar="K",
+                        help="draft tokens per step with --draft-model (4)")
     parser.add_argument("--max-queue", dest="max_queue", type=int, default=64,
                         help="sequences waiting for a slot before 429 (64)")
     parser.add_argument("--max-concurrent", dest="max_concurrent", type=int, default=64,
@@ -82,6 +103,16 @@ def check_args(args) -> str | None:
     for name in ("slots", "max_queue", "max_concurrent", "max_n"):
         if getattr(args, name) < 1:
             return f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1"
+    if args.prompt_lookup is not None and args.draft_model is not None:
+        return "--prompt-lookup and --draft-model do not combine: choose one"
+    for name in ("prompt_lookup", "draft_tokens"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            return (f"--{name.replace('_', '-')} {getattr(args, name)}: the number of draft "
+                    "tokens must be at least 1")
+    if args.draft_tokens is not None and args.draft_model is None:
+        return "--draft-tokens needs --draft-model (with --prompt-lookup K, K is the number)"
+    if args.draft_model is not None and not Path(args.draft_model).exists():
+        return f"--draft-model {args.draft_model} does not exist"
     if args.max_tokens is not None and args.max_tokens < 1:
         return f"--max-tokens {args.max_tokens}: must be at least 1"
     for name in ("timeout", "shutdown_timeout"):
@@ -127,6 +158,30 @@ def load(args):
     return model, tokenizer
 
 
+def load_draft(args, model) -> dict:
+    """`Engine`'s draft arguments from --prompt-lookup / --draft-model (one-line ValueErrors)."""
+    from kzoo.models.sources import find_model_source
+
+    if args.prompt_lookup is not None:
+        return {"draft": "prompt_lookup", "num_draft_tokens": args.prompt_lookup}
+    if args.draft_model is None:
+        return {}
+    draft = find_model_source(args.draft_model, "model.keras", what="--draft-model").load_model()
+    if draft.vocab_size != model.vocab_size:
+        raise ValueError(f"--draft-model {args.draft_model} has {draft.vocab_size} ids "
+                         f"(vocab_size) but MODEL has {model.vocab_size}: a draft model must "
+                         "share the model's vocabulary")
+    return {"draft": draft, "num_draft_tokens": args.draft_tokens or 4}
+
+
+def describe_draft(draft: dict) -> str:
+    if not draft:
+        return ""
+    what = ("prompt lookup" if draft["draft"] == "prompt_lookup"
+            else f"draft model of {draft['draft'].count_params():,} parameters")
+    return f", {what}, {draft['num_draft_tokens']} draft tokens"
+
+
 def check_texts(tokenizer, vocab_size: int, where: str) -> None:
     """A one-line ValueError when the model can sample ids its tokenizer has no text for.
 
@@ -155,7 +210,8 @@ def make_server(engine, tokenizer, args):
     sock = http.bind(args.host, args.port, what="kzoo serve")
     host, port = sock.getsockname()[:2]
     name = args.model_name or Path(args.model).name
-    limits = protocol.Limits(context=engine.length, max_tokens=args.max_tokens, max_n=args.max_n)
+    limits = protocol.Limits(context=engine.length, max_tokens=args.max_tokens, max_n=args.max_n,
+                             vocab=engine.model.vocab_size)
     settings = app_lib.Settings(model_name=name, host=args.host, port=port,
                                 api_key=args.api_key, limits=limits,
                                 max_concurrent=args.max_concurrent, timeout_s=args.timeout)
@@ -177,8 +233,9 @@ def main(argv=None) -> int:
     try:
         load_library()
         model, tokenizer = load(args)
+        draft = load_draft(args, model)
         engine = Engine(model, tokenizer, slots=args.slots, weights=args.weights,
-                        max_queue=args.max_queue)
+                        max_queue=args.max_queue, **draft)
         server = make_server(engine, tokenizer, args)
     except ValueError as error:
         print("error: " + " ".join(str(error).split()), file=sys.stderr)
@@ -189,7 +246,8 @@ def main(argv=None) -> int:
     host, port = server.server_address
     shown = f"[{host}]" if ":" in host else host
     print(f"kzoo serve: {args.model} ({model.count_params():,} parameters, context "
-          f"{engine.length}, {engine.slots} slots) on http://{shown}:{port}/v1"
+          f"{engine.length}, {engine.slots} slots{describe_draft(draft)}) on "
+          f"http://{shown}:{port}/v1"
           + (" (API key required)" if args.api_key else ""), flush=True)
     # uvicorn takes SIGTERM / SIGINT while it runs and raises them again when it has stopped;
     # these handlers take that second one, so the process ends here with exit code 0.

@@ -23,6 +23,11 @@ A request waiting in the queue is admitted at the next step boundary when a slot
 finished, stopped or cancelled sequence frees its slot at that boundary. The ASGI handlers talk
 to the thread through `submit` and each sequence's event queue.
 
+Contrastive search (`penalty_alpha`) and, when the engine has a `draft`, speculative decoding
+do not fit the lockstep step: such sequences go to the exclusive lane of `kzoo.serve.modes`,
+one at a time, which this thread advances by a token (or a verification's tokens) between
+two steps of the batch.
+
 Example:
 ```python
 engine = Engine(model, tokenizer, slots=4)
@@ -36,10 +41,8 @@ engine.stop()
 from __future__ import annotations
 
 import collections
-import secrets
 import threading
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 from keras import ops
@@ -47,48 +50,11 @@ from keras import ops
 from kzoo.generation import Generator
 from kzoo.generation.inputs import bucket, fine_bucket
 from kzoo.serve import sampling
+from kzoo.serve.modes import Lane
 from kzoo.serve.programs import Programs
+from kzoo.serve.sequence import SamplingParams, Sequence, done_event, record
 
-
-@dataclass
-class SamplingParams:
-    """One request's settings (already checked by `kzoo.serve.protocol`)."""
-
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    min_p: float = 0.0
-    seed: int | None = None
-    stop: list = field(default_factory=list)  # stop strings
-    stop_token_ids: list = field(default_factory=list)
-    logprobs: int | None = None  # top-N alternatives per token, or None
-    echo: bool = False  # also score the prompt (its log-probabilities)
-
-
-class Sequence:
-    """One choice of one prompt, from admission to its last token.
-
-    Args:
-        prompt_ids: list[int]. the prompt.
-        params: SamplingParams.
-        sink: callable. receives each event dict (called from the engine thread).
-        choice: int. which of a request's `n` choices (it changes the random numbers).
-    """
-
-    def __init__(self, prompt_ids, params: SamplingParams, sink, choice: int = 0):
-        self.prompt_ids, self.params = list(prompt_ids), params
-        self.sink, self.choice = sink, choice
-        self.seed = params.seed if params.seed is not None else secrets.randbits(63)
-        self.ids, self.logprobs, self.tops = [], [], []
-        self.prompt_logprobs, self.prompt_tops = None, None
-        self.shown, self.full_text, self.finish_reason = "", "", None
-        self.sent = 0  # tokens already sent to the client in "token" events
-        self.cancelled = threading.Event()
-
-    def cancel(self) -> None:
-        """Free the slot at the next step boundary (thread-safe)."""
-        self.cancelled.set()
+__all__ = ["Engine", "SamplingParams", "Sequence"]  # the last two live in kzoo.serve.sequence
 
 
 class Engine:
@@ -101,15 +67,18 @@ class Engine:
         weights: None, "float32", "bfloat16" or "int8". the generation weights
             (`kzoo.generation.Generator`'s `weights=`).
         jit_compile: bool. XLA on TensorFlow and JAX.
-        max_queue: int. sequences waiting for a slot before `submit` refuses more.
+        max_queue: int. sequences waiting for a slot (or the lane) before `submit` refuses more.
+        draft: None, "prompt_lookup" or a kzoo `CausalLM`. speculative decoding for every
+            request it can serve (`kzoo.serve.modes.Lane`).
+        num_draft_tokens: int. >= 1; drafts per verification step.
 
     Attributes:
         steps: int. decode steps run so far (every active row advances in each).
-        active: int. slots in use now (the gauge: 0 when idle).
+        active: int. slots in use now, the lane's sequence included (the gauge: 0 when idle).
     """
 
     def __init__(self, model, tokenizer, slots: int = 8, weights=None, jit_compile=True,
-                 max_queue: int = 64):
+                 max_queue: int = 64, draft=None, num_draft_tokens: int = 4):
         self.model, self.tokenizer = model, tokenizer
         self.slots, self.length = int(slots), int(model.max_sequence_length)
         self.max_queue = int(max_queue)
@@ -126,10 +95,17 @@ class Engine:
         self._stopping = False
         self._thread = None
         self._open = 0  # sequences submitted and not yet ended (done, failed or cancelled)
+        # the lane shares the weights snapshot (int8 / bf16) the batch decodes with
+        self.lane = Lane(model, tokenizer, getattr(self.decoder, "weights", None), jit_compile,
+                         draft, num_draft_tokens, score=self._score_prompt, ended=self._ended)
 
     # ------------------------------------------------------------------ the public side
     @property
     def active(self) -> int:
+        return self._rows_active + self.lane.active
+
+    @property
+    def _rows_active(self) -> int:
         return sum(r is not None for r in self._rows)
 
     @property
@@ -139,7 +115,7 @@ class Engine:
 
     @property
     def queued(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self.lane.pending)
 
     def start(self) -> None:
         """Compile the step program and start the model thread."""
@@ -151,9 +127,10 @@ class Engine:
     def submit(self, sequences: list[Sequence]) -> bool:
         """Queue `sequences` (one request's, together); False when the queue is full."""
         with self._wake:
-            if self._stopping or len(self._pending) + len(sequences) > self.max_queue:
+            if self._stopping or self.queued + len(sequences) > self.max_queue:
                 return False
-            self._pending.extend(sequences)
+            for seq in sequences:
+                (self.lane.pending if self.lane.wants(seq) else self._pending).append(seq)
             self._open += len(sequences)
             self._wake.notify()
         return True
@@ -170,15 +147,17 @@ class Engine:
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not self._stopping and not self._pending and not self.active:
+                while not self._stopping and not self._pending and not self.active \
+                        and not self.lane.pending:
                     self._wake.wait(0.5)
                 if self._stopping:
                     break
             try:
                 self._free_cancelled()
                 self._admit()
-                if self.active:
+                if self._rows_active:
                     self._step()
+                self.lane.advance()  # one token of the lane's sequence, if it has one
             except Exception as error:  # noqa: BLE001  a bug must not leave requests hanging
                 self._fail_all(f"internal error in the model thread ({type(error).__name__}: "
                                f"{error})")
@@ -187,7 +166,7 @@ class Engine:
     def _fail_all(self, message: str) -> None:
         with self._wake:
             waiting, self._pending = list(self._pending), collections.deque()
-        for seq in waiting + [s for s in self._rows if s is not None]:
+        for seq in waiting + [s for s in self._rows if s is not None] + self.lane.drop():
             seq.sink({"type": "error", "message": message})
             self._ended()
         self._rows = [None] * self.slots
@@ -217,7 +196,7 @@ class Engine:
                     self._score_prompt(seq)
                 if seq.params.max_tokens == 0:
                     seq.finish_reason = "length"
-                    seq.sink(self._done(seq))
+                    seq.sink(done_event(seq))
                     self._ended()
                     continue
                 self._prefill(seq, free[0])
@@ -310,48 +289,22 @@ class Engine:
 
     def _record(self, row: int, token, logp, top_ids, top_logps) -> None:
         seq = self._rows[row]
-        token = int(token)
-        params = seq.params
-        if token in params.stop_token_ids:
-            return self._finish(row, "stop")
-        seq.ids.append(token)
-        seq.logprobs.append(float(logp))
-        seq.tops.append(list(zip(top_ids.tolist(), top_logps.tolist())))
-        text = self.tokenizer.decode(seq.ids)
-        hits = [i for i in (text.find(s) for s in params.stop) if i >= 0]
-        if hits:
-            seq.full_text = text[:min(hits)]
-            return self._finish(row, "stop")
-        seq.full_text = text
-        self._tokens[row] = token
-        if len(seq.ids) >= params.max_tokens:
-            return self._finish(row, "length")
-        # hold back an incomplete character and a tail that may grow into a stop string
-        safe = len(text) - (1 if text.endswith("\ufffd") else 0)
-        safe -= _pending_stop(text[:safe], params.stop)
-        if safe > len(seq.shown):
-            seq.sink({"type": "token", "text": text[len(seq.shown):safe],
-                      "entries": _entries(seq)})
-            seq.shown = text[:safe]
+        reason = record(seq, self.tokenizer, int(token), float(logp),
+                        list(zip(top_ids.tolist(), top_logps.tolist())))
+        if reason is not None:
+            return self._finish(row, reason)
+        self._tokens[row] = seq.ids[-1]
 
     def _finish(self, row: int, reason: str) -> None:
         seq = self._rows[row]
         self._rows[row] = None
         seq.finish_reason = reason
-        seq.sink(self._done(seq))
+        seq.sink(done_event(seq))
         self._ended()
 
     def _ended(self) -> None:
         with self._wake:
             self._open -= 1
-
-    def _done(self, seq: Sequence) -> dict:
-        text = seq.full_text
-        return {"type": "done", "text": text, "delta": text[len(seq.shown):],
-                "entries": _entries(seq),
-                "finish_reason": seq.finish_reason, "token_ids": seq.ids,
-                "logprobs": seq.logprobs, "tops": seq.tops, "prompt_ids": seq.prompt_ids,
-                "prompt_logprobs": seq.prompt_logprobs, "prompt_tops": seq.prompt_tops}
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Wait until every submitted sequence has ended (for tests and shutdown)."""
@@ -361,24 +314,6 @@ class Engine:
                 return True
             time.sleep(0.01)
         return False
-
-
-def _entries(seq: Sequence) -> list:
-    """(id, logprob, tops) of the tokens not yet sent to the client; marks them sent."""
-    new = list(zip(seq.ids, seq.logprobs, seq.tops))[seq.sent:]
-    seq.sent = len(seq.ids)
-    return new
-
-
-def _pending_stop(text: str, stops: list) -> int:
-    """Length of the longest tail of `text` that is a proper prefix of a stop string."""
-    best = 0
-    for stop in stops:
-        for k in range(min(len(stop) - 1, len(text)), best, -1):
-            if text.endswith(stop[:k]):
-                best = k
-                break
-    return best
 
 
 def _tensor(array):

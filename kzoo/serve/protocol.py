@@ -22,9 +22,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kzoo.serve.engine import SamplingParams
 from kzoo.serve.http import Refused
 from kzoo.serve.sampling import TOP_N
+from kzoo.serve.sequence import SamplingParams
+
+CONTRASTIVE_TOP_K = 4  # candidates of contrastive search when a request gives no top_k
+CONTRASTIVE = ("penalty_alpha (contrastive search) combines with top_k, max_tokens, stop, "
+               "stream, echo and seed; it is deterministic")
 
 
 @dataclass
@@ -37,6 +41,7 @@ class Limits:
         max_n: int. the most choices per prompt.
         max_stop: int. the most stop strings.
         max_prompts: int. the most prompts in one batched completion request.
+        vocab: int or None. the model's ids (contrastive search's top_k is at most that).
     """
 
     context: int
@@ -44,6 +49,7 @@ class Limits:
     max_n: int = 8
     max_stop: int = 4
     max_prompts: int = 64
+    vocab: int | None = None
 
 
 @dataclass
@@ -180,6 +186,7 @@ def parse_completion(body: dict, tokenizer, limits: Limits, model_name="kzoo") -
     if params.max_tokens == 0 and not params.echo:
         raise _invalid("max_tokens", "0 asks for nothing: use at least 1, or echo: true to "
                        "score the prompt")
+    _contrastive(body, params, n, limits)
     stream, usage = _stream(body)
     if stream and params.echo:
         raise _invalid("echo", "is not supported with stream: true")
@@ -219,8 +226,34 @@ def parse_chat(body: dict, tokenizer, render, limits: Limits, model_name="kzoo")
     elif body.get("top_logprobs") is not None:
         raise _invalid("top_logprobs", "needs logprobs: true")
     _fit([ids], params, limits)
+    _contrastive(body, params, n, limits)
     stream, usage = _stream(body)
     return Request([ids], params, n, stream, usage, chat=True)
+
+
+def _contrastive(body, params: SamplingParams, n: int, limits: Limits) -> None:
+    """`penalty_alpha` (0..1) with `top_k` (>= 1, default 4) into `params`: contrastive search,
+    decoded in the lane of `kzoo.serve.modes`. What it does not combine with is refused."""
+    if body.get("penalty_alpha") is None:
+        return
+    params.penalty_alpha = _number(body, "penalty_alpha", None, 0.0, 1.0)
+    top_k = body.get("top_k")
+    high = limits.vocab or 2**31 - 1
+    if top_k is None:
+        params.top_k = min(CONTRASTIVE_TOP_K, high)
+    elif isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= high:
+        raise _invalid("top_k", f"with penalty_alpha (contrastive search) must be an integer in "
+                       f"[1, {high}], the candidates scored per token; got {top_k!r}")
+    for name, off in (("temperature", 0), ("top_p", 1), ("min_p", 0)):
+        if body.get(name) is not None and body[name] != off:
+            raise _invalid(name, f"must be {off} or left out with penalty_alpha: {CONTRASTIVE}, "
+                           f"not with sampling; got {body[name]!r}")
+    if n > 1:
+        raise _invalid("n", f"must be 1 with penalty_alpha: {CONTRASTIVE}, so every choice "
+                       f"would be the same; got {n}")
+    if params.logprobs is not None:
+        raise _invalid("logprobs", f"is not supported with penalty_alpha: {CONTRASTIVE}; "
+                       "leave logprobs out")
 
 
 def _stream(body):
