@@ -1,12 +1,25 @@
 """Verified, resumable checkpoints: `backup/step-NNNNNNN/` with a manifest of checksums.
 
-Each checkpoint folder holds `ckpt.weights.h5` (model weights and optimizer state),
-`state.json` (global step, best validation loss, the last interval's logs) and
-`manifest.json` (size and sha256 of both). It is written into `step-NNNNNNN.tmp/`, renamed
-into place, and only then does `backup/LATEST` point at it (a temporary file and
-`os.replace`), so a `kill -9` at any moment leaves every named checkpoint complete. The last
-`keep` intact checkpoints stay. `restore_checkpoint` verifies the newest against its manifest
-and falls back, with a warning naming the damaged file, to the newest intact one.
+Each checkpoint folder holds the model's weights and optimizer state, `state.json` (global
+step, best validation loss, the last interval's logs) and `manifest.json` (size and sha256 of
+every other file in the folder, subfolders included). The weights are in one of two formats,
+told on restore by the files present:
+
+- `ckpt.weights.h5` (Keras' `save_weights`): whole arrays, for every run whose state is whole
+  on each device (one device, data_parallel). Under several processes they gather the state
+  to host memory first (`kzoo.training.distribute.on_host`) and process 0 writes.
+- `weights/` (Orbax, `kzoo.backend.orbax_checkpoints`): for state split over devices (fsdp,
+  tensor_parallel). Every process writes the shards its own devices hold, nothing is gathered;
+  `weights/ocdbt.process_<i>/` holds process i's. Restoring reads with the current run's
+  shardings as targets, so a run saved on a 1x4 mesh resumes on 1x2 or one device.
+
+Either way the folder is written into `step-NNNNNNN.tmp/`; only once every process finished
+does process 0 write the manifest, rename the folder into place and point `backup/LATEST` at
+it (a temporary file and `os.replace`), so a `kill -9` at any moment leaves every named
+checkpoint complete. The last `keep` intact checkpoints stay. `restore_checkpoint` verifies
+the newest against its manifest and falls back, with a warning naming the damaged file, to
+the newest intact one; a sharded run resumes from an `.h5` checkpoint as well (an older kzoo's,
+or one written on one device).
 
 Before writing, the free space is checked against the checkpoint's size, so a full disk gives
 one clear error naming the folder and the bytes needed, and no half-written file.
@@ -33,10 +46,13 @@ import sys
 from pathlib import Path
 
 from kzoo._files import file_sha256
+from kzoo.backend import name as backend_name
+from kzoo.backend import orbax_checkpoints, processes
 from kzoo.training.folder_io import RunFolderError, write_error
 
 LATEST = "LATEST"
 WEIGHTS = "ckpt.weights.h5"
+SHARDS = orbax_checkpoints.FOLDER  # "weights/": written shard by shard (Orbax)
 STATE = "state.json"
 MANIFEST = "manifest.json"
 
@@ -92,8 +108,32 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
+def state_variables(model) -> list:
+    """What a checkpoint holds: the model's variables, then its optimizer's."""
+    optimizer = getattr(model, "optimizer", None)
+    return [*model.variables, *(optimizer.variables if optimizer is not None else ())]
+
+
+def is_sharded(model) -> bool:
+    """True when `model`'s state is split over devices: its checkpoints are then written
+    shard by shard, by every process (Orbax); otherwise as one `.weights.h5` file.
+
+    Raises:
+        ValueError: the state is split but Orbax (orbax-checkpoint) is not installed.
+    """
+    spread = orbax_checkpoints.is_spread(state_variables(model))
+    if spread:
+        orbax_checkpoints.require()
+    return spread
+
+
 def save_checkpoint(model, backup_dir, step: int, state: dict, keep: int = 2) -> Path:
     """Write an intact checkpoint of `model` at global `step`, then prune to `keep`.
+
+    State split over devices (fsdp, tensor_parallel) is written with Orbax, each process its
+    own shards: then every process of the run calls this, and process 0 alone writes the
+    rest (state, manifest, rename, LATEST, pruning). Otherwise one `.weights.h5` file (under
+    several processes, process 0 alone calls this, inside `on_host`).
 
     Args:
         model: keras.Model. compiled; its weights and optimizer state are saved.
@@ -109,39 +149,62 @@ def save_checkpoint(model, backup_dir, step: int, state: dict, keep: int = 2) ->
         RunFolderError: not enough free space (nothing half-written is left behind).
     """
     backup_dir = Path(backup_dir)
-    backup_dir.mkdir(parents=True, exist_ok=True)
     name = checkpoint_name(step)
     tmp, final = backup_dir / (name + ".tmp"), backup_dir / name
-    shutil.rmtree(tmp, ignore_errors=True)
-    # Weights plus the HDF5 file's own bookkeeping (about 1 KiB a variable).
-    ensure_free_space(backup_dir, int(variables_bytes(model) * 1.05) + (2 << 20),
-                      f"the checkpoint {name}")
+    variables = state_variables(model)
+    spread = orbax_checkpoints.is_spread(variables)  # as is_sharded
+    chief = processes.index() == 0
+    if not chief and not spread:
+        return final  # whole state: process 0 writes it alone (inside on_host)
+    if chief:
+        backup_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    # Weights plus the files' own bookkeeping (HDF5: about 1 KiB a variable). Under several
+    # processes each checks the shared folder for the whole (its file system's free space).
+    ensure_free_space(backup_dir if backup_dir.is_dir() else backup_dir.parent,
+                      int(variables_bytes(model) * 1.05) + (2 << 20), f"the checkpoint {name}")
     failure = None
     try:
-        tmp.mkdir()
-        model.save_weights(tmp / WEIGHTS)
-        (tmp / STATE).write_text(json.dumps(dict(state, step=step)), encoding="utf-8")
-        files = {f: {"bytes": (tmp / f).stat().st_size, "sha256": file_sha256(tmp / f)}
-                 for f in (WEIGHTS, STATE)}
-        (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1),
-                                    encoding="utf-8")
-        _fsync_tree(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        pointer = backup_dir / (LATEST + ".tmp")
-        pointer.write_text(name, encoding="utf-8")
-        os.replace(pointer, backup_dir / LATEST)
+        if chief:
+            tmp.mkdir()
+        if spread:
+            orbax_checkpoints.barrier(f"kzoo-checkpoint-{step}-folder")  # tmp/ is there
+            orbax_checkpoints.save_tree(tmp / SHARDS, variables)
+            orbax_checkpoints.barrier(f"kzoo-checkpoint-{step}-written")  # every shard is in
+        else:
+            model.save_weights(tmp / WEIGHTS)
+        if chief:
+            _seal(tmp, final, step, state)
     except OSError as error:
         failure = write_error(tmp, error)
         error.__traceback__ = None  # its frames hold the failed write's open h5py objects
     if failure is not None:
         release_failed_write()
-        shutil.rmtree(tmp, ignore_errors=True)
-        (backup_dir / (LATEST + ".tmp")).unlink(missing_ok=True)
+        if chief:
+            shutil.rmtree(tmp, ignore_errors=True)
+            (backup_dir / (LATEST + ".tmp")).unlink(missing_ok=True)
         raise failure
-    for old in list_checkpoints(backup_dir)[max(1, keep):]:
-        shutil.rmtree(old, ignore_errors=True)
+    if chief:
+        for old in list_checkpoints(backup_dir)[max(1, keep):]:
+            shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _seal(tmp: Path, final: Path, step: int, state: dict) -> None:
+    """Process 0, once the weights are written: state, manifest over every file, rename,
+    LATEST."""
+    (tmp / STATE).write_text(json.dumps(dict(state, step=step)), encoding="utf-8")
+    paths = sorted(p for p in tmp.rglob("*") if p.is_file() and p.name != MANIFEST)
+    files = {p.relative_to(tmp).as_posix(): {"bytes": p.stat().st_size,
+                                             "sha256": file_sha256(p)} for p in paths}
+    (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1),
+                                encoding="utf-8")
+    _fsync_tree(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    pointer = final.parent / (LATEST + ".tmp")
+    pointer.write_text(final.name, encoding="utf-8")
+    os.replace(pointer, final.parent / LATEST)
 
 
 def release_failed_write() -> None:
@@ -151,9 +214,10 @@ def release_failed_write() -> None:
 
 
 def _fsync_tree(folder: Path) -> None:
-    for path in folder.iterdir():
-        with path.open("rb") as f:
-            os.fsync(f.fileno())
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as f:
+                os.fsync(f.fileno())
 
 
 def verify_checkpoint(folder: Path) -> str | None:
@@ -162,7 +226,8 @@ def verify_checkpoint(folder: Path) -> str | None:
         return f"{folder} is missing"
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
-        if (folder / WEIGHTS).is_file() and (folder / STATE).is_file():
+        if ((folder / WEIGHTS).is_file() or (folder / SHARDS).is_dir()) and (
+                folder / STATE).is_file():
             return None  # written by an older kzoo, before manifests: nothing to check against
         return f"{manifest_path} is missing"
     try:
@@ -171,6 +236,8 @@ def verify_checkpoint(folder: Path) -> str | None:
         return f"{manifest_path} is not a valid manifest ({error})"
     for name, expected in files.items():
         path = folder / name
+        if not isinstance(expected, dict) or ".." in Path(name).parts or Path(name).is_absolute():
+            return f"{manifest_path} is not a valid manifest (entry {name!r})"
         if not path.is_file():
             return f"{path} is missing"
         size = path.stat().st_size
@@ -225,9 +292,12 @@ def restore_checkpoint(model, backup_dir) -> dict | None:
         if problem is None:
             try:
                 state = read_state(folder)
-                model.load_weights(folder / WEIGHTS)
+                _load(model, folder)
+            except _WrongBackend:
+                raise
             except (RunFolderError, OSError, ValueError) as error:
-                problem = f"{folder / WEIGHTS} could not be loaded ({str(error)[:200]})"
+                read = folder / (SHARDS if (folder / SHARDS).is_dir() else WEIGHTS)
+                problem = f"{read} could not be loaded ({str(error)[:200]})"
         if problem is None:
             if problems:
                 print(f"warning: resuming from {folder}, the newest intact checkpoint",
@@ -238,3 +308,19 @@ def restore_checkpoint(model, backup_dir) -> dict | None:
               "an older one", file=sys.stderr, flush=True)
     raise RunFolderError(f"no intact checkpoint in {backup_dir} ({'; '.join(problems)}); "
                          "the run cannot resume: start it again in a new run_dir")
+
+
+def _load(model, folder: Path) -> None:
+    """Load checkpoint `folder`'s weights, in the format its files tell."""
+    if not (folder / SHARDS).is_dir():
+        model.load_weights(folder / WEIGHTS)
+        return
+    if backend_name() != "jax":
+        # not a damaged checkpoint: said at once rather than falling back past it
+        raise _WrongBackend(f"{folder} was written shard by shard (Orbax) by a sharded JAX "
+                            f"run; resume it with KERAS_BACKEND=jax, not {backend_name()}")
+    orbax_checkpoints.restore_tree(folder / SHARDS, state_variables(model))
+
+
+class _WrongBackend(RunFolderError):
+    pass

@@ -37,7 +37,7 @@ from kzoo.data import train_dataset as make_train_dataset
 from kzoo.data.pipeline import eval_windows
 from kzoo.tokenizers import check_vocab, load_tokenizer, train_tokenizer
 from kzoo.training import callbacks as cb
-from kzoo.training.checkpoints import restore_checkpoint
+from kzoo.training.checkpoints import is_sharded, restore_checkpoint
 from kzoo.training.config import between, checked, rerun_header, save_config
 from kzoo.training.distribute import (
     KerasStrategy,
@@ -357,15 +357,20 @@ def _pretrain_in(run: RunDir, config: PretrainConfig, strategy, chief: bool) -> 
         callbacks.append(cb.MetricsLog(run.metrics, resume_step=start if resume else None))
         if t.tensorboard and _has_tensorboard():
             callbacks.append(keras.callbacks.TensorBoard(str(run.tensorboard), write_graph=False))
+    # State split over devices is checkpointed shard by shard, every process writing its own
+    # (kzoo.training.checkpoints): that backup runs on every process, outside the gather.
+    sharded = is_sharded(model)
+    backup = cb.Backup(run.backup, state, guard=guard, keep=t.keep_backups,
+                       enabled=chief or sharded)
     writers = [  # several processes: all gather the weights to host, the chief writes
         cb.SaveBest(run.best_model, state, guard=guard, enabled=chief),
-        cb.Backup(run.backup, state, guard=guard, keep=t.keep_backups, enabled=chief),
+        *([] if sharded else [backup]),
     ]
     if chief and config.sample.every_interval:
         s = config.sample
         writers.append(cb.PrintSample(tokenizer, s.prompt, s.max_new_tokens, s.temperature,
                                       s.top_k, guard=guard))
-    callbacks += host_callbacks(writers)
+    callbacks += host_callbacks(writers) + ([backup] if sharded else [])
     if start:
         print(f"Resuming {run.root} from step {start}", flush=True)
     began = time.perf_counter()

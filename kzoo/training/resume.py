@@ -7,9 +7,10 @@ written (`FREE`) may; any other change (learning rate, steps, schedule, batch si
 refused and named unless the config says `resume: override`, and every resume is recorded in
 the folder's `resumes.jsonl`.
 
-The devices may change too: a checkpoint holds whole arrays (gathered to the host when it was
-written), and loading it under another mesh or distribution lays each array out as the new
-run's layouts say (resharding). Each checkpoint's state records the sharding it was trained
+The devices may change too: a checkpoint holds whole arrays (`.weights.h5`) or a sharded
+run's shards (Orbax, `kzoo.training.checkpoints`), and loading either under another mesh,
+distribution or number of processes lays each array out as the new run's layouts say
+(resharding). Each checkpoint's state records the sharding it was trained
 under (`sharding_of`); a resume under another one adds `"sharding": [saved, now]` to the
 record's changes, also when only the device count changed and the config did not (a mesh of
 `null` puts every device on the model axis, however many there are).

@@ -4,12 +4,18 @@ the CPU), each with 2 virtual devices: one 4-device mesh over both.
 All children start at once (one test, one round of process starts):
 - `p0`, `p1`: processes 0 and 1 of a run (KERAS_DISTRIBUTION_* variables, a port free on
   127.0.0.1), each running the tiny demo config under fsdp on a {batch: 2, model: 2} mesh and
-  tensor_parallel on {batch: 1, model: 4}, then a mesh of the wrong size. Process 1 is given
-  its own run_dir, which must stay absent: only the chief writes.
+  tensor_parallel on {batch: 1, model: 4}, then a mesh of the wrong size. Both are given the
+  same run_dir (a shared folder, as on a cluster): process 0 alone writes the run's files,
+  and each process writes its own shards of every checkpoint (Orbax, `ocdbt.process_<i>/`),
+  which nobody gathers; process 0's manifest lists them all.
 - `single`: one process, 4 devices, the 2x2 run, then a one-device run (the reference).
 - `lonely`: `kzoo pretrain` as process 1 with nobody at the coordinator's port, and
 - `orphan`: `kzoo pretrain` as process 0 whose peer never comes: both fail at the 3 s
   timeout with one `error:` line naming the address and exit code 2.
+
+Then one more child, `resume`: a copy of the tensor_parallel run taken back to its step-5
+checkpoint (written by both processes) resumes in ONE process on one device and continues
+with the two processes' step-10 loss and validation loss.
 
 Each process must read only its slice of every batch: process 0's first rows and process 1's
 make the single process's batch on the 2x2 mesh (the batch axis runs across the processes),
@@ -28,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT, installed, start_backend_children
+from tests.helpers import ROOT, installed, run_backend_children, start_backend_children
 from tests.training.test_sharding_pretrain import DEMO, _rows
 
 SETTINGS = [
@@ -95,8 +101,7 @@ def child(mode, workdir):
     workdir = Path(workdir)
     out = {"runs": {}, "first": {}, "result": {}, "chief": is_chief()}
     for name, extra in runs.items():
-        # process 1 gets a folder of its own: it must write nothing there
-        run = workdir / ("p1" if not is_chief() else "runs" if mode == "process" else mode) / name
+        run = workdir / ("runs" if mode == "process" else mode) / name  # shared by p0 and p1
         result = _pretrain([*settings, *extra], run)
         out["result"][name] = {k: result[k] for k in ("loss", "val_loss")}
         out["first"][name] = first[-1]
@@ -109,6 +114,31 @@ def child(mode, workdir):
         except ValueError as error:
             out["wrong"] = [str(error), (workdir / "wrong").exists()]
     print("PROCESSES " + json.dumps(out), flush=True)
+
+
+def resume(workdir):
+    """The tensor_parallel run of both processes, back to step 5, resumed on one device."""
+    import shutil
+
+    import jax
+
+    from kzoo.training.checkpoints import verify_checkpoint
+
+    workdir = Path(workdir)
+    run = workdir / "resumed"
+    shutil.copytree(workdir / "runs/tp_1x4", run)
+    shutil.rmtree(run / "backup/step-0000010")
+    (run / "backup/LATEST").write_text("step-0000005")
+    settings = [s.replace("LOCAL", "0") for s in SETTINGS]
+    result = _pretrain([*settings, "train.distribution=none"], run)
+    out = {"devices": jax.device_count(), "resumed_from": result["resumed_from"],
+           "rows": _rows(run),
+           "intact": [verify_checkpoint(run / "backup" / f"step-{s:07d}") for s in (5, 10)]}
+    print("PROCESSES " + json.dumps(out), flush=True)
+
+
+def _manifest_files(folder):
+    return sorted(json.loads((folder / "manifest.json").read_text())["files"])
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +171,12 @@ def kids(tmp_path_factory):
     with start_backend_children(lambda label: args[label], dict.fromkeys(args, "jax"),
                                 env=env, cwd=ROOT) as started:
         done = started.wait()
-    return {"work": work, "ports": ports, "done": done,
-            **{label: done[label].json("PROCESSES ") for label in ("p0", "p1", "single")}}
+    out = {label: done[label].json("PROCESSES ") for label in ("p0", "p1", "single")}
+    # after both processes: their checkpoint resumed in one process on one device
+    out["resume"] = run_backend_children(
+        ["-m", "tests.training.test_sharding_processes", "resume", str(work)],
+        backends=("jax",))["jax"].json("PROCESSES ")
+    return {"work": work, "ports": ports, "done": done, **out}
 
 
 def test_two_processes_train_as_one(kids):
@@ -166,13 +200,18 @@ def test_two_processes_train_as_one(kids):
     assert single["first"]["one_device"] == whole and len(whole) == 8
     assert p0["first"]["fsdp_2x2"] == whole[:4] and p1["first"]["fsdp_2x2"] == whole[4:]
     assert p0["first"]["tp_1x4"] == p1["first"]["tp_1x4"] == whole
-    # only the chief wrote: its folders are whole, process 1's run_dir never existed
+    # the chief wrote the run's files; each checkpoint holds both processes' own shards
+    # (Orbax names a process's files by its index), listed in the chief's manifest
     for name in RUNS:
         folder = work / "runs" / name
         assert {"model.keras", "best.keras", "metrics.csv", "config.yaml"} <= {
             p.name for p in folder.iterdir()}, name
-        assert any((folder / "backup").iterdir())
-    assert not (work / "p1").exists()
+        for step in (5, 10):
+            files = _manifest_files(folder / "backup" / f"step-{step:07d}")
+            for index in (0, 1):
+                assert f"weights/array_metadatas/process_{index}" in files, (name, step)
+                assert any(f.startswith(f"weights/ocdbt.process_{index}/d/") for f in files)
+            assert "ckpt.weights.h5" not in files and "state.json" in files
     # the chief sampled from the weights gathered to it, alone; process 1 did not
     assert "=== sample from" in kids["done"]["p0"].stdout
     assert "=== sample from" not in kids["done"]["p1"].stdout
@@ -189,6 +228,15 @@ def test_two_processes_train_as_one(kids):
         assert kid.returncode == 2, (label, kid.stderr[-2000:])
         assert len(errors) == 1 and text in errors[0], (label, kid.stderr[-2000:])
         assert "Traceback" not in kid.stderr and not (work / label).exists()
+
+
+def test_a_checkpoint_of_two_processes_resumes_in_one_process_on_one_device(kids):
+    got, whole = kids["resume"], kids["p0"]["runs"]["tp_1x4"]
+    assert got["devices"] == 1 and got["resumed_from"] == 5
+    assert len(got["rows"]) == 2 and got["rows"][0] == whole[0]  # step 5 kept, 10 redone
+    for key in ("loss", "val_loss"):
+        np.testing.assert_allclose(got["rows"][1][key], whole[1][key], rtol=1e-5, err_msg=key)
+    assert got["intact"] == [None, None]
 
 
 def test_process_settings_are_read_from_the_environment_or_refused_in_one_line(monkeypatch):
@@ -248,3 +296,5 @@ def test_process_settings_are_read_from_the_environment_or_refused_in_one_line(m
 
 if __name__ == "__main__" and sys.argv[1:2] in (["process"], ["single"]):
     child(sys.argv[1], sys.argv[2])
+elif __name__ == "__main__" and sys.argv[1:2] == ["resume"]:
+    resume(sys.argv[2])

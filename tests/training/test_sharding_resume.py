@@ -1,13 +1,18 @@
 """A sharded pre-training run resumes on another mesh (issue 24 item 5), on JAX.
 
 One child with 4 CPU devices (`train.logical_cpus=4`) trains the tiny demo config for 4 steps
-under fsdp on a 1x4 mesh, checkpointing at steps 2 and 4. Copies of its folder, taken back to
-the step-2 checkpoint, resume on one device (distribution none) in that child, and on a 1x2
-fsdp mesh in a second child that has 2 devices: both continue with the uninterrupted run's
-step-4 loss and validation loss, the new sharding recorded in `resumes.jsonl`. A changed model
-is refused with the folder untouched. The sharded run's `model.keras` and a `save_hf` folder
-written from the sharded model in memory load on one device with the sharded model's logits,
-and every checkpoint of the sharded run passes its manifest's checks.
+under fsdp on a 1x4 mesh, checkpointing at steps 2 and 4: each checkpoint is written shard by
+shard with Orbax (`weights/`, no `.weights.h5`), its manifest lists every file in the folder.
+Copies of its folder, taken back to the step-2 checkpoint, resume on one device (distribution
+none) in that child, and on a 1x2 fsdp mesh in a second child that has 2 devices: both
+continue with the uninterrupted run's step-4 loss and validation loss, the new sharding
+recorded in `resumes.jsonl`. The one-device copy is taken back by damaging one Orbax shard
+file of step 4: the restore falls back to step 2 with a warning naming that file. That
+one-device resume writes its step-4 checkpoint as `.weights.h5` (its state is whole); the
+second child loads it into the 1x2 sharded model (a sharded run resumes from an `.h5`
+checkpoint) and gets the one-device model's weights. A changed model is refused with the
+folder untouched. The sharded run's `model.keras` and a `save_hf` folder written from the
+sharded model in memory load on one device with the sharded model's logits.
 """
 
 import csv
@@ -44,6 +49,21 @@ def _back_to_step_2(run, copy):
     (copy / "backup/LATEST").write_text("step-0000002")
 
 
+def _damage_a_shard(run, copy) -> str:
+    """Copy `run` with one Orbax shard file of its step-4 checkpoint's bytes flipped; return
+    that file's path."""
+    shutil.copytree(run, copy)
+    shard = sorted((copy / "backup/step-0000004/weights").glob("ocdbt.process_0/d/*"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    return str(shard)
+
+
+def _files(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
 def _snapshot(run):
     return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*"))
             if p.is_file()}
@@ -66,10 +86,17 @@ def _recorder():
 
 
 def _resume(run, extra, out):
+    import contextlib
+    import io
+
     from kzoo.training import PretrainConfig, load_config, pretrain
     from kzoo.training.checkpoints import list_checkpoints, verify_checkpoint
 
-    result = pretrain(load_config(DEMO, PretrainConfig, [*SETTINGS, *extra, f"run_dir={run}"]))
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        result = pretrain(load_config(DEMO, PretrainConfig,
+                                      [*SETTINGS, *extra, f"run_dir={run}"]))
+    out["warnings"] = [ln for ln in stderr.getvalue().splitlines() if ln.startswith("warning:")]
     out["resumed_from"] = result["resumed_from"]
     out["rows"] = _rows(run)
     out["resumes"] = [json.loads(line) for line in (run / "resumes.jsonl").open()]
@@ -96,10 +123,11 @@ def child_four(workdir):
     out["whole"]["split"] = _split(sharded)
     out["whole"]["checkpoints"] = [
         [c.name, verify_checkpoint(c), sorted(json.loads((c / MANIFEST).read_text())["files"]),
-         read_state(c)["step"], read_state(c)["sharding"]]
+         read_state(c)["step"], read_state(c)["sharding"], _files(c)]
         for c in list_checkpoints(whole / "backup")]
-    for name in ("one", "two", "changed_model"):
+    for name in ("two", "changed_model"):
         _back_to_step_2(whole, workdir / name)
+    out["one"]["damaged"] = _damage_a_shard(whole, workdir / "one")
 
     # The gathered model: model.keras and a save_hf folder from the sharded model, each loaded
     # outside any distribution (one device) against the sharded model's logits.
@@ -118,6 +146,10 @@ def child_four(workdir):
     out["files"] = files
 
     _resume(workdir / "one", ONE, out["one"])
+    # its step 4, written from whole state on one device: a .weights.h5 checkpoint
+    step_4 = workdir / "one/backup/step-0000004"
+    out["one"]["step_4_files"] = sorted(json.loads((step_4 / MANIFEST).read_text())["files"])
+    shutil.copytree(workdir / "one", workdir / "h5")  # resumed by the 1x2 child
     run = workdir / "changed_model"
     before = _snapshot(run)
     try:
@@ -130,13 +162,26 @@ def child_four(workdir):
 
 
 def child_two(workdir):
-    """The resume on a 1x2 fsdp mesh, in a process with 2 devices."""
+    """The resume on a 1x2 fsdp mesh, in a process with 2 devices; then the one-device
+    resume's `.h5` step 4 loaded into the 1x2 sharded model (complete: nothing trains)."""
     import jax
+    import keras
+
+    import kzoo  # noqa: F401  (registers the kzoo classes for load_model)
 
     built = _recorder()
+    workdir = Path(workdir)
     out = {"devices": len(jax.devices())}
-    _resume(Path(workdir) / "two", TWO, out)
+    _resume(workdir / "two", TWO, out)
     out["split"] = _split(built[-1])
+    out["h5"] = {}
+    _resume(workdir / "h5", TWO, out["h5"])
+    sharded = built[-1]
+    whole = keras.saving.load_model(workdir / "one/model.keras")  # the one-device run's end
+    out["h5"]["split"] = _split(sharded)
+    out["h5"]["iterations"] = int(sharded.optimizer.iterations.numpy())
+    out["h5"]["max_diff"] = max(float(np.max(np.abs(np.asarray(a.value) - b.numpy())))
+                                for a, b in zip(sharded.weights, whole.weights, strict=True))
     print("RESUME " + json.dumps(out))
 
 
@@ -195,15 +240,28 @@ def test_the_run_was_sharded_and_its_checkpoints_are_intact(runs):
     assert {"token_embedding/embeddings", "block_0/attention/query_key_value/kernel"} <= set(
         four["whole"]["split"])
     fsdp = {"layout": "fsdp", "mesh": {"batch": 1, "model": 4}}
-    assert four["whole"]["checkpoints"] == [
-        [f"step-000000{step}", None, ["ckpt.weights.h5", "state.json"], step, fsdp]
-        for step in (4, 2)]
+    checkpoints = four["whole"]["checkpoints"]
+    assert [c[:2] + c[3:5] for c in checkpoints] == [
+        [f"step-000000{step}", None, step, fsdp] for step in (4, 2)]
+    for _, _, listed, _, _, present in checkpoints:
+        # written shard by shard with Orbax, and the manifest names every other file
+        assert "ckpt.weights.h5" not in present
+        assert listed == [f for f in present if f != "manifest.json"]
+        assert "state.json" in listed and "weights/_METADATA" in listed
+        assert any(f.startswith("weights/ocdbt.process_0/d/") for f in listed)
     assert [r["step"] for r in four["whole"]["rows"]] == [2, 4]
 
 
 def test_resume_on_one_device_continues_the_sharded_run(runs):
     one = runs["four"]["one"]
     _continues_the_whole_run(one, runs["four"]["whole"]["rows"])
+    # the damaged shard of step 4 was named, and step 2 (intact) used
+    damaged, fallback = one["warnings"]
+    assert damaged.startswith("warning: checkpoint step-0000004 is damaged: ")
+    assert f"{one['damaged']} does not match its sha256" in damaged
+    assert fallback.endswith("step-0000002, the newest intact checkpoint")
+    # its own step 4, of whole state, is a .weights.h5 checkpoint
+    assert one["step_4_files"] == ["ckpt.weights.h5", "state.json"]
     (record,) = one["resumes"]
     assert record["from_step"] == 2 and record["override"] is False
     assert record["changed"]["train.distribution"] == ["fsdp", "none"]
@@ -220,6 +278,13 @@ def test_resume_on_two_devices_reshards_and_continues(runs):
     assert record["changed"]["train.mesh"] == [{"batch": 1, "model": 4}, {"batch": 1, "model": 2}]
     assert record["changed"]["sharding"][1] == {"layout": "fsdp", "mesh": {"batch": 1, "model": 2}}
     assert "train.distribution" not in record["changed"] and not record["override"]
+
+
+def test_a_sharded_run_resumes_from_an_h5_checkpoint(runs):
+    h5 = runs["two"]["h5"]
+    assert h5["resumed_from"] == 4 and h5["warnings"] == []
+    assert h5["split"] == runs["four"]["whole"]["split"]  # laid out on the 1x2 mesh
+    assert h5["iterations"] == 4 and h5["max_diff"] == 0.0  # the file's weights, exactly
 
 
 def test_a_changed_model_is_refused_whatever_the_mesh(runs):
