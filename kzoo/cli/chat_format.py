@@ -71,8 +71,10 @@ def _run_template(source) -> str | None:
     """`data.template` of a fine-tuning run's config.yaml (read as plain YAML data)."""
     from kzoo.training.config import read_yaml
 
+    if source is None or source.kind != "run":  # None: a model given to the library directly
+        return None
     path = source.path / "config.yaml"
-    if source.kind != "run" or not path.is_file():
+    if not path.is_file():
         return None
     config = read_yaml(path)
     data = config.get("data") if isinstance(config, dict) else None

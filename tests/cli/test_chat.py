@@ -81,6 +81,14 @@ def test_sft_template_of_the_run_is_used(run_dir, tmp_path):
         chat_lib.choose_format(tokenizer, None, "nope")
 
 
+def test_a_model_without_a_source_or_chat_template_continues_raw_text():
+    # The library call with no model source (source=None, as its docstring allows) used to
+    # raise AttributeError reading None.path.
+    fmt = chat_lib.choose_format(ByteTokenizer(), None)
+    assert fmt.name.startswith("raw text")
+    assert fmt.end == list(ByteTokenizer().encode("\n"))  # turns end in a new line, not EOT
+
+
 def test_chat_template_matches_transformers(tmp_path):
     from transformers import AutoTokenizer
 
