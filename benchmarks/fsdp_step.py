@@ -5,10 +5,11 @@ Run by benchmarks/accelerator.sh after the one-device figures (issue 24 item 7),
 machine with several accelerators measures sharded training. With one device there is nothing
 to shard: one line says so and it exits 0. The mesh is {batch: 1, model: N} (every weight split
 N ways, the whole batch on every device), kzoo's own fsdp layouts through
-`kzoo.training.distribute`; the model is float32 weights computing in bfloat16.
+`kzoo.training.distribute`; the model is float32 weights computing in bfloat16 (`--precision`).
 
 Run: `KERAS_BACKEND=jax python benchmarks/fsdp_step.py [--batch 8] [--seq 1024] [--steps 10]`
-(on a CPU, `XLA_FLAGS=--xla_force_host_platform_device_count=4` and `--seq 64` try it out).
+(on a CPU, `XLA_FLAGS=--xla_force_host_platform_device_count=4` and `--seq 64` try it out;
+benchmarks/fsdp_devices.py runs it on 1, 2, 4 and 8 virtual CPU devices side by side).
 """
 
 import argparse
@@ -37,6 +38,10 @@ def main() -> int:
     parser.add_argument("--seq", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--precision", default="mixed_bfloat16",
+                        choices=["float32", "mixed_bfloat16"])
+    parser.add_argument("--one-device", action="store_true",
+                        help="measure one device too (a 1x1 mesh), as the baseline of a sweep")
     args = parser.parse_args()
 
     import keras
@@ -47,7 +52,7 @@ def main() -> int:
               "skipped")
         return 0
     devices = keras.distribution.list_devices()
-    if len(devices) < 2:
+    if len(devices) < 2 and not args.one_device:
         print(f"accelerator: fsdp: one device ({devices[0]}), nothing to shard: skipped")
         return 0
 
@@ -58,7 +63,7 @@ def main() -> int:
     mesh = {"batch": 1, "model": len(devices)}
     strategy = get_strategy("fsdp", mesh=mesh)
     lay_out(strategy, "gpt2_124m", vocab_size=VOCAB)
-    keras.config.set_dtype_policy("mixed_bfloat16")
+    keras.config.set_dtype_policy(args.precision)
     with run_scope(strategy):
         model = CausalLM.from_preset("gpt2_124m", dropout=0.0)
         model.compile(optimizer=keras.optimizers.AdamW(3e-4),
