@@ -7,7 +7,8 @@ One child process per backend (TensorFlow, JAX, PyTorch) measures, on the same s
   keras-hub's `GPT2CausalLM.generate` on the same backend (same prompts, every row runs all
   its new tokens);
 - a DPO step (frozen reference copy) against a pre-training step on the same tokens.
-Compiled the backend's way: XLA on TensorFlow, jax.jit on JAX, eager on PyTorch.
+Trained the recipes' way: XLA on TensorFlow, jax.jit on JAX, kzoo's recorded train step on
+PyTorch (`kzoo.backend.compile_train_step`).
 
 Run: `python benchmarks/backends.py [--quick] [--backends tensorflow,jax,torch]`
 """
@@ -25,11 +26,12 @@ TRAIN = {"gpt_baby": (12, 64), "gpt_mini": (8, 128)}  # preset: (batch, seq)
 GENERATE = {"baby": ("gpt_baby", 256, 8, 16, 64), "124m": ("gpt2_124m", 50257, 1, 16, 32)}
 
 
-def _jit() -> bool:
-    """What the recipes compile with: XLA on TensorFlow and JAX, eager on PyTorch."""
-    from kzoo import backend
+def _compile(model, **compile_args):
+    """What the recipes compile with (`train.jit_compile: true`): XLA on TensorFlow and JAX,
+    kzoo's recorded train step on PyTorch (benchmarks/torch_compile.py compares it to eager)."""
+    from kzoo.training.recipe import compile_for_backend
 
-    return backend.train_jit_compile(True)
+    compile_for_backend(model, True, **compile_args)
 
 
 def _train_tokens_per_s(preset, batch, seq, steps, repeats):
@@ -40,9 +42,8 @@ def _train_tokens_per_s(preset, batch, seq, steps, repeats):
 
     keras.utils.set_random_seed(0)
     model = CausalLM.from_preset(preset, vocab_size=65, max_sequence_length=256, dropout=0.0)
-    model.compile(optimizer=keras.optimizers.AdamW(1e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  jit_compile=_jit())
+    _compile(model, optimizer=keras.optimizers.AdamW(1e-3),
+             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     ids = np.random.default_rng(0).integers(0, 65, (batch * steps, seq + 1)).astype("int32")
     x, y = ids[:, :-1], ids[:, 1:]
     model.fit(x[:batch], y[:batch], batch_size=batch, verbose=0)  # compile
@@ -101,12 +102,11 @@ def _dpo_ratio(steps, repeats, pairs=8, length=128):
                                     dropout=0.0)
 
     pretrain = model()
-    pretrain.compile(optimizer=keras.optimizers.Adam(1e-4),
-                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                     jit_compile=_jit())
+    _compile(pretrain, optimizer=keras.optimizers.Adam(1e-4),
+             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     policy = model()
     dpo = DPOModel(policy, frozen_copy(policy))
-    dpo.compile(optimizer=keras.optimizers.Adam(1e-4), jit_compile=_jit())
+    _compile(dpo, optimizer=keras.optimizers.Adam(1e-4))
     batch = {"token_ids": ids, "loss_mask": mask}
     runs = {"pretrain": lambda: pretrain.train_on_batch(flat[:, :-1], flat[:, 1:]),
             "dpo": lambda: dpo.train_on_batch(batch)}

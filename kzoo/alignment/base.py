@@ -249,15 +249,22 @@ class PolicyModel(keras.Model):
     def metrics(self):
         return list(self.trackers.values())
 
-    def compile(self, optimizer=None, **kwargs):
+    def compile(self, optimizer=None, jit_compile="auto", **kwargs):
         """Compile with an optimizer only: the loss is the method's, chosen at build.
+        `jit_compile` True on PyTorch is kzoo's recorded train step
+        (`kzoo.backend.compile_train_step`), not Keras' `torch.compile`; "auto" is Keras'.
 
         Example:
         ```python
         model.compile(optimizer=keras.optimizers.AdamW(1e-4), jit_compile=False)
         ```
         """
-        super().compile(optimizer=optimizer or self.default_optimizer, **kwargs)
+        keras_jit = jit_compile if jit_compile == "auto" else backend.train_jit_compile(
+            jit_compile)
+        super().compile(optimizer=optimizer or self.default_optimizer, jit_compile=keras_jit,
+                        **kwargs)
+        if jit_compile != "auto":
+            backend.compile_train_step(self, jit_compile)
         # Create the slots now, under the caller's distribution scope, not inside the step.
         self.optimizer.build(self.tuned_variables())
 

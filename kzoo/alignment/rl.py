@@ -30,6 +30,7 @@ import warnings
 
 import numpy as np
 
+from kzoo import backend
 from kzoo.alignment.online import ALGORITHMS, PolicyGradientModel, TokenLogps
 from kzoo.alignment.rollout import encode_prompts, predict_rows, sample_groups
 from kzoo.losses import policy_gradient as pg
@@ -66,7 +67,8 @@ class OnlineConfig:
             them, so without it they drift (needs a reference).
         zero_std_warn_steps: int. warn after this many generation batches in a row where
             every group's rewards were equal (no learning signal).
-        jit_compile: bool. XLA-compile the generator.
+        jit_compile: bool. XLA-compile the generator; on PyTorch also record the train step
+            (`kzoo.backend.compile_train_step`).
     """
 
     algorithm: str = "grpo"
@@ -145,6 +147,9 @@ def build_trainer(policy, config: OnlineConfig, optimizer) -> PolicyGradientMode
         temperature=config.temperature, max_completion_length=config.max_new_tokens,
         prompt_kl_coef=config.prompt_kl_coef)
     model.compile(optimizer=optimizer)
+    # PyTorch: the train step recorded once (every row has one fixed length) and replayed;
+    # TensorFlow and JAX: nothing more (Keras' "auto").
+    backend.compile_train_step(model, config.jit_compile)
     return model
 
 

@@ -240,7 +240,8 @@ def control_dependencies(tensors):
 
 def train_jit_compile(jit_compile: bool) -> bool:
     """The `jit_compile` for `model.compile` when a config asks for `jit_compile`: itself on
-    TensorFlow and JAX (XLA), False on PyTorch (Keras' `torch.compile` re-traces the step).
+    TensorFlow and JAX (XLA), False on PyTorch (Keras' `torch.compile` re-traces the step per
+    layer; kzoo compiles it itself there: `compile_train_step`).
 
     Args:
         jit_compile: bool. what the config asks for.
@@ -248,6 +249,29 @@ def train_jit_compile(jit_compile: bool) -> bool:
     Example: `model.compile(optimizer="adamw", jit_compile=backend.train_jit_compile(True))`.
     """
     return _module("train_jit_compile")(jit_compile)
+
+
+def compile_train_step(model, jit_compile=True) -> None:
+    """After `model.compile(..., jit_compile=train_jit_compile(jit_compile))`: on PyTorch with
+    `jit_compile` true, `fit` / `evaluate` run the whole step (forward, backward, optimizer,
+    metrics) as one graph of ATen ops recorded once per batch shape, every variable an input
+    (`kzoo.backend.torch_train`); False: Keras' eager step. TensorFlow, JAX: nothing (XLA).
+
+    Args:
+        model: keras.Model. compiled, with its optimizer.
+        jit_compile: bool or str. True: "graph" (the recorded graph replayed as it is);
+            "inductor" or "aot_eager": `torch.compile` of that graph with this backend.
+
+    Raises:
+        ValueError: on PyTorch, a `jit_compile` string that is not one of those compilers.
+
+    Example: `backend.compile_train_step(model, True)` after `model.compile(...)`.
+    """
+    _module("compile_train_step", _keras_compiles_the_step)(model, jit_compile)
+
+
+def _keras_compiles_the_step(model, jit_compile):
+    pass  # TensorFlow and JAX: `model.compile`'s jit_compile is Keras' XLA
 
 
 def is_concrete(tensor) -> bool:
@@ -376,6 +400,7 @@ def split_cpu(logical_cpus: int) -> None:
 
 
 __all__ = ["KerasStrategy", "apply_gradients", "average_loss", "clip_global_batch",
-           "compile_function", "compile_step", "control_dependencies", "distribution",
-           "distribution_names", "is_concrete", "matmul_transposed", "name", "replica_mean",
-           "replica_sum", "split_cpu", "stateful_step", "train_jit_compile", "update_slice"]
+           "compile_function", "compile_step", "compile_train_step", "control_dependencies",
+           "distribution", "distribution_names", "is_concrete", "matmul_transposed", "name",
+           "replica_mean", "replica_sum", "split_cpu", "stateful_step", "train_jit_compile",
+           "update_slice"]

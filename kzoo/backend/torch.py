@@ -100,14 +100,31 @@ def control_dependencies(tensors):
 
 
 def train_jit_compile(jit_compile):
-    # Keras' torch `jit_compile` is `torch.compile`, which re-traces the train step at every
-    # change of grad mode and hits dynamo's recompile limit: a 4-step tiny pre-training took
-    # 152 s with it and 10 s eager on a busy 2-core CPU.
+    # Keras' torch `jit_compile` is `torch.compile` over Keras' Python, which breaks its graph
+    # and recompiles per layer until dynamo gives up: a 4-step tiny pre-training took 152 s
+    # with it and 10 s eager on a busy 2-core CPU. kzoo compiles the step itself instead
+    # (`compile_train_step`), so Keras is always told False.
     return False
 
 
+def compile_train_step(model, jit_compile):
+    from kzoo.backend import torch_train
+
+    if jit_compile is True:
+        jit_compile = torch_train.DEFAULT_COMPILER
+    if jit_compile and jit_compile not in torch_train.COMPILERS:
+        raise ValueError(f"jit_compile={jit_compile!r} is not a PyTorch train-step compiler; "
+                         f"valid: True, False or one of {list(torch_train.COMPILERS)}")
+    torch_train.install(model, jit_compile or None)
+
+
 def is_concrete(tensor):
-    return isinstance(tensor, torch.Tensor) and not torch.compiler.is_compiling()
+    # Fake tensors are what `make_fx` records a step on (`compile_step`, the compiled train
+    # step): they hold no values, like a tensor that `torch.compile` traces.
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return (isinstance(tensor, torch.Tensor) and not isinstance(tensor, FakeTensor)
+            and not torch.compiler.is_compiling())
 
 
 def clip_global_batch(grads, clip):

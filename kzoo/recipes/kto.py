@@ -161,6 +161,7 @@ def _run_in(run_dir, config: KTOConfig) -> dict:
     from kzoo.losses.kto import weight_advice
     from kzoo.training import rerun_header, save_config
     from kzoo.training.recipe import (
+        compile_for_backend,
         finish_tuning,
         fit_in_intervals,
         prepare_tuning,
@@ -195,8 +196,8 @@ def _run_in(run_dir, config: KTOConfig) -> dict:
     model = KTOModel(policy, reference, loss=kto.loss_type, beta=kto.beta,
                      desirable_weight=kto.desirable_weight,
                      undesirable_weight=kto.undesirable_weight)
-    model.compile(optimizer=tuning_optimizer(train_cfg, keras.optimizers.Adam),
-                  jit_compile=train_cfg.jit_compile)
+    compile_for_backend(model, train_cfg.jit_compile,
+                        optimizer=tuning_optimizer(train_cfg, keras.optimizers.Adam))
     val_ds = unpaired_dataset(val, train_cfg.batch_size)
     held_out = (model, val_ds, policy, reference, pairs, kto.beta, train_cfg.batch_size)
     before = _held_out(*held_out)

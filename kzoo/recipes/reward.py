@@ -63,14 +63,20 @@ def _run_in(run_dir, config: RewardConfig) -> dict:
 
     from kzoo.alignment.reward import RewardModel, reward_dataset
     from kzoo.training import NaNGuard, rerun_header, save_config
-    from kzoo.training.recipe import diverged, prepare_tuning, save_tuned, tuning_optimizer
+    from kzoo.training.recipe import (
+        compile_for_backend,
+        diverged,
+        prepare_tuning,
+        save_tuned,
+        tuning_optimizer,
+    )
 
     set_random_seed(config.seed)
     data = config.data
     tokenizer, backbone, train, val, counts = load_pairs(data, config.model)
     model = RewardModel(prepare_tuning(backbone, config.lora, config.train))  # head trains too
-    model.compile(optimizer=tuning_optimizer(config.train),
-                  jit_compile=config.train.jit_compile)
+    compile_for_backend(model, config.train.jit_compile,
+                        optimizer=tuning_optimizer(config.train))
     val_ds = reward_dataset(val, config.train.batch_size, shuffle=False)
     before = model.evaluate(val_ds, verbose=0, return_dict=True)
     guard = NaNGuard(model, keys=("loss",), max_loss_factor=config.train.max_loss_factor)

@@ -79,7 +79,7 @@ def _run_in(run_dir, config: SFTConfig) -> dict:
     )
     from kzoo.training import NaNGuard, rerun_header, save_config
     from kzoo.training.recipe import (
-        backend_jit_compile,
+        compile_for_backend,
         diverged,
         prepare_tuning,
         save_tuned,
@@ -101,7 +101,7 @@ def _run_in(run_dir, config: SFTConfig) -> dict:
     model = prepare_tuning(model, config.lora, config.train)
     optimizer = tuning_optimizer(config.train, weight_decay=config.train.weight_decay)
     tuner = SFTModel(model)
-    tuner.compile(optimizer=optimizer, jit_compile=backend_jit_compile(config.train.jit_compile))
+    compile_for_backend(tuner, config.train.jit_compile, optimizer=optimizer)
     before = response_nll(model, val)
     eval_before = evaluation.score(model, tokenizer)
     guard = NaNGuard(model, keys=("loss",), max_loss_factor=config.train.max_loss_factor)

@@ -54,7 +54,7 @@ from kzoo.training.evaluation import EvalConfig, RecipeEval, compare
 from kzoo.training.layouts import LAYOUTS, family_of
 from kzoo.training.optimizers import build_adamw
 from kzoo.training.precision import PRECISIONS, warn_if_slower
-from kzoo.training.recipe import backend_jit_compile
+from kzoo.training.recipe import compile_for_backend
 from kzoo.training.resume import check_plan, interval_plan, note_sharding, resume_point
 from kzoo.training.run_folder import RunDir, RunFolderError, open_run
 from kzoo.training.schedules import WarmupSchedule
@@ -109,7 +109,7 @@ class TrainConfig:
     # float32, or mixed_bfloat16 (float32 variables, bfloat16 compute): kzoo.training.precision
     precision: Literal["float32", "mixed_bfloat16"] = "float32"
     dtype: Literal["float32", "mixed_bfloat16"] | None = None  # deprecated name of precision
-    jit_compile: bool = True  # XLA on TensorFlow and JAX; PyTorch: see recipe.backend_jit_compile
+    jit_compile: bool = True  # XLA on TensorFlow and JAX; PyTorch: kzoo's recorded step
     steps_per_execution: int = checked(1, "positive")
     # "none", "data_parallel" (= "mirrored": one replica per local device, on TensorFlow and
     # JAX), "multi_worker" (TensorFlow, TF_CONFIG), or the sharded "fsdp" / "tensor_parallel"
@@ -247,8 +247,8 @@ def _compile(model, config: PretrainConfig) -> None:
                               t.min_learning_rate)
     optimizer = build_adamw(model, schedule, t.weight_decay, t.beta_1, t.beta_2, t.epsilon,
                             t.clip_norm)
-    model.compile(optimizer=optimizer, jit_compile=backend_jit_compile(t.jit_compile),
-                  steps_per_execution=t.steps_per_execution)
+    compile_for_backend(model, t.jit_compile, optimizer=optimizer,
+                        steps_per_execution=t.steps_per_execution)
 
 
 def _logs_as_vectors(step):

@@ -33,7 +33,8 @@ class DivergedError(RuntimeError):
 def backend_jit_compile(jit_compile: bool) -> bool:
     """The `jit_compile` to pass to `model.compile` for a recipe's `train.jit_compile`: itself
     on TensorFlow and JAX (XLA), False on PyTorch (`kzoo.backend.train_jit_compile`: Keras'
-    torch `jit_compile` is `torch.compile`, which re-traces the train step).
+    torch `jit_compile` is `torch.compile`, which re-traces the train step; kzoo compiles the
+    step there itself, see `compile_for_backend`).
 
     Args:
         jit_compile: bool. what the config asks for.
@@ -46,6 +47,27 @@ def backend_jit_compile(jit_compile: bool) -> bool:
     from kzoo import backend
 
     return backend.train_jit_compile(jit_compile)
+
+
+def compile_for_backend(model, jit_compile: bool, **compile_args) -> None:
+    """`model.compile(**compile_args)` with a recipe's `train.jit_compile`: XLA on TensorFlow
+    and JAX; on PyTorch kzoo's compiled train step (one recorded graph per batch shape,
+    `kzoo.backend.compile_train_step`), or Keras' eager step when `jit_compile` is false.
+
+    Args:
+        model: keras.Model. the model to compile.
+        jit_compile: bool. the config's `train.jit_compile`.
+        **compile_args: passed to `model.compile` (optimizer, loss, steps_per_execution...).
+
+    Example:
+    ```python
+    compile_for_backend(model, True, optimizer="adamw")
+    ```
+    """
+    from kzoo import backend
+
+    model.compile(jit_compile=backend_jit_compile(jit_compile), **compile_args)
+    backend.compile_train_step(model, jit_compile)
 
 
 def diverged(guard, saved: str) -> DivergedError:
@@ -246,8 +268,8 @@ def tune_on_pairs(run_dir, config, recipe: str, header: str, build, optimizer=No
     data, train_cfg = config.data, config.train
     tokenizer, policy, train, val, counts = load_pairs(data, config.model)
     model, policy = build(policy, train, val)
-    model.compile(optimizer=tuning_optimizer(train_cfg, optimizer),
-                  jit_compile=train_cfg.jit_compile)
+    compile_for_backend(model, train_cfg.jit_compile,
+                        optimizer=tuning_optimizer(train_cfg, optimizer))
     val_ds = preference_dataset(val, train_cfg.batch_size, shuffle=False)
     before = model.evaluate(val_ds, verbose=0, return_dict=True)
     eval_before = evaluation.score(policy, tokenizer)

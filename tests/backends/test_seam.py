@@ -36,7 +36,8 @@ ALLOWED = {
 # Features dispatched by `_module` that only one backend needs (`stateful_step`: only JAX's
 # trainer calls a step with its state; `update_slice`: only PyTorch writes in place, the
 # others take Keras' `slice_update`; `compile_step`: only PyTorch runs its loops eagerly).
-ONE_BACKEND_FEATURES = {"stateful_step": "jax", "update_slice": "torch", "compile_step": "torch"}
+ONE_BACKEND_FEATURES = {"stateful_step": "jax", "update_slice": "torch", "compile_step": "torch",
+                        "compile_train_step": "torch"}
 
 
 def _is_backend_module(module: str) -> bool:
