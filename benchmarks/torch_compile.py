@@ -6,7 +6,9 @@ per mode measures a `fit` step (AdamW, next-token cross-entropy):
 - "graph": kzoo's step recorded once as a graph of ATen ops and replayed (`jit_compile: true`);
 - "aot_eager", "inductor": that graph through `torch.compile` with this backend (inductor
   generates and compiles C++ on a CPU; each process gets an empty inductor cache, so its
-  compile time is a cold one).
+  compile time is a cold one);
+- "nanogpt", "nanogpt_compile": nanoGPT's PyTorch reference (benchmarks/reference/nanogpt.py)
+  on the same batch, eager and with `torch.compile(model)` as its `compile=True` does.
 Columns: steady tokens/s (best of `--repeats` runs of `--steps` steps), `compile_s` (the first
 step's time minus a steady step's: recording plus compiling), and `run_500_s`, the seconds of a
 500-step run (the recipes' default `train.steps`) including that compile: the mode with the
@@ -27,8 +29,41 @@ from _common import best_of, cpu_name, report, run_child
 
 HERE = Path(__file__).resolve().parent
 TRAIN = {"gpt_baby": (12, 64), "gpt_mini": (8, 128)}  # preset: (batch, seq)
-MODES = ("eager", "graph", "aot_eager", "inductor")
+MODES = ("eager", "graph", "aot_eager", "inductor", "nanogpt", "nanogpt_compile")
 RUN_STEPS = 500
+
+
+def _nanogpt(preset, compiled, steps, repeats):
+    """nanoGPT's train step (AdamW) on the same shape; `compiled`: torch.compile(model)."""
+    import torch
+
+    sys.path.insert(0, str(HERE / "reference"))
+    from nanogpt import GPT
+
+    from kzoo.models import get_preset
+
+    batch, seq = TRAIN[preset]
+    p = get_preset(preset)
+    torch.manual_seed(0)
+    model = GPT(65, 256, p["num_layers"], p["num_heads"], p["hidden_dim"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    run = torch.compile(model) if compiled else model
+    ids = torch.randint(0, 65, (batch, seq + 1))
+    x, y = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
+
+    def step():
+        loss = run(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    start = time.perf_counter()
+    step()
+    first = time.perf_counter() - start
+    step_s = best_of(lambda: [step() for _ in range(steps)], repeats) / steps
+    return {"tokens_per_s": batch * seq / step_s, "step_ms": step_s * 1e3,
+            "compile_s": max(first - step_s, 0.0), "traces": 1 if compiled else 0,
+            "eager_steps": 0}
 
 
 def _measure(preset, mode, steps, repeats, threads):
@@ -39,6 +74,8 @@ def _measure(preset, mode, steps, repeats, threads):
     if threads:
         torch.set_num_threads(threads)
 
+    if mode.startswith("nanogpt"):
+        return _nanogpt(preset, mode == "nanogpt_compile", steps, repeats)
     from kzoo import backend
     from kzoo.models import CausalLM
 
