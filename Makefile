@@ -12,7 +12,9 @@ TORCH_TESTS ?= tests/layers tests/losses tests/samplers tests/models tests/gener
 	$(EVAL_TESTS)
 JAX_TESTS ?= tests/layers tests/losses tests/samplers tests/generation $(EVAL_TESTS)
 # pytest-xdist workers (0: one process). A test file runs whole in one worker (its module
-# fixtures once); tests/conftest.py gives each worker one PyTorch thread.
+# fixtures once); tests/conftest.py gives each worker one PyTorch thread, sends the slowest files
+# first (SLOW_FILES), and for the session sets XLA's optimisation level 0 and one JAX compile cache
+# for the JAX child processes (KZOO_TEST_FAST_COMPILE=0 turns both off).
 WORKERS ?= 2
 XDIST   := -n $(WORKERS) --dist loadfile
 

@@ -331,6 +331,9 @@ def start_backend_children(args_for_backend, backends=("jax", "torch"), *, env=N
                              [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
             if backend == "jax" and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
                 child_env.update(jax_cache_env())
+            if extra.get("XLA_FLAGS") and os.environ.get("XLA_FLAGS"):
+                # Keep the session's flags (tests/conftest.py) under the child's own, which win.
+                extra = {**extra, "XLA_FLAGS": f"{os.environ['XLA_FLAGS']} {extra['XLA_FLAGS']}"}
             child_env.update(extra)
             child_env = {k: v for k, v in child_env.items() if v is not None}
             # Files, not pipes: a child that writes more than a pipe holds while the parent
