@@ -220,6 +220,11 @@ class Terminal:
     def __init__(self, argv):
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: the command, with the pty as its terminal
+            # A shell starts a command with Ctrl-C's default action; a test worker may hold
+            # SIGINT ignored (a fresh-clone CI run saw it: both Ctrl-C tests failed), and an
+            # ignored signal stays ignored across exec, so Python would never raise
+            # KeyboardInterrupt in the chat.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.execvpe(sys.executable, [sys.executable, "-m", "kzoo.cli.main", *argv],
                        {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
         self.seen, self.pos = "", 0
