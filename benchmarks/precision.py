@@ -106,6 +106,7 @@ def main():
     parser.add_argument("--steps", type=int, default=2000, help="baby recipe steps")
     parser.add_argument("--mini-steps", type=int, default=60, help="gpt_mini speed steps")
     parser.add_argument("--torch-python", default=sys.executable)
+    parser.add_argument("--name", default="precision", help="results file name (no .json)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -124,7 +125,7 @@ def main():
         base = [r for r in rows if r["backend"] == row["backend"] and r["model"] == row["model"]
                 and r["precision"] == "float32"]
         row["x_float32"] = row["tokens_per_s"] / base[0]["tokens_per_s"] if base else None
-    report("precision", rows, {"steps": args.steps, "mini_steps": args.mini_steps,
+    report(args.name, rows, {"steps": args.steps, "mini_steps": args.mini_steps,
                                "cpu": cpu_name(), "recipe": "gpt/baby_shakespeare_char_pretrain"})
 
 
