@@ -49,15 +49,12 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (CPUs differ between machines: say which)."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+    """The CPU's model name (CPUs differ between machines: say which): kzoo's own
+    `kzoo.training.precision.cpu_name`, imported when called, so a benchmark's parent process,
+    which times children on other backends, does not import Keras and TensorFlow at its start."""
+    from kzoo.training.precision import cpu_name as kzoo_cpu_name
+
+    return kzoo_cpu_name()
 
 
 def _command_line() -> str:

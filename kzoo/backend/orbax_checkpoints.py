@@ -8,8 +8,8 @@ the rename, `LATEST`, `keep`); this module does the part that needs JAX and Orba
   Orbax; whole (replicated) state keeps the `.weights.h5` format.
 - `save_tree(folder, variables)`: every process writes the shards its own devices hold
   (`orbax.checkpoint.StandardCheckpointHandler`, synchronously, TensorStore's OCDBT format:
-  `ocdbt.process_<i>/` per process), one flat tree `{position: array}` (the variables in
-  the order given, as `.weights.h5` files do). Nothing is gathered to a host.
+  `ocdbt.process_<i>/` per process: `process_folder(i)`), one flat tree `{position: array}`
+  (the variables in the order given, as `.weights.h5` files do). Nothing is gathered to a host.
 - `restore_tree(folder, variables)`: reads the tree with each variable's CURRENT sharding as
   the target, so a checkpoint saved on a 1x4 mesh loads onto 1x2 or one device (Orbax reads
   only the slices each device needs), checks that it names exactly these variables with
@@ -52,6 +52,12 @@ def is_spread(variables) -> bool:
                 not value.is_fully_replicated):
             return True
     return False
+
+
+def process_folder(index: int) -> str:
+    """The subfolder of a `save_tree` folder that process `index` alone writes its shards into
+    (Orbax's name for its OCDBT store, `ocdbt.process_<index>`): nearly all of the bytes."""
+    return f"ocdbt.process_{index}"
 
 
 def _tree(variables) -> dict:

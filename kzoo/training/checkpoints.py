@@ -14,12 +14,12 @@ told on restore by the files present:
   shardings as targets, so a run saved on a 1x4 mesh resumes on 1x2 or one device.
 
 Either way the folder is written into `step-NNNNNNN.tmp/`; only once every process finished
-does process 0 write the manifest, rename the folder into place and point `backup/LATEST` at
-it (a temporary file and `os.replace`), so a `kill -9` at any moment leaves every named
-checkpoint complete. The last `keep` intact checkpoints stay. `restore_checkpoint` verifies
-the newest against its manifest and falls back, with a warning naming the damaged file, to
-the newest intact one; a sharded run resumes from an `.h5` checkpoint as well (an older kzoo's,
-or one written on one device).
+(and hashed the shards it wrote, in parallel) does process 0 write the manifest, rename the
+folder into place and point `backup/LATEST` at it (a temporary file and `os.replace`), so a
+`kill -9` at any moment leaves every named checkpoint complete. The last `keep` intact
+checkpoints stay. `restore_checkpoint` verifies the newest against its manifest and falls back,
+with a warning naming the damaged file, to the newest intact one; a sharded run resumes from an
+`.h5` checkpoint as well (an older kzoo's, or one written on one device).
 
 Before writing, the free space is checked against the checkpoint's size, so a full disk gives
 one clear error naming the folder and the bytes needed, and no half-written file.
@@ -55,6 +55,7 @@ WEIGHTS = "ckpt.weights.h5"
 SHARDS = orbax_checkpoints.FOLDER  # "weights/": written shard by shard (Orbax)
 STATE = "state.json"
 MANIFEST = "manifest.json"
+HASHED = "hashed.process_"  # + "<i>.json": process i's shards' entries, until `_seal` merges them
 
 
 def checkpoint_name(step: int) -> str:
@@ -152,7 +153,7 @@ def save_checkpoint(model, backup_dir, step: int, state: dict, keep: int = 2) ->
     name = checkpoint_name(step)
     tmp, final = backup_dir / (name + ".tmp"), backup_dir / name
     variables = state_variables(model)
-    spread = orbax_checkpoints.is_spread(variables)  # as is_sharded
+    spread = is_sharded(model)  # which also refuses, in one line, a split state without Orbax
     chief = processes.index() == 0
     if not chief and not spread:
         return final  # whole state: process 0 writes it alone (inside on_host)
@@ -170,6 +171,7 @@ def save_checkpoint(model, backup_dir, step: int, state: dict, keep: int = 2) ->
         if spread:
             orbax_checkpoints.barrier(f"kzoo-checkpoint-{step}-folder")  # tmp/ is there
             orbax_checkpoints.save_tree(tmp / SHARDS, variables)
+            _hash_own_shards(tmp)
             orbax_checkpoints.barrier(f"kzoo-checkpoint-{step}-written")  # every shard is in
         else:
             model.save_weights(tmp / WEIGHTS)
@@ -191,12 +193,16 @@ def save_checkpoint(model, backup_dir, step: int, state: dict, keep: int = 2) ->
 
 
 def _seal(tmp: Path, final: Path, step: int, state: dict) -> None:
-    """Process 0, once the weights are written: state, manifest over every file, rename,
-    LATEST."""
+    """Process 0, once the weights are written: state, manifest over every file (the entries
+    the processes wrote for their own shards, `_hash_own_shards`, merged in), rename, LATEST."""
     (tmp / STATE).write_text(json.dumps(dict(state, step=step)), encoding="utf-8")
-    paths = sorted(p for p in tmp.rglob("*") if p.is_file() and p.name != MANIFEST)
-    files = {p.relative_to(tmp).as_posix(): {"bytes": p.stat().st_size,
-                                             "sha256": file_sha256(p)} for p in paths}
+    files = {}
+    for listing in sorted(tmp.glob(HASHED + "*.json")):  # the processes' own shards, hashed
+        files.update(json.loads(listing.read_text(encoding="utf-8")))
+        listing.unlink()
+    paths = sorted(p for p in tmp.rglob("*") if p.is_file() and p.name != MANIFEST
+                   and p.relative_to(tmp).as_posix() not in files)
+    files = dict(sorted({**files, **_entries(tmp, paths)}.items()))
     (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1),
                                 encoding="utf-8")
     _fsync_tree(tmp)
@@ -205,6 +211,22 @@ def _seal(tmp: Path, final: Path, step: int, state: dict) -> None:
     pointer = final.parent / (LATEST + ".tmp")
     pointer.write_text(final.name, encoding="utf-8")
     os.replace(pointer, final.parent / LATEST)
+
+
+def _entries(tmp: Path, paths) -> dict:
+    """The manifest's entries of `paths`: {path relative to `tmp`: {"bytes", "sha256"}}."""
+    return {p.relative_to(tmp).as_posix(): {"bytes": p.stat().st_size,
+                                            "sha256": file_sha256(p)} for p in paths}
+
+
+def _hash_own_shards(tmp: Path) -> None:
+    """Every process, once its shards are written: their manifest entries, into a file of
+    `tmp` that process 0 merges into the manifest (`_seal`). Each process hashes what it wrote,
+    all at once, instead of process 0 reading every process's shards after them."""
+    index = processes.index()
+    own = tmp / SHARDS / orbax_checkpoints.process_folder(index)
+    entries = _entries(tmp, sorted(p for p in own.rglob("*") if p.is_file()))
+    (tmp / f"{HASHED}{index}.json").write_text(json.dumps(entries), encoding="utf-8")
 
 
 def release_failed_write() -> None:
