@@ -29,6 +29,17 @@ from kzoo.generation.quantization import (
 _GENERATORS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
+def _unnamed(sampler):
+    """`sampler` without the layer name a serialized config carries: each new instance gets
+    its own (`top_k_sampler_3`), and it changes nothing in sampling. Without this, a config
+    made afresh at every call (a text sample at every interval, a rollout at every step) was
+    a new Generator each time, traced and compiled again (2-7 s of CPU on the nano model)."""
+    config = sampler.get("config") if isinstance(sampler, dict) else None
+    if isinstance(config, dict) and "name" in config:
+        return {**sampler, "config": {k: v for k, v in config.items() if k != "name"}}
+    return sampler
+
+
 def get_generator(model, sampler="greedy", tokenizer=None, jit_compile=True,
                   weights=None, draft=None, num_draft_tokens=4, max_ngram=3) -> Generator:
     """The cached `Generator` for `model` with this sampler, tokenizer, compile mode and
@@ -40,7 +51,7 @@ def get_generator(model, sampler="greedy", tokenizer=None, jit_compile=True,
     if isinstance(sampler, str | dict):
         # The identifier itself, not the layer's get_config(): Keras' serialization imports
         # TensorFlow whenever it is installed, even on JAX or PyTorch.
-        sampler_key = json.dumps(sampler, sort_keys=True, default=str)
+        sampler_key = json.dumps(_unnamed(sampler), sort_keys=True, default=str)
     else:
         sampler_key = id(sampler)
     weights_key = weights if weights is None or isinstance(weights, str) else id(weights)

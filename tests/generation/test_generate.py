@@ -197,6 +197,13 @@ def test_bad_input_raises_clear_errors(gpt, kwargs, message):
 def test_generators_are_cached_per_sampler_config(gpt):
     assert get_generator(gpt, "greedy") is get_generator(gpt, "greedy")
     assert get_generator(gpt, "greedy") is not get_generator(gpt, "top_k")
+    # A config made afresh per call (a text sample at every interval, a rollout at every
+    # step) carries a new layer name each time: the same Generator, traced once.
+    first, again = (samplers.serialize(samplers.get("top_k", k=5)) for _ in range(2))
+    assert first["config"]["name"] != again["config"]["name"]
+    assert get_generator(gpt, first) is get_generator(gpt, again)
+    assert get_generator(gpt, first) is not get_generator(
+        gpt, samplers.serialize(samplers.get("top_k", k=6)))
 
 
 class CharTokenizer:

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -106,19 +105,34 @@ def test_a_failed_start_leaves_no_folder_behind(tmp_path):
 
 def test_lock_contention_between_many_processes_admits_exactly_one(tmp_path):
     folder = tmp_path / "run"
+    # One interpreter pays for importing kzoo (TensorFlow with it) once, then forks four
+    # processes that race for the lock at the same instant. No TensorFlow op runs before or
+    # after the forks (TensorFlow's thread pools do not survive one); the children only take
+    # the flock, each with its own pid and its own open file.
     code = """
-import sys, time
+import os, sys, time
 from kzoo.training.run_folder import RunFolderError, open_run
-time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
-try:
-    with open_run(sys.argv[1], "sft"):
-        print("won", flush=True)
-        time.sleep(3)
-except RunFolderError:
-    print("refused", flush=True)
+start = time.time() + 2.0  # after every fork
+children = []
+for _ in range(4):
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(max(0.0, start - time.time()))
+        try:
+            with open_run(sys.argv[1], "sft"):
+                os.write(1, b"won\\n")  # one write: the four share one pipe
+                time.sleep(3)
+        except RunFolderError:
+            os.write(1, b"refused\\n")
+        os._exit(0)
+    children.append(pid)
+codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
+print("exit codes", *codes, flush=True)
 """
-    start = time.time() + 20  # after every interpreter has imported kzoo
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(folder), str(start)],
-                              stdout=subprocess.PIPE, text=True) for _ in range(4)]
-    outcomes = sorted(p.communicate(timeout=120)[0].strip() for p in procs)
-    assert outcomes == ["refused", "refused", "refused", "won"]
+    done = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True,
+                          text=True, timeout=120,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    *outcomes, codes = done.stdout.strip().splitlines()
+    assert codes == "exit codes 0 0 0 0", done.stderr[-3000:]
+    assert sorted(outcomes) == ["refused", "refused", "refused", "won"]
