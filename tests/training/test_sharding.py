@@ -7,7 +7,8 @@ then trains gpt_nano and llama_nano for 20 steps on one device, and under fsdp a
 tensor_parallel on 2x4, 1x8 and 8x1 meshes from the same initial weights: the losses, the
 variables' shardings (the layouts applied), every AdamW slot's sharding (its variable's),
 LoRA adapters (replicated) and the bytes each device holds (its addressable shards, against
-`kzoo.training.plan.plan`).
+`kzoo.training.plan.plan`). The LoRA adapters go on the model of the llama_nano
+tensor_parallel 2x4 run: a second such run (its compile and 20 steps) would only repeat it.
 
 Run the child by hand: `KERAS_BACKEND=jax XLA_FLAGS=--xla_force_host_platform_device_count=8
 python -m tests.training.test_sharding child OUT.json`.
@@ -145,6 +146,23 @@ def test_the_planner_says_gpt2_124m_fits_the_eighth_under_fsdp():
 
 
 # ------------------------------------------------------------------------ JAX, 8 devices
+def seed_without_tensorflow(seed: int) -> None:
+    """`keras.utils.set_random_seed(seed)` with its TensorFlow branch off: the same Python,
+    NumPy and Keras seeds, so the same weights, without importing TensorFlow (~1.5 CPU s and
+    its memory per JAX child) to seed a RNG that no JAX child uses.
+
+    Example: `seed_without_tensorflow(0)` before building a model in a JAX child.
+    """
+    import types
+    from unittest import mock
+
+    import keras
+    from keras.src.utils import rng_utils
+
+    with mock.patch.object(rng_utils, "tf", types.SimpleNamespace(available=False)):
+        keras.utils.set_random_seed(seed)
+
+
 def _train(preset, layout, mesh, initial):
     """20 steps of `preset` (from `initial` weights, or its seed-0 ones), one device when
     `layout` is None; returns (losses, model, strategy, its initial weights).
@@ -164,7 +182,7 @@ def _train(preset, layout, mesh, initial):
     start, step = rng.randint(0, USED, (2, STEPS, BATCH, 1))
     tokens = (start + step * np.arange(SEQ + 1)) % USED  # (steps, batch, seq + 1)
     with run_scope(strategy):
-        keras.utils.set_random_seed(0)
+        seed_without_tensorflow(0)
         model = CausalLM.from_preset(preset, vocab_size=VOCAB, max_sequence_length=SEQ)
         model.build((None, SEQ))
         if initial is not None:
@@ -210,7 +228,9 @@ def child(out_path):
             [v.value for v in model.trainable_variables + _slots(model)])}
         for layout, mesh_name in CASES:
             mesh = MESHES[mesh_name]
-            losses, model, *_ = _train(preset, layout, mesh, initial)
+            losses, model, strategy, _ = _train(preset, layout, mesh, initial)
+            if (preset, layout, mesh_name) == ("llama_nano", "tensor_parallel", "2x4"):
+                lora = model, strategy  # for the adapters below
             expected = variable_axes(layout, preset, mesh["model"], vocab_size=VOCAB,
                                      max_sequence_length=SEQ)
             slots = _slots(model)
@@ -228,7 +248,7 @@ def child(out_path):
                     [v.value for v in model.trainable_variables + slots]),
             }
     # LoRA adapters made under a sharded scope stay replicated; their base kernels keep theirs.
-    _, model, strategy, _ = _train("llama_nano", "tensor_parallel", MESHES["2x4"], None)
+    model, strategy = lora
     with run_scope(strategy):
         enable_lora(model, rank=2)
     out["lora"] = {_relative(v.path): [_spec(v), v.value.sharding.is_fully_replicated]

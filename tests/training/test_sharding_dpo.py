@@ -17,6 +17,7 @@ import pytest
 
 from kzoo.training.layouts import variable_axes
 from tests.helpers import installed, run_backend_children
+from tests.training.test_sharding import seed_without_tensorflow
 
 VOCAB, SEQ, PAIRS, STEPS = 256, 16, 8, 4
 PRESET = "llama_nano"
@@ -51,7 +52,7 @@ def _run(layout, mesh, initial, lora):
             model.build((None, SEQ))
             model.set_weights(weights)
         if lora:
-            keras.utils.set_random_seed(1)
+            seed_without_tensorflow(1)
             enable_lora(policy, rank=2)
             reference = "adapters_off"
         dpo = DPOModel(policy, reference, beta=0.5)
@@ -90,11 +91,9 @@ def _spec(variable):
 
 
 def child(out_path):
-    import keras
-
     from kzoo.models import CausalLM
 
-    keras.utils.set_random_seed(0)
+    seed_without_tensorflow(0)
     initial = [CausalLM.from_preset(PRESET, vocab_size=VOCAB, max_sequence_length=SEQ)
                for _ in range(2)]
     for model in initial:

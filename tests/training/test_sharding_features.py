@@ -22,6 +22,7 @@ import pytest
 
 from kzoo.training.layouts import variable_axes
 from tests.helpers import installed, run_backend_children
+from tests.training.test_sharding import seed_without_tensorflow
 
 VOCAB, SEQ, BATCH, STEPS, USED = 256, 16, 8, 4, 16
 PRESET = "llama_nano"
@@ -126,11 +127,9 @@ def _generate(policy):
 
 
 def child(out_path):
-    import keras
-
     from kzoo.models import CausalLM
 
-    keras.utils.set_random_seed(0)
+    seed_without_tensorflow(0)
     model = CausalLM.from_preset(PRESET, vocab_size=VOCAB, max_sequence_length=SEQ)
     model.build((None, SEQ))
     initial = model.get_weights()

@@ -2,7 +2,8 @@
 `train.mesh` on JAX: one child process splits its CPU into 4 devices (`train.logical_cpus`),
 runs the tiny demo config sharded on a 2x2 and a 1x4 mesh and on one device, starts a
 tensor-parallel run from the fsdp run's saved model (`model.init_from`), and tries the bad
-inputs (a mesh of the wrong size, a malformed mesh) through `pretrain` itself."""
+inputs (a mesh of the wrong size, a malformed mesh) through `pretrain` itself. The 1x4 run
+alone samples at the end."""
 
 import csv
 import json
@@ -19,11 +20,16 @@ SETTINGS = [
     "tokenizer.kind=char", "tokenizer.vocab_size=null", "model.args={max_sequence_length: 32}",
     "train.block_size=16", "train.batch_size=8", "train.steps=4", "train.eval_interval=2",
     "train.val_batches=2", "train.warmup_steps=1", "train.verbose=0",
-    "train.tensorboard=false", "sample.max_new_tokens=4", "sample.every_interval=false",
+    "train.tensorboard=false", "sample.max_new_tokens=0", "sample.every_interval=false",
     "train.logical_cpus=4",
 ]
+# One run samples at the end (4 tokens from the sharded model): a generator compiles for
+# seconds, and the samples are not compared (generation under fsdp is compared with one
+# device in test_sharding_features.py; the chief's sample over 2 processes is in
+# test_sharding_processes.py).
 RUNS = {"fsdp_2x2": ["train.distribution=fsdp", "train.mesh={batch: 2, model: 2}"],
-        "tp_1x4": ["train.distribution=tensor_parallel", "train.mesh={batch: 1, model: 4}"],
+        "tp_1x4": ["train.distribution=tensor_parallel", "train.mesh={batch: 1, model: 4}",
+                   "sample.max_new_tokens=4"],
         "single": ["train.logical_cpus=0"],  # after the others: the CPU is split by then
         # the gathered model.keras of the fsdp run, laid out again from its config.json
         "tp_from_fsdp": ["train.distribution=tensor_parallel", "train.mesh={batch: 2, model: 2}",
@@ -52,11 +58,13 @@ def child(workdir):
     build_model = recipe.build_model
     recipe.build_model = lambda *args: built.append(build_model(*args)) or built[-1]
     workdir = Path(workdir)
-    out = {"runs": {}, "bad": {}, "sharded": {}}
+    out = {"runs": {}, "bad": {}, "sharded": {}, "samples": {}}
     for name, extra in RUNS.items():
         run = workdir / name
         extra = [item.replace("RUNS", str(workdir)) for item in extra]
-        pretrain(load_config(DEMO, PretrainConfig, [*SETTINGS, *extra, f"run_dir={run}"]))
+        result = pretrain(load_config(DEMO, PretrainConfig,
+                                      [*SETTINGS, *extra, f"run_dir={run}"]))
+        out["samples"][name] = result["sample"]
         out["runs"][name] = _rows(run)
         out["sharded"][name] = sorted(
             v.path.split("/", 1)[1] for v in built[-1].trainable_variables
@@ -98,6 +106,13 @@ def test_sharded_pretraining_equals_one_device(runs, name):
     for key in ("loss", "val_loss"):
         np.testing.assert_allclose([r[key] for r in got], [r[key] for r in ref], rtol=1e-5,
                                    err_msg=key)
+
+
+def test_the_sharded_model_samples_at_the_end(runs):
+    prompt = 'The "for" statement'  # the demo config's
+    samples = runs["samples"]
+    assert samples["tp_1x4"].startswith(prompt) and len(samples["tp_1x4"]) > len(prompt)
+    assert all(samples[name] == prompt for name in RUNS if name != "tp_1x4")  # no tokens asked
 
 
 def test_bad_meshes_are_one_line_and_leave_no_folder(runs):

@@ -95,9 +95,11 @@ def child(mode, workdir):
     local = 2 if mode == "process" else 4
     settings = [s.replace("LOCAL", str(local)) for s in SETTINGS]
     # the single process: the 2x2 run on its 4 devices, then one device (1x4 is compared with
-    # one device only: tests/training/test_sharding_pretrain.py has 1x4 = one device)
-    runs = dict(RUNS) if mode == "process" else {"fsdp_2x2": RUNS["fsdp_2x2"], "one_device": [
-        "train.distribution=none", "train.logical_cpus=0"]}
+    # one device only: tests/training/test_sharding_pretrain.py has 1x4 = one device); it does
+    # not sample (a generator compile; only the two processes' chief is checked for it)
+    runs = dict(RUNS) if mode == "process" else {
+        "fsdp_2x2": [*RUNS["fsdp_2x2"], "sample.max_new_tokens=0"],
+        "one_device": ["train.distribution=none", "train.logical_cpus=0"]}
     workdir = Path(workdir)
     out = {"runs": {}, "first": {}, "result": {}, "chief": is_chief()}
     for name, extra in runs.items():
