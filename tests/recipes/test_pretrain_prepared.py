@@ -6,7 +6,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 
 from kzoo.data.prepare import prepare
 from kzoo.training import PretrainConfig, load_config, pretrain
+from tests.recipes.kill_points import kill_when
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "recipes/configs/gpt/nano_pydocs_pretrain.yaml"
@@ -73,19 +73,20 @@ def test_kill_9_anywhere_then_the_same_command_ends_as_undisturbed(finished):
         proc = subprocess.Popen([*command(run, tmp / "prepared"), "--result-json", str(out)],
                                 env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
-        if attempt == 0:  # right after the first backup landed
-            deadline = time.time() + 240
-            while proc.poll() is None and not (run / "backup/LATEST").is_file() and \
-                    time.time() < deadline:
-                time.sleep(0.005)
-            outcomes.append("after-backup" if proc.poll() is None else "ended")
-        elif attempt == 1:  # anywhere: start-up, shard checks, compilation, training, saving
+        if attempt == 0:  # right after the first backup landed (checked while frozen)
+            landed = kill_when(proc, (run / "backup/LATEST").is_file)
+            outcomes.append("ended" if landed is None else "after-backup")
+            # The first backup, not a later one: nothing else can have been trained past it.
+            assert (run / "backup/LATEST").read_text() == f"step-{INTERVAL:07d}", outcomes
+            assert not (run / f"backup/step-{2 * INTERVAL:07d}").exists()
+            continue
+        if attempt == 1:  # anywhere: start-up, shard checks, compilation, training, saving
             time.sleep(rng.uniform(2.0, 12.0))
             outcomes.append("random" if proc.poll() is None else "ended")
         else:
             assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
             break
-        os.kill(proc.pid, signal.SIGKILL)
+        proc.kill()  # kill -9
         proc.wait()
     assert outcomes[0] == "after-backup", outcomes
     result = json.loads(out.read_text())

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 
 from kzoo.tokenizers import load_tokenizer
 from kzoo.training import NaNLossError, PretrainConfig, load_config, pretrain
+from tests.recipes.kill_points import assert_killed_mid_checkpoint, entries, kill_mid_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "recipes/configs/gpt/nano_pydocs_pretrain.yaml"
@@ -310,26 +312,29 @@ def test_two_concurrent_starts_one_refuses_naming_the_other(tmp_path):
 
 def test_kill_9_anywhere_then_rerun_ends_as_undisturbed(finished, tmp_path):
     """kill -9 three times while a checkpoint is being written and three times at random
-    moments, then the same command once more: the result of a run never disturbed."""
-    import random
+    moments, then the same command once more: the result of a run never disturbed.
 
+    Each checkpoint kill lands in a `.tmp` folder that attempt made itself (the stale one an
+    earlier attempt left does not count: it would kill the next one before Python starts), in
+    three states: the first checkpoint of a fresh folder (step 10), one with a checkpoint to
+    fall back on (20), the first after a resume (20 again, over the stale `.tmp` left behind).
+    """
+    intended = [INTERVAL, 2 * INTERVAL, 2 * INTERVAL]
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
-    run, rng, outcomes = tmp_path / "killed", random.Random(7), []
+    run, rng, outcomes, kills = tmp_path / "killed", random.Random(7), [], []
     backup = run / "backup"
-
-    def writing_checkpoint():
-        return backup.is_dir() and any(p.name.endswith(".tmp") for p in os.scandir(backup))
-
     out = tmp_path / "result.json"
     for attempt in range(7):
+        before = entries(backup)
         proc = subprocess.Popen([*_command(run), "--result-json", str(out)], env=env, cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if attempt < 3:  # mid-checkpoint
-            deadline = time.time() + 240
-            while proc.poll() is None and not writing_checkpoint() and time.time() < deadline:
-                time.sleep(0.001)
-            outcomes.append("mid-checkpoint" if proc.poll() is None else "ended")
-        elif attempt < 6:  # anywhere: start-up, data, compilation, training, saving
+            kill = kill_mid_checkpoint(proc, backup, before, intended[attempt], INTERVAL)
+            assert_killed_mid_checkpoint(backup, before, kill)
+            outcomes.append("mid-checkpoint")
+            kills.append(kill["step"])
+            continue
+        if attempt < 6:  # anywhere: start-up, data, compilation, training, saving
             time.sleep(rng.uniform(1.0, 15.0))
             outcomes.append("random" if proc.poll() is None else "ended")
         else:
@@ -338,6 +343,8 @@ def test_kill_9_anywhere_then_rerun_ends_as_undisturbed(finished, tmp_path):
         proc.kill()
         proc.wait()
     assert outcomes[:3] == ["mid-checkpoint"] * 3, outcomes
+    # Each at its step or, when the child sealed that checkpoint before it was frozen, later.
+    assert all(step >= want for step, want in zip(kills, intended, strict=True)), kills
     result = json.loads(out.read_text())
     assert result["val_loss"] == pytest.approx(finished[1]["val_loss"], rel=1e-4, abs=1e-4)
     assert _steps(run) == list(range(INTERVAL, STEPS + 1, INTERVAL))  # each row once
