@@ -360,3 +360,48 @@ def run_backend_children(args_for_backend, backends=("jax", "torch"), *, env=Non
     """
     return start_backend_children(args_for_backend, backends, env=env, timeout_s=timeout_s,
                                   cwd=cwd).wait()
+
+
+def run_script_here(script: str, args=(), backend: str = "tensorflow") -> CompletedChild:
+    """What `python -c script *args` leaves with KERAS_BACKEND=`backend`, as a `CompletedChild`
+    (label `backend`): run in this process when it runs on `backend`, else in a child.
+
+    For the TensorFlow reference of a cross-backend check: the pytest process already runs on
+    TensorFlow, and a TensorFlow child would pay ~6 CPU s of interpreter and TensorFlow imports
+    for the same script. The script runs as `__main__` in a namespace of its own, with
+    `sys.argv` set as the child's would be; its stdout is captured, an exception (or a
+    non-zero `sys.exit`) becomes the return code and its traceback the stderr.
+
+    Example:
+    ```python
+    child = run_script_here("import sys; print(sys.argv[1])", ["hello"])
+    assert child.check().stdout == "hello\\n"
+    ```
+    """
+    import contextlib
+    import io
+    import sys
+    import time
+    import traceback
+
+    import keras
+
+    if keras.backend.backend() != backend:
+        return run_backend_children(["-c", script, *args], (backend,))[backend]
+    out, err = io.StringIO(), io.StringIO()
+    argv, began, code = sys.argv, time.monotonic(), 0
+    sys.argv = ["-c", *map(str, args)]
+    try:
+        with contextlib.redirect_stdout(out):
+            exec(compile(script, f"<{backend} script>", "exec"), {"__name__": "__main__"})
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        if stop.code is not None and not isinstance(stop.code, int):
+            err.write(f"{stop.code}\n")
+    except Exception:  # the child's failure, reported by `check` as a child's would be
+        code = 1
+        err.write(traceback.format_exc())
+    finally:
+        sys.argv = argv
+    return CompletedChild(backend, backend, code, out.getvalue(), err.getvalue(),
+                          time.monotonic() - began, False)

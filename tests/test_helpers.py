@@ -3,6 +3,8 @@ the comparisons with TensorFlow the backend tests share.
 
 The children here are plain Python (no Keras import), so these run in a second or two."""
 
+import os
+
 import pytest
 
 from tests.helpers import ROOT, jax_cache_env, run_backend_children, start_backend_children
@@ -81,6 +83,29 @@ def test_leaving_the_block_early_kills_the_children():
     results = kids.wait()
     assert all(r.returncode is not None and r.returncode < 0 for r in results.values())
     assert all(r.seconds < 30 for r in results.values())
+
+
+def test_a_script_runs_here_as_its_child_would():
+    import keras
+
+    from tests.helpers import run_script_here
+
+    # On this process's backend: in this process (its id), argv and stdout as a child's.
+    script = "import os, sys; print('noise'); print('R', sys.argv[1:], os.getpid())"
+    here = run_script_here(script, ["a", 2], backend=keras.backend.backend()).check()
+    assert here.stdout.splitlines() == ["noise", f"R ['a', '2'] {os.getpid()}"]
+    assert here.label == here.backend == keras.backend.backend()
+    failed = run_script_here("import sys; print('x'); sys.exit(3)",
+                             backend=keras.backend.backend())
+    assert failed.returncode == 3 and failed.stdout == "x\n"
+    raised = run_script_here("raise KeyError('the last words')", backend=keras.backend.backend())
+    assert raised.returncode == 1 and "KeyError: 'the last words'" in raised.stderr
+    with pytest.raises(pytest.fail.Exception, match="exited with code 1"):
+        raised.check()
+    # On another backend: a child.
+    other = next(b for b in ("torch", "jax") if b != keras.backend.backend())
+    child = run_script_here("import os; print(os.getpid())", backend=other).check()
+    assert child.backend == other and int(child.stdout) != os.getpid()
 
 
 def test_bad_arguments_are_one_line_errors():

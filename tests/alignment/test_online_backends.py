@@ -13,7 +13,8 @@ from tests.helpers import (
     assert_logs_close,
     assert_weights_close,
     installed,
-    run_backend_children,
+    run_script_here,
+    start_backend_children,
 )
 
 BACKENDS = ("jax", "torch")
@@ -71,8 +72,8 @@ print(json.dumps({"backend": keras.backend.backend(), "histories": histories}))
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """(folder, initial policy weights, {backend: CompletedChild}): one child per backend
-    (TensorFlow's too: the same script) runs both algorithms; all start at once."""
+    """(folder, initial policy weights, {backend: CompletedChild}): one child per backend runs
+    both algorithms; TensorFlow's reference runs the same script in this process meanwhile."""
     import keras
 
     from kzoo.models import CausalLM
@@ -88,8 +89,10 @@ def runs(tmp_path_factory):
         model.save_weights(folder / f"{name}.weights.h5")
         if name == "policy":
             initial = model.get_weights()
-    return folder, initial, run_backend_children(["-c", CHILD, folder, ",".join(ALGORITHMS)],
-                                                 ("tensorflow", *installed(BACKENDS)))
+    args = [folder, ",".join(ALGORITHMS)]
+    with start_backend_children(["-c", CHILD, *args], installed(BACKENDS)) as kids:
+        children = {"tensorflow": run_script_here(CHILD, args), **kids.wait()}
+    return folder, initial, children
 
 
 def _result(runs, backend, algorithm):

@@ -5,7 +5,8 @@ gives from the same weights and batch (float32, SGD, to 1e-5); a 2-step `DPOMode
 through each backend's own Keras trainer (jitted on JAX) and gives TensorFlow's history.
 
 Each backend runs every case in one child process (imports dominate the time; the JAX one also
-runs the dropout check), all started at once, once for the module."""
+runs the dropout check), both started at once, once for the module; TensorFlow's reference runs
+the same script in the pytest process meanwhile."""
 
 import json
 
@@ -16,7 +17,8 @@ from tests.helpers import (
     assert_logs_close,
     assert_weights_close,
     installed,
-    run_backend_children,
+    run_script_here,
+    start_backend_children,
 )
 
 BACKENDS = ("jax", "torch")
@@ -153,9 +155,13 @@ def runs(tmp_path_factory):
     """(folder, initial policy weights, initial reward weights, {backend: CompletedChild})."""
     folder = tmp_path_factory.mktemp("preference_steps")
     initial, initial_reward = _write_inputs(folder)
-    children = run_backend_children(
-        lambda backend: ["-c", CHILD, folder, json.dumps(CONFIG), _cases(backend)],
-        ("tensorflow", *installed(BACKENDS)), timeout_s=600)
+    # The JAX and PyTorch children start first; TensorFlow's reference runs the same script in
+    # this process meanwhile (the process already runs on TensorFlow).
+    with start_backend_children(
+            lambda backend: ["-c", CHILD, folder, json.dumps(CONFIG), _cases(backend)],
+            installed(BACKENDS), timeout_s=600) as kids:
+        children = {"tensorflow": run_script_here(
+            CHILD, [folder, json.dumps(CONFIG), _cases("tensorflow")]), **kids.wait()}
     return folder, initial, initial_reward, children
 
 

@@ -10,7 +10,8 @@ from tests.helpers import (
     assert_logs_close,
     assert_weights_close,
     installed,
-    run_backend_children,
+    run_script_here,
+    start_backend_children,
 )
 
 BACKENDS = ("jax", "torch")
@@ -57,8 +58,8 @@ def _batch(path):
 
 @pytest.fixture(scope="module")
 def steps(tmp_path_factory):
-    """(folder, initial weights, {backend: CompletedChild}): one child per backend (TensorFlow's
-    too: the same script) steps every algorithm; all start at once."""
+    """(folder, initial weights, {backend: CompletedChild}): one child per backend steps every
+    algorithm; TensorFlow's reference runs the same script in this process meanwhile."""
     import keras
 
     from kzoo.models import CausalLM
@@ -70,9 +71,9 @@ def steps(tmp_path_factory):
     model(np.zeros((1, 4), "int32"))
     model.save_weights(folder / "w.weights.h5")
     _batch(folder / "batch.npz")
-    children = run_backend_children(
-        ["-c", STEP, folder / "w.weights.h5", folder, folder / "batch.npz", ",".join(ALGORITHMS)],
-        ("tensorflow", *installed(BACKENDS)))
+    args = [folder / "w.weights.h5", folder, folder / "batch.npz", ",".join(ALGORITHMS)]
+    with start_backend_children(["-c", STEP, *args], installed(BACKENDS)) as kids:
+        children = {"tensorflow": run_script_here(STEP, args), **kids.wait()}
     return folder, model.get_weights(), children
 
 
