@@ -12,7 +12,10 @@ def compile_function(fn, variables, jit_compile, on_trace):
         on_trace()  # a Python side effect: runs once per trace
         return fn(*args)
 
-    return tf.function(traced, jit_compile=jit_compile)
+    # No autograph: kzoo's programs are backend-neutral (they run under jax.jit, which has no
+    # Python control flow on tensors either), so converting their Python to graph code only
+    # costs: about 1 CPU s of a process's first trace (a first `generate` of gpt_nano 2.5 -> 1.5).
+    return tf.function(traced, jit_compile=jit_compile, autograph=False)
 
 
 def matmul_transposed(x, kernel, int_accumulate=False):
