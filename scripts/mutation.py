@@ -78,6 +78,11 @@ _LOSSES = ["tests/losses/test_loss_values.py", "tests/losses/test_preference_los
            "tests/losses/test_reward_losses.py"]
 _SAMPLERS = ["tests/samplers/test_sampler_mutants.py", "tests/samplers/test_samplers.py",
              "tests/samplers/test_filters_vs_transformers.py"]
+_TOKENIZERS = ["tests/tokenizers/test_tokenizers.py", "tests/tokenizers/test_tokenizer_edges.py",
+               "tests/tokenizers/test_corrupt_tokenizer.py"]
+_LAYERS = ["tests/layers/test_argument_checks.py", "tests/layers/test_embedding.py",
+           "tests/layers/test_feedforward.py", "tests/layers/test_projection.py",
+           "tests/layers/test_layer_contract.py", "tests/layers/test_layer_numerics.py"]
 # Source module -> the test files that cover it (fast, specific files: every mutant of the
 # module runs the ones among them that call the mutated function).
 TESTS = {
@@ -90,6 +95,25 @@ TESTS = {
     "kzoo/losses/orpo.py": ["tests/alignment/test_orpo.py"],
     "kzoo/losses/policy_gradient.py": ["tests/alignment/test_policy_gradient_vs_trl.py"],
     "kzoo/samplers/functional.py": [*_SAMPLERS, "tests/serve/test_sampling.py"],
+    "kzoo/samplers/__init__.py": _SAMPLERS,
+    "kzoo/samplers/variants.py": _SAMPLERS,
+    "kzoo/samplers/beam.py": [*_SAMPLERS, "tests/samplers/test_keras_hub_compat.py"],
+    "kzoo/samplers/contrastive.py": [*_SAMPLERS, "tests/generation/test_contrastive.py"],
+    "kzoo/layers/activations.py": _LAYERS,
+    "kzoo/layers/projection.py": _LAYERS,
+    "kzoo/layers/embedding.py": ["tests/layers/test_embedding.py"],
+    "kzoo/layers/feedforward.py": ["tests/layers/test_feedforward.py"],
+    "kzoo/layers/_checks.py": _LAYERS,
+    "kzoo/tokenizers/base.py": _TOKENIZERS,
+    "kzoo/tokenizers/byte.py": _TOKENIZERS,
+    "kzoo/tokenizers/char.py": _TOKENIZERS,
+    "kzoo/tokenizers/bpe.py": _TOKENIZERS,
+    "kzoo/tokenizers/chat_template.py": ["tests/tokenizers/test_chat_template_render.py"],
+    "kzoo/training/schedules.py": ["tests/training/test_schedules.py"],
+    "kzoo/training/divergence.py": ["tests/training/test_guards.py"],
+    "kzoo/training/guard.py": ["tests/training/test_guards.py",
+                               "tests/training/test_dpo_values.py"],
+    "kzoo/training/optimizers.py": ["tests/training/test_optimizers.py"],
     "kzoo/layers/normalization.py": ["tests/layers/test_normalization.py",
                                      "tests/layers/test_layer_numerics.py"],
 }

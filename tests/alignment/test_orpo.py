@@ -254,3 +254,24 @@ def test_odds_ratio_loss_default_beta_is_trl_one_tenth():
     np.testing.assert_allclose(np.asarray(odds_ratio_loss([-0.1], [-1.0])),
                                np.asarray(odds_ratio_loss([-0.1], [-1.0], beta=0.1)), rtol=0)
     np.testing.assert_allclose(np.asarray(odds_ratio_loss([-0.1], [-1.0])), [0.0059], atol=1e-4)
+
+
+@pytest.mark.parametrize("floatx", ["float16", "bfloat16"])
+def test_log_odds_are_float32_whatever_the_default_float(floatx):
+    # The docstrings promise float32: with a float16/bfloat16 default float, a log-prob of
+    # -0.0123 rounded to it would move log(1 - p) by ~1e-3; the odds must still match float64.
+    chosen = np.array([-0.0123457, -0.7], "float32")
+    rejected = np.array([-1.2345679, -0.0123457], "float32")
+    c, r = chosen.astype("float64"), rejected.astype("float64")
+    want = (c - r) - (np.log(-np.expm1(c)) - np.log(-np.expm1(r)))
+    old = keras.config.floatx()
+    keras.config.set_floatx(floatx)
+    try:
+        odds = log_odds_ratio(chosen, rejected)
+        one_minus = log1mexp(chosen)
+    finally:
+        keras.config.set_floatx(old)
+    assert keras.backend.standardize_dtype(odds.dtype) == "float32"
+    assert keras.backend.standardize_dtype(one_minus.dtype) == "float32"
+    np.testing.assert_allclose(np.asarray(odds), want, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(one_minus), np.log(-np.expm1(c)), rtol=1e-5)

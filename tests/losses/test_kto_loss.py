@@ -7,6 +7,7 @@ import collections
 import math
 import types
 
+import keras
 import numpy as np
 import pytest
 from keras import ops
@@ -163,3 +164,91 @@ def test_weight_advice():
         in message
     assert "no undesirable examples" in weight_advice(5, 0)
     assert "no desirable examples" in weight_advice(0, 5)
+
+
+def test_defaults_are_trls_kto_config():
+    # kto_loss's defaults are TRL's KTOConfig defaults (beta 0.1, both weights 1, loss "kto").
+    import dataclasses
+
+    from trl.trainer.kto_config import KTOConfig
+
+    trl = {f.name: f.default for f in dataclasses.fields(KTOConfig)}
+    logratios, labels = np.array([0.7, -1.3, 2.1], "float32"), [True, False, False]
+    got = np.asarray(losses.kto_loss(logratios, labels, 0.2))
+    want = np.asarray(losses.kto_loss(logratios, labels, 0.2, beta=trl["beta"],
+                                      desirable_weight=trl["desirable_weight"],
+                                      undesirable_weight=trl["undesirable_weight"],
+                                      loss_type=trl["loss_type"]))
+    np.testing.assert_array_equal(got, want)
+    s = lambda x: 1.0 / (1.0 + math.exp(-x))  # noqa: E731
+    np.testing.assert_allclose(got, [1 - s(0.1 * 0.5), 1 - s(0.1 * 1.5), 1 - s(0.1 * -1.9)],
+                               rtol=1e-6)
+
+
+@pytest.mark.parametrize("floatx", ["float16", "bfloat16"])
+def test_arithmetic_is_float32_whatever_the_default_float(floatx):
+    # Summed log-probs are around -20, where float16 steps by 1/64: the KL point and the
+    # log-ratios must not be rounded to the default float before the subtraction.
+    policy_kl = np.array([-20.123457, -18.654321], "float32")
+    reference_kl = np.array([-20.101, -18.6], "float32")
+    logratios = np.array([0.0123457, -0.0234567], "float32")
+    old = keras.config.floatx()
+    keras.config.set_floatx(floatx)
+    try:
+        kl = losses.kto_kl(policy_kl, reference_kl)
+        kl_of_flipped = losses.kto_kl(reference_kl, policy_kl)
+        per_row = losses.kto_loss(logratios, [True, False], 0.0, beta=1.0,
+                                  undesirable_weight=1.33)
+    finally:
+        keras.config.set_floatx(old)
+    want = np.mean(reference_kl.astype("float64") - policy_kl.astype("float64"))
+    assert keras.backend.standardize_dtype(per_row.dtype) == "float32"
+    assert float(kl) == 0.0  # the mean log-ratio is negative: clamped
+    assert float(kl_of_flipped) == pytest.approx(want, rel=1e-5)
+    s = lambda x: 1.0 / (1.0 + math.exp(-x))  # noqa: E731
+    # 1.33 in float16 is 1.3301, 4e-4 off.
+    np.testing.assert_allclose(np.asarray(per_row),
+                               [1 - s(0.0123457), 1.33 * (1 - s(0.0234567))], rtol=1e-6)
+
+
+def test_register_unpaired_adds_a_loss_once():
+    from kzoo.losses import kto
+
+    @kto.register_unpaired("test_only_hinge")
+    def hinge(logratios, labels, kl, beta):
+        return ops.relu(1.0 - beta * ops.convert_to_tensor(logratios, "float32"))
+
+    @kto.register_unpaired("test_only_no_kl", uses_kl=False)
+    def no_kl(logratios, labels, kl, beta):
+        return logratios
+
+    try:
+        assert losses.get_unpaired("test_only_hinge") is hinge
+        assert uses_kl("test_only_hinge") and not uses_kl("test_only_no_kl")  # default: uses KL
+        np.testing.assert_allclose(losses.kto_loss([0.5], [True], 0.0, beta=1.0,
+                                                   loss_type="test_only_hinge"), [0.5])
+        with pytest.raises(ValueError, match="An unpaired loss named 'test_only_hinge' is "
+                                             "already registered"):
+            kto.register_unpaired("test_only_hinge")(no_kl)
+        assert losses.get_unpaired("test_only_hinge") is hinge  # the first one is kept
+    finally:
+        for name in ("test_only_hinge", "test_only_no_kl"):
+            kto._REGISTRY.pop(name, None)
+            kto._USES_KL.discard(name)
+    assert losses.list_unpaired_losses() == ["apo_zero_unpaired", "kto"]
+
+
+def test_weight_advice_bounds_and_suggestions():
+    # The paper's range [1, 4/3] is closed at both ends.
+    assert weight_advice(100, 200, desirable_weight=2.0) is None  # ratio exactly 1
+    assert weight_advice(4, 3) is None  # ratio exactly 4/3
+    assert weight_advice(3, 2) is not None  # 1.5: above 4/3
+    assert weight_advice(99, 100) is not None  # 0.99: below 1
+    # With both weights set, the suggested ranges are where the ratio lands in [1, 4/3].
+    message = weight_advice(100, 300, desirable_weight=2.0, undesirable_weight=2.0)
+    assert "desirable_weight in [6, 8]" in message
+    assert "undesirable_weight in [0.5, 0.667]" in message
+    for desirable in (6.0, 8.0):
+        assert weight_advice(100, 300, desirable, 2.0) is None
+    for undesirable in (0.5, 2 / 3):
+        assert weight_advice(100, 300, 2.0, undesirable) is None

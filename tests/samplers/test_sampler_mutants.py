@@ -222,3 +222,58 @@ def test_repetition_penalty_matches_transformers():
     np.testing.assert_allclose(F.repetition_penalty(logits, counts, 1.7), theirs, rtol=1e-6)
     sampler = samplers.GreedySampler(repetition_penalty=1.7)
     np.testing.assert_array_equal(sampler(logits, token_counts=counts), theirs.argmax(-1))
+
+
+def test_deserialize_refuses_code_in_a_config():
+    # A sampler config from a file must never run code: a serialized lambda is refused.
+    config = keras.saving.serialize_keras_object(lambda x: x)
+    assert config["class_name"] == "__lambda__"
+    with pytest.raises(ValueError, match="lambda"):
+        samplers.deserialize(config)
+    with pytest.raises(ValueError, match="lambda"):
+        samplers.get(config)
+
+
+def test_get_messages_in_full():
+    with pytest.raises(ValueError) as info:
+        samplers.get(samplers.GreedySampler(), k=3)
+    assert str(info.value) == "Keyword arguments are only accepted with a sampler name."
+    with pytest.raises(ValueError) as info:
+        samplers.get(3.5)
+    assert str(info.value) == (f"Could not interpret sampler 3.5: pass one of "
+                               f"{samplers.list_samplers()}, a config dict, or a sampler "
+                               "instance.")
+
+
+def test_headline_defaults_and_configs_of_the_named_samplers():
+    assert samplers.TopPSampler().p == 0.9 and samplers.MinPSampler().p == 0.05
+    assert samplers.TopKSampler().k == 5
+    for sampler, key, generic in ((samplers.TopPSampler(p=0.3), "p", "top_p"),
+                                  (samplers.MinPSampler(p=0.2), "p", "min_p"),
+                                  (samplers.TopKSampler(k=4), "k", "top_k")):
+        config = sampler.get_config()
+        assert generic not in config
+        again = type(sampler).from_config(config)
+        assert getattr(again, key) == getattr(sampler, key)
+        assert again.get_config() == config
+    with pytest.raises(ValueError) as info:
+        samplers.TopPSampler(p=0.5, top_p=0.6)
+    assert str(info.value) == "Got two values for one argument: 0.5 and top_p=0.6."
+    assert samplers.MinPSampler(p=0.1, min_p=0.1).p == 0.1
+
+
+def test_beam_sampler_arguments_and_config():
+    beam = samplers.BeamSampler(num_beams=4, return_all_beams=1, temperature=0.5)
+    assert beam.return_all_beams is True
+    config = beam.get_config()
+    assert (config["num_beams"], config["return_all_beams"]) == (4, True)
+    again = samplers.BeamSampler.from_config(config)
+    assert (again.num_beams, again.return_all_beams, again.temperature) == (4, True, 0.5)
+    for bad in (True, 2.0, -1, "3"):
+        with pytest.raises(ValueError) as info:
+            samplers.BeamSampler(num_beams=bad)
+        assert str(info.value) == f"`num_beams` must be a positive integer. Received: {bad!r}"
+    # the n best next tokens, best first, int32
+    ids = samplers.BeamSampler(num_beams=3)(np.array([[0.1, 3.0, -1.0, 2.0, 2.5]], "float32"))
+    assert keras.backend.standardize_dtype(ids.dtype) == "int32"
+    assert np.asarray(ids).tolist() == [[1, 4, 3]]
