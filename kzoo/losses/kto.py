@@ -170,7 +170,10 @@ def kto_loss(logratios, labels, kl, beta: float = 0.1, desirable_weight: float =
         if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
             raise ValueError(f"`{name}` must be a positive number. Received: {name}={value!r}")
     labels = ops.cast(labels, "bool")
-    weights = ops.where(labels, float(desirable_weight), float(undesirable_weight))
+    # float32 tensors, not Python floats: those become the default float (floatx), and a
+    # float16/bfloat16 weight would round 1.33 and fail to multiply a float32 loss on TF.
+    weights = ops.where(labels, ops.convert_to_tensor(float(desirable_weight), "float32"),
+                        ops.convert_to_tensor(float(undesirable_weight), "float32"))
     return weights * fn(logratios, labels, kl, float(beta))
 
 
