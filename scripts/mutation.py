@@ -80,7 +80,8 @@ _SAMPLERS = ["tests/samplers/test_sampler_mutants.py", "tests/samplers/test_samp
              "tests/samplers/test_filters_vs_transformers.py"]
 _TOKENIZERS = ["tests/tokenizers/test_tokenizers.py", "tests/tokenizers/test_tokenizer_edges.py",
                "tests/tokenizers/test_corrupt_tokenizer.py"]
-_LAYERS = ["tests/layers/test_argument_checks.py", "tests/layers/test_embedding.py",
+_LAYERS = ["tests/layers/test_activations.py", "tests/layers/test_argument_checks.py",
+           "tests/layers/test_embedding.py",
            "tests/layers/test_feedforward.py", "tests/layers/test_projection.py",
            "tests/layers/test_layer_contract.py", "tests/layers/test_layer_numerics.py"]
 # Source module -> the test files that cover it (fast, specific files: every mutant of the
