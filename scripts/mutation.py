@@ -87,7 +87,8 @@ _LAYERS = ["tests/layers/test_activations.py", "tests/layers/test_argument_check
 # Source module -> the test files that cover it (fast, specific files: every mutant of the
 # module runs the ones among them that call the mutated function).
 TESTS = {
-    "kzoo/serve/sampling.py": ["tests/serve/test_sampling.py"],
+    "kzoo/serve/sampling.py": ["tests/serve/test_sampling.py",
+                               "tests/serve/test_sampling_plan.py"],
     "kzoo/training/plan.py": ["tests/training/test_plan.py"],
     "kzoo/losses/__init__.py": _LOSSES,
     "kzoo/losses/preference.py": _LOSSES,
@@ -98,7 +99,8 @@ TESTS = {
     "kzoo/samplers/functional.py": [*_SAMPLERS, "tests/serve/test_sampling.py"],
     "kzoo/samplers/__init__.py": _SAMPLERS,
     "kzoo/samplers/variants.py": _SAMPLERS,
-    "kzoo/samplers/beam.py": [*_SAMPLERS, "tests/samplers/test_keras_hub_compat.py"],
+    "kzoo/samplers/beam.py": [*_SAMPLERS, "tests/samplers/test_keras_hub_compat.py",
+                              "tests/samplers/test_beam_protocol.py"],
     "kzoo/samplers/contrastive.py": [*_SAMPLERS, "tests/generation/test_contrastive.py"],
     "kzoo/layers/activations.py": _LAYERS,
     "kzoo/layers/projection.py": _LAYERS,
