@@ -10,7 +10,6 @@ result = generate(model, [[5, 6, 7]], max_new_tokens=8, sampler="greedy")
 """
 
 import json
-import weakref
 
 from kzoo.generation.distribution import (
     NextWordDistribution,
@@ -25,8 +24,21 @@ from kzoo.generation.quantization import (
     quantize_for_generation,
 )
 
-# One Generator (and so one set of compiled programs) per model and sampler configuration.
-_GENERATORS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+# One Generator (and so one set of compiled programs) per model and sampler configuration,
+# kept on the model itself: a Generator holds its model, so a table keyed (even weakly) by the
+# model would keep every model ever generated with alive, and its programs, until the process
+# ends. On the model, model -> cache -> Generator -> model is a cycle the collector frees.
+_CACHE_ATTRIBUTE = "_kzoo_generators"
+
+
+def _generators_of(model) -> dict:
+    cache = vars(model).get(_CACHE_ATTRIBUTE)
+    if cache is None:
+        cache = {}
+        # Past Keras' (and torch.nn.Module's) __setattr__: a cache is not a tracked attribute,
+        # so it is never saved, counted as state, or walked by `model.save`.
+        object.__setattr__(model, _CACHE_ATTRIBUTE, cache)
+    return cache
 
 
 def _unnamed(sampler):
@@ -58,7 +70,7 @@ def get_generator(model, sampler="greedy", tokenizer=None, jit_compile=True,
     draft_key = draft if draft is None or isinstance(draft, str) else id(draft)
     key = (sampler_key, id(tokenizer), bool(jit_compile), weights_key, draft_key,
            num_draft_tokens, max_ngram)
-    per_model = _GENERATORS.setdefault(model, {})
+    per_model = _generators_of(model)
     # Adding or merging LoRA adapters, or quantizing, bumps the model's structure_version:
     # programs traced before it hold the old variables.
     version = getattr(model, "structure_version", 0)
