@@ -5,7 +5,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,12 @@ import pytest
 
 from kzoo.tokenizers import load_tokenizer
 from kzoo.training import NaNLossError, PretrainConfig, load_config, pretrain
-from tests.recipes.kill_points import assert_killed_mid_checkpoint, entries, kill_mid_checkpoint
+from tests.recipes.kill_points import (
+    assert_killed_mid_checkpoint,
+    entries,
+    kill_mid_checkpoint,
+    kill_when,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "recipes/configs/gpt/nano_pydocs_pretrain.yaml"
@@ -151,12 +155,8 @@ def test_kill_9_then_same_command_resumes_and_matches_uninterrupted(finished, tm
     proc = subprocess.Popen(_command(run), env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     latest = run / "backup/LATEST"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and not latest.is_file():
-        time.sleep(0.01)
-    assert proc.poll() is None, "finished or failed before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)  # kill -9 right after the first backup landed
-    proc.wait()
+    # kill -9 right after the first backup landed (checked with the child frozen)
+    assert kill_when(proc, latest.is_file) is not None, "finished or failed before the kill"
     saved = int(latest.read_text().split("-")[1])
     assert INTERVAL <= saved < STEPS
 

@@ -30,7 +30,7 @@ from kzoo.training.layouts import (
     layout_map,
     variable_axes,
 )
-from tests.helpers import installed, run_backend_children
+from tests.helpers import installed, run_backend_children, seed_without_tensorflow
 
 SMALL = [p for p in list_presets() if p.endswith("_nano")]
 STEPS, BATCH, SEQ, VOCAB, USED = 20, 8, 16, 256, 16
@@ -146,23 +146,6 @@ def test_the_planner_says_gpt2_124m_fits_the_eighth_under_fsdp():
 
 
 # ------------------------------------------------------------------------ JAX, 8 devices
-def seed_without_tensorflow(seed: int) -> None:
-    """`keras.utils.set_random_seed(seed)` with its TensorFlow branch off: the same Python,
-    NumPy and Keras seeds, so the same weights, without importing TensorFlow (~1.5 CPU s and
-    its memory per JAX child) to seed a RNG that no JAX child uses.
-
-    Example: `seed_without_tensorflow(0)` before building a model in a JAX child.
-    """
-    import types
-    from unittest import mock
-
-    import keras
-    from keras.src.utils import rng_utils
-
-    with mock.patch.object(rng_utils, "tf", types.SimpleNamespace(available=False)):
-        keras.utils.set_random_seed(seed)
-
-
 def _train(preset, layout, mesh, initial):
     """20 steps of `preset` (from `initial` weights, or its seed-0 ones), one device when
     `layout` is None; returns (losses, model, strategy, its initial weights).

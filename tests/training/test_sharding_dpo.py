@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 
 from kzoo.training.layouts import variable_axes
-from tests.helpers import installed, run_backend_children
-from tests.training.test_sharding import seed_without_tensorflow
+from tests.helpers import installed, run_backend_children, seed_without_tensorflow
 
 VOCAB, SEQ, PAIRS, STEPS = 256, 16, 8, 4
 PRESET = "llama_nano"
