@@ -33,13 +33,13 @@ demo: install
 	$(BIN)/python recipes/pretrain.py --config $(DEMO_CONFIG)
 
 # Set up, lint, run the whole test suite (TensorFlow, with JAX and PyTorch child processes in
-# tests/backends, tests/alignment, tests/training), and the backend-neutral unit tests again on
-# PyTorch and JAX themselves: those two passes run beside the TensorFlow one at nice 19, in the
-# CPU it leaves idle (scripts/test_passes.sh; their output comes after its own).
+# tests/backends, tests/alignment, tests/training), then the backend-neutral unit tests again on
+# PyTorch and JAX themselves.
 test: install
 	$(BIN)/ruff check .
-	PYTHON=$(BIN)/python XDIST="$(XDIST)" TORCH_TESTS="$(TORCH_TESTS)" JAX_TESTS="$(JAX_TESTS)" \
-		scripts/test_passes.sh --durations=25 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) --durations=25 $(PYTEST_ARGS)
+	KERAS_BACKEND=torch $(BIN)/python -m pytest $(XDIST) -q -p no:cacheprovider $(TORCH_TESTS)
+	KERAS_BACKEND=jax $(BIN)/python -m pytest $(XDIST) -q -p no:cacheprovider $(JAX_TESTS)
 
 # The edit-test loop (under 3 minutes on 2 cores): the library's unit tests on TensorFlow --
 # layers, losses, samplers, tokenizers, models, generation, pictures and data -- without the
